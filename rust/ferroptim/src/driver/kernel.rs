@@ -1,0 +1,139 @@
+//! The fused elementwise loops and their split over threads.
+
+use crate::element::Storage;
+use crate::error::{Error, Result};
+use crate::rule::{Rule, MAX_STATE};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+use tch::Kind;
+
+/// Below this many elements in a whole step, one thread does all the work: forking costs more
+/// than it saves.
+const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
+/// Thread ranges start on multiples of this many elements (a cache line even for f16).
+const SPLIT_ALIGN: usize = 64;
+
+/// One parameter's update: its per-step scalars and the addresses of its tensors, which are
+/// all CPU, contiguous, of dtype `kind` and `numel` elements long.
+pub(crate) struct Job<S> {
+    pub scalars: S,
+    pub kind: Kind,
+    pub numel: usize,
+    pub n_state: usize,
+    pub param: *mut u8,
+    pub grad: *const u8,
+    pub state: [*mut u8; MAX_STATE],
+}
+
+// SAFETY: a `Job` only carries addresses. `run` dereferences them while the tensors they point
+// into are kept alive by the caller, no written range overlaps another tensor (checked by
+// `validate::check_overlaps` before any job is built), and every thread touches a disjoint
+// element range of each job.
+unsafe impl<S: Send> Send for Job<S> {}
+// SAFETY: as for `Send`: shared `&Job`s are only used to derive disjoint element ranges.
+unsafe impl<S: Sync> Sync for Job<S> {}
+
+/// Runs `jobs` with the rule `R`, split over `threads` threads by element count.
+///
+/// The split only decides which thread computes an element, never how: results are
+/// bit-identical for any thread count.
+pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<()> {
+    let total: usize = jobs.iter().map(|j| j.numel).sum();
+    let n = if total < MIN_PARALLEL_ELEMENTS { 1 } else { threads.clamp(1, total / 4096) };
+    if n == 1 {
+        run_range::<R>(jobs, 0, total);
+        return Ok(());
+    }
+    let chunk = total.div_ceil(n).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
+    pool(n)?.install(|| {
+        (0..n).into_par_iter().for_each(|t| {
+            let start = (t * chunk).min(total);
+            run_range::<R>(jobs, start, (start + chunk).min(total));
+        })
+    });
+    Ok(())
+}
+
+/// Updates the elements `[start, end)` of the concatenation of all jobs.
+fn run_range<R: Rule>(jobs: &[Job<R::Scalars>], start: usize, end: usize) {
+    let mut offset = 0;
+    for job in jobs {
+        let (lo, hi) = (start.max(offset), end.min(offset + job.numel));
+        if lo < hi {
+            run_piece::<R>(job, lo - offset, hi - lo);
+        }
+        offset += job.numel;
+        if offset >= end {
+            break;
+        }
+    }
+}
+
+/// Dispatches one piece of a job on its dtype and state count.
+fn run_piece<R: Rule>(job: &Job<R::Scalars>, start: usize, len: usize) {
+    macro_rules! by_state {
+        ($t:ty) => {
+            match job.n_state {
+                0 => piece::<R, $t, 0>(job, start, len),
+                1 => piece::<R, $t, 1>(job, start, len),
+                2 => piece::<R, $t, 2>(job, start, len),
+                3 => piece::<R, $t, 3>(job, start, len),
+                _ => piece::<R, $t, MAX_STATE>(job, start, len),
+            }
+        };
+    }
+    match job.kind {
+        Kind::Double => by_state!(f64),
+        Kind::BFloat16 => by_state!(bf16),
+        Kind::Half => by_state!(f16),
+        _ => by_state!(f32),
+    }
+}
+
+/// The fused loop: reads param, grad and `N` state values once, writes param and state once.
+#[inline(never)]
+fn piece<R: Rule, S: Storage, const N: usize>(job: &Job<R::Scalars>, start: usize, len: usize) {
+    // SAFETY: the driver only builds jobs whose tensors are CPU, contiguous, of the storage type
+    // `S` (dispatched on `job.kind`) with `job.numel` elements and `N == job.n_state` state
+    // tensors; `start + len <= job.numel`; the written tensors do not overlap each other or the
+    // gradient, and no other thread touches `[start, start + len)` of this job.
+    let (param, grad, state) = unsafe {
+        let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
+        let grad = std::slice::from_raw_parts((job.grad as *const S).add(start), len);
+        let state: [&mut [S]; N] = std::array::from_fn(|k| {
+            std::slice::from_raw_parts_mut((job.state[k] as *mut S).add(start), len)
+        });
+        (param, grad, state)
+    };
+    for i in 0..len {
+        let mut s = [<S::Compute as crate::element::Float>::ZERO; N];
+        for k in 0..N {
+            s[k] = state[k][i].load();
+        }
+        let p = R::update(&job.scalars, param[i].load(), grad[i].load(), &mut s);
+        param[i] = S::store(p);
+        for k in 0..N {
+            state[k][i] = S::store(s[k]);
+        }
+    }
+}
+
+/// The worker pool, rebuilt when the requested thread count changes.
+fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let mut guard = POOL.lock().map_err(|e| Error::Threads(e.to_string()))?;
+    if let Some((n, pool)) = guard.as_ref() {
+        if *n == threads {
+            return Ok(Arc::clone(pool));
+        }
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("ferroptim-{i}"))
+        .build()
+        .map_err(|e| Error::Threads(e.to_string()))?;
+    let pool = Arc::new(pool);
+    *guard = Some((threads, Arc::clone(&pool)));
+    Ok(pool)
+}

@@ -1,0 +1,78 @@
+//! The crate's error type.
+
+use tch::{Device, Kind, TchError};
+
+/// Everything that can go wrong in a ferroptim step. No variant is ever returned after a
+/// parameter or state tensor has been modified: inputs are validated before the update starts.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A hyperparameter is out of range (e.g. a negative `lr`).
+    #[error("Invalid {name} value: {value}")]
+    InvalidArgument {
+        /// The argument's name, as in torch.optim (`lr`, `betas`, `eps`, …).
+        name: &'static str,
+        /// The rejected value, formatted.
+        value: String,
+    },
+    /// A gradient (or parameter) is a sparse tensor; the fused kernels need dense ones.
+    #[error("{what} is sparse: ferroptim does not support sparse gradients")]
+    Sparse {
+        /// Which tensor, e.g. `grad of params[2] in group 0`.
+        what: String,
+    },
+    /// A tensor's shape differs from its parameter's shape.
+    #[error("{what} has shape {got:?}, but the parameter has shape {expected:?}")]
+    ShapeMismatch {
+        /// Which tensor.
+        what: String,
+        /// The parameter's shape.
+        expected: Vec<i64>,
+        /// The tensor's shape.
+        got: Vec<i64>,
+    },
+    /// A tensor lives on another device than its parameter.
+    #[error("{what} is on {got:?}, but the parameter is on {expected:?}")]
+    DeviceMismatch {
+        /// Which tensor.
+        what: String,
+        /// The parameter's device.
+        expected: Device,
+        /// The tensor's device.
+        got: Device,
+    },
+    /// A tensor's dtype is not one of float32, float64, bfloat16, float16.
+    #[error("{what} has dtype {kind:?}; supported dtypes are float32, float64, bfloat16, float16")]
+    UnsupportedDtype {
+        /// Which tensor.
+        what: String,
+        /// Its dtype.
+        kind: Kind,
+    },
+    /// The number of state tensors or step counters does not match the algorithm.
+    #[error("{what}: expected {expected}, got {got}")]
+    StateMismatch {
+        /// Which parameter.
+        what: String,
+        /// What the algorithm needs.
+        expected: String,
+        /// What was given.
+        got: String,
+    },
+    /// Two tensors that are written (parameters, state) share memory with another tensor.
+    #[error("{first} and {second} overlap in memory; parameters and state must not alias")]
+    Overlap {
+        /// One tensor.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// The worker thread pool could not be created.
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
+    /// An error reported by libtorch.
+    #[error(transparent)]
+    Torch(#[from] TchError),
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,44 @@
+//! # ferroptim
+//!
+//! Fused, multi-threaded optimizer steps for [tch](https://docs.rs/tch) tensors: SGD, Adam and
+//! AdamW with torch.optim's exact update rules, hyperparameter names and state names, so that a
+//! step here continues a trajectory started by `torch.optim` (and vice versa).
+//!
+//! Each algorithm is a [`Rule`] — an elementwise update plus its per-step scalars — and one
+//! generic driver, [`step`], applies it to every parameter of every group in a single pass:
+//! each element's parameter, gradient and state are read once and written once, half types are
+//! widened to `f32` and rounded once, and the work is split across libtorch's intra-op thread
+//! count with small tensors batched into one parallel region.
+//!
+//! ```no_run
+//! use ferroptim::{step, Adam, Group, ParamTensors};
+//! use tch::{Kind, Tensor};
+//!
+//! let param = Tensor::ones([3], (Kind::Float, tch::Device::Cpu));
+//! let grad = Tensor::full([3], 0.5, (Kind::Float, tch::Device::Cpu));
+//! let state = vec![param.zeros_like(), param.zeros_like()]; // exp_avg, exp_avg_sq
+//! let counter = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
+//! let mut groups = [Group {
+//!     rule: Adam::adamw(),
+//!     params: vec![ParamTensors {
+//!         param: param.shallow_clone(),
+//!         grad,
+//!         state,
+//!         step: Some(counter),
+//!         fresh: true,
+//!     }],
+//! }];
+//! step(&mut groups).expect("valid inputs");
+//! ```
+#![deny(missing_docs)]
+
+mod driver;
+pub mod element;
+mod error;
+mod rule;
+pub mod rules;
+
+pub use driver::{step, Group, ParamTensors};
+pub use error::{Error, Result};
+pub use rule::{Rule, MAX_STATE};
+pub use rules::{Adam, Sgd};

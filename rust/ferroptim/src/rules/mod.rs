@@ -1,0 +1,7 @@
+//! The algorithms, one rule each.
+
+mod adam;
+mod sgd;
+
+pub use adam::Adam;
+pub use sgd::Sgd;

@@ -1,0 +1,404 @@
+"""Shared helpers for the ferroptim Python test suite.
+
+Everything here compares ``ferroptim.{SGD,Adam,AdamW}`` ("ours") with torch.optim: the
+reference is torch's default CPU implementation, the single-tensor for-loop
+(``foreach=False, fused=False``), and for half precision torch's fused CPU kernel and a
+float32 emulation (:class:`Fp32Reference`).
+
+Harness self-check (test-only): setting ``FERROPTIM_TEST_STANDIN=fused`` (or ``forloop``)
+replaces ferroptim with thin subclasses of torch.optim that follow ferroptim's documented
+contract (sparse gradients rejected before anything is mutated, ``differentiable=True``
+refused). It exists only to validate this suite before the extension is built and must
+never be set when testing ferroptim; the pytest header says which implementation ran.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+
+# (rtol, atol) for "ours vs torch for-loop" on full-precision trajectories.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-6),
+    torch.float64: (1e-10, 1e-12),
+}
+
+STANDIN_ENV = "FERROPTIM_TEST_STANDIN"
+
+
+# ----------------------------------------------------------------------------------------
+# The implementation under test
+# ----------------------------------------------------------------------------------------
+
+
+def _make_standin(mode: str) -> Any:
+    """Test-only stand-in for ferroptim built from torch.optim (see module docstring)."""
+    if mode not in ("fused", "forloop"):
+        raise ValueError(f"{STANDIN_ENV} must be 'fused' or 'forloop', not {mode!r}")
+
+    def subclass(base: type) -> type:
+        inner_step = base.step
+        inner_step = getattr(inner_step, "__wrapped__", inner_step)  # skip torch's hook wrapper
+
+        class StandIn(base):  # type: ignore[misc, valid-type]
+            def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+                if kwargs.get("differentiable"):
+                    raise RuntimeError("differentiable=True is not supported")
+                if mode == "fused":
+                    kwargs.setdefault("fused", True)
+                else:
+                    kwargs.setdefault("foreach", False)
+                super().__init__(params, *args, **kwargs)
+
+            def step(self, closure: Any = None) -> Any:
+                loss = None
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = closure()
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None and p.grad.is_sparse:
+                            raise RuntimeError("sparse gradients are not supported")
+                inner_step(self)
+                return loss
+
+        StandIn.__name__ = StandIn.__qualname__ = base.__name__
+        return StandIn
+
+    ns = type("FerroptimStandIn", (), {})()
+    for name in OPTIMIZERS:
+        setattr(ns, name, subclass(getattr(torch.optim, name)))
+    ns.__name__ = f"torch.optim stand-in ({mode})"
+    return ns
+
+
+def _load_implementation() -> Any:
+    mode = os.environ.get(STANDIN_ENV, "")
+    if mode:
+        return _make_standin(mode)
+    import ferroptim
+
+    return ferroptim
+
+
+OURS = _load_implementation()
+
+
+def describe_implementation() -> str:
+    mode = os.environ.get(STANDIN_ENV, "")
+    if mode:
+        return f"TEST-ONLY STAND-IN: torch.optim ({mode}) instead of ferroptim"
+    return f"ferroptim from {getattr(OURS, '__file__', '?')}"
+
+
+def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` from ``impl``: 'ours', 'forloop' or 'fused' (torch)."""
+    kwargs = copy.deepcopy(kwargs)  # tensor hyperparameters must not be shared
+    if impl == "ours":
+        return getattr(OURS, name)(params, **kwargs)
+    cls = getattr(torch.optim, name)
+    if impl == "forloop":
+        return cls(params, foreach=False, fused=False, **kwargs)
+    if impl == "fused":
+        return cls(params, fused=True, **kwargs)
+    if impl == "fp32ref":
+        return Fp32Reference(name, params, **kwargs)
+    raise ValueError(impl)
+
+
+# ----------------------------------------------------------------------------------------
+# Problem: a small MLP on fixed random data
+# ----------------------------------------------------------------------------------------
+
+
+def make_mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)
+        )
+    return model.to(dtype)
+
+
+def make_data(dtype: torch.dtype = torch.float32, seed: int = 1) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(32, 3, generator=g, dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+def mlp_loss(model: nn.Module, data: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    x, y = data
+    return ((model(x) - y) ** 2).mean()
+
+
+def split_groups(model: nn.Sequential, overrides: Sequence[dict] | None) -> Any:
+    """``None``: all parameters; else one group per override dict: the first Linear, then
+    the rest of the model."""
+    if overrides is None:
+        return list(model.parameters())
+    first = list(model[0].parameters())
+    rest = [p for p in model.parameters() if all(p is not q for q in first)]
+    assert len(overrides) == 2
+    return [{"params": first, **overrides[0]}, {"params": rest, **overrides[1]}]
+
+
+def train(
+    model: nn.Module,
+    opt: Any,
+    data: tuple[torch.Tensor, ...],
+    steps: int,
+    scheduler: Any = None,
+    use_closure: bool = False,
+) -> list[list[float]]:
+    """Run ``steps`` optimizer steps; returns the lr of every group before each step."""
+    lrs = []
+    for _ in range(steps):
+        lrs.append([float(g["lr"]) for g in opt.param_groups])
+        if use_closure:
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad(set_to_none=True)
+                loss = mlp_loss(model, data)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            opt.zero_grad(set_to_none=True)
+            mlp_loss(model, data).backward()
+            opt.step()
+        if scheduler is not None:
+            scheduler.step()
+    return lrs
+
+
+# ----------------------------------------------------------------------------------------
+# Snapshots of parameters + optimizer state, and comparisons
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    params: list[torch.Tensor]
+    state: list[dict[str, torch.Tensor]]  # per parameter, {} when it has none
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def snapshot(params: Any, opt: Any) -> Snapshot:
+    params = list(params)
+    states = []
+    for p in params:
+        st = opt.state.get(p, {})  # .get: do not create entries in torch's defaultdict
+        states.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in st.items()})
+    return Snapshot([p.detach().clone() for p in params], states)
+
+
+def _check_step_format(key: str, value: Any, where: str) -> None:
+    if key == "step":
+        assert torch.is_tensor(value), f"{where}: state['step'] is {type(value)}, not a tensor"
+        assert value.dtype == torch.float32 and value.dim() == 0 and value.device.type == "cpu", (
+            f"{where}: state['step'] must be a float32 0-d CPU tensor, got "
+            f"{value.dtype} shape={tuple(value.shape)} device={value.device}"
+        )
+
+
+def assert_snapshots_close(
+    actual: Snapshot, expected: Snapshot, rtol: float, atol: float, what: str = ""
+) -> None:
+    assert len(actual.params) == len(expected.params)
+    for i, (a, e) in enumerate(zip(actual.params, expected.params)):
+        torch.testing.assert_close(
+            a, e, rtol=rtol, atol=atol, msg=lambda m, i=i: f"{what} param {i}: {m}"
+        )
+    for i, (sa, se) in enumerate(zip(actual.state, expected.state)):
+        assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)} != {sorted(se)}"
+        for key in se:
+            _check_step_format(key, sa[key], f"{what} param {i}")
+            torch.testing.assert_close(
+                sa[key],
+                se[key],
+                rtol=rtol,
+                atol=atol,
+                msg=lambda m, i=i, key=key: f"{what} param {i} state[{key!r}]: {m}",
+            )
+
+
+def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "") -> None:
+    """Bit-identical parameters and state (dtype included)."""
+    assert len(actual.params) == len(expected.params)
+    for i, (a, e) in enumerate(zip(actual.params, expected.params)):
+        assert a.dtype == e.dtype, f"{what} param {i}: dtype {a.dtype} != {e.dtype}"
+        assert torch.equal(a, e), f"{what} param {i} differs: max abs diff {max_abs_diff(a, e)}"
+    for i, (sa, se) in enumerate(zip(actual.state, expected.state)):
+        assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)} != {sorted(se)}"
+        for key in se:
+            a, e = sa[key], se[key]
+            assert a.dtype == e.dtype, f"{what} param {i} state[{key!r}]: {a.dtype} != {e.dtype}"
+            assert torch.equal(a, e), (
+                f"{what} param {i} state[{key!r}] differs: max abs diff {max_abs_diff(a, e)}"
+            )
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return (a.double() - b.double()).abs().max().item()
+
+
+def snapshot_max_diff(a: Snapshot, b: Snapshot) -> float:
+    """Largest absolute difference over parameters and floating-point state tensors."""
+    diffs = [max_abs_diff(x, y) for x, y in zip(a.params, b.params)]
+    for sa, sb in zip(a.state, b.state):
+        diffs += [max_abs_diff(sa[k], sb[k]) for k in sb if k != "step"]
+    return max(diffs, default=0.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Trajectories
+# ----------------------------------------------------------------------------------------
+
+
+def run_mlp(
+    impl: str,
+    name: str,
+    kwargs: dict,
+    *,
+    steps: int = 50,
+    dtype: torch.dtype = torch.float32,
+    groups: Sequence[dict] | None = None,
+    scheduler: Callable[[Any], Any] | None = None,
+    use_closure: bool = False,
+) -> Snapshot:
+    """Train the seeded MLP for ``steps`` steps with optimizer ``name`` from ``impl``."""
+    model = make_mlp(dtype)
+    data = make_data(dtype)
+    opt = make_opt(impl, name, split_groups(model, groups), **kwargs)
+    sched = scheduler(opt) if scheduler is not None else None
+    lrs = train(model, opt, data, steps, scheduler=sched, use_closure=use_closure)
+    snap = snapshot(model.parameters(), opt)
+    snap.extra["lrs"] = lrs
+    snap.extra["groups"] = [
+        {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups
+    ]
+    return snap
+
+
+# ----------------------------------------------------------------------------------------
+# Manually driven tensors (edge cases): gradient = 0.5 * param + fixed noise
+# ----------------------------------------------------------------------------------------
+
+
+def with_layout(value: torch.Tensor, layout: str) -> torch.Tensor:
+    """A copy of ``value`` with memory layout 'contiguous', 'transposed' (2-d: stored as the
+    transpose of a contiguous tensor) or 'strided' (every other element of a buffer)."""
+    if layout == "contiguous":
+        return value.clone(memory_format=torch.contiguous_format)
+    if layout == "transposed":
+        assert value.dim() == 2
+        out = torch.empty(value.shape[1], value.shape[0], dtype=value.dtype).t()
+    elif layout == "strided":
+        assert value.dim() >= 1
+        buf = torch.empty(*value.shape[:-1], value.shape[-1] * 2, dtype=value.dtype)
+        out = buf[..., ::2]
+    else:
+        raise ValueError(layout)
+    out.copy_(value)
+    if value.numel() > 1:
+        assert not out.is_contiguous()
+    return out
+
+
+def make_noise(params: Sequence[torch.Tensor], steps: int, seed: int = 3) -> list:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        [torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) for p in params]
+        for _ in range(steps)
+    ]
+
+
+def run_manual(
+    impl: str,
+    name: str,
+    kwargs: dict,
+    init: Sequence[torch.Tensor],
+    steps: int,
+    grad_layouts: Sequence[str] | None = None,
+    noise: list | None = None,
+) -> Snapshot:
+    """Optimize leaf copies of ``init`` (layouts preserved) with synthetic gradients
+    ``0.5 * p + noise[step]`` given the layouts in ``grad_layouts``."""
+    params = [t.detach().clone().requires_grad_(True) for t in init]  # clone keeps strides
+    for p, t in zip(params, init):
+        assert p.stride() == t.stride()
+    noise = noise if noise is not None else make_noise(params, steps)
+    grad_layouts = grad_layouts or ["contiguous"] * len(params)
+    opt = make_opt(impl, name, params, **kwargs)
+    for k in range(steps):
+        for p, n, layout in zip(params, noise[k], grad_layouts):
+            p.grad = with_layout(p.detach() * 0.5 + n, layout)
+        opt.step()
+    return snapshot(params, opt)
+
+
+# ----------------------------------------------------------------------------------------
+# Float32 emulation: "compute in float32, round once when stored"
+# ----------------------------------------------------------------------------------------
+
+
+class Fp32Reference:
+    """Reference for half-precision (and mixed-dtype state) steps: each step upcasts the
+    parameter, gradient and state to float32, runs torch's for-loop optimizer on those
+    copies and stores every result back, rounded once, in the dtype it is stored in (the
+    parameter's dtype for new state). Single parameter group; ``state`` keyed by parameter
+    like a torch optimizer's, so tests may replace state tensors (e.g. float32 state for a
+    bfloat16 parameter)."""
+
+    def __init__(self, name: str, params: Any, **hyper: Any) -> None:
+        self.name = name
+        self.hyper = hyper
+        params = list(params)
+        assert all(torch.is_tensor(p) for p in params), "Fp32Reference takes one group"
+        self.param_groups = [{"params": params, **hyper}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        assert closure is None
+        live = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if not live:
+            return
+        shadows = []
+        for p in live:
+            s = p.detach().to(torch.float32, copy=True).requires_grad_(True)
+            s.grad = p.grad.to(torch.float32, copy=True)
+            shadows.append(s)
+        inner = getattr(torch.optim, self.name)(shadows, foreach=False, **self.hyper)
+        for p, s in zip(live, shadows):
+            if p in self.state:
+                inner.state[s] = {
+                    k: v.clone() if k == "step" else v.to(torch.float32, copy=True)
+                    for k, v in self.state[p].items()
+                }
+        inner.step()
+        for p, s in zip(live, shadows):
+            p.copy_(s)
+            stored = self.state.setdefault(p, {})
+            for k, v in inner.state[s].items():
+                if k == "step":
+                    stored[k] = v.clone()
+                elif k in stored:
+                    stored[k].copy_(v)
+                else:
+                    stored[k] = v.to(p.dtype, copy=True)
