@@ -20,11 +20,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+# Tests run with one intra-op thread: the MLP tensors are tiny, and a busy 2-core CI box
+# makes multi-threaded torch on tiny tensors very slow. Tests of the multi-threaded split
+# (large tensors, 1 vs 2 threads) set the thread count themselves.
+TEST_THREADS = 1
+
+
 @pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """Tests may change the thread count or the default dtype; always restore them."""
+def _torch_globals():
+    """One intra-op thread per test by default; restore thread count and default dtype."""
     threads = torch.get_num_threads()
     default_dtype = torch.get_default_dtype()
+    torch.set_num_threads(TEST_THREADS)
     yield
     torch.set_num_threads(threads)
     torch.set_default_dtype(default_dtype)

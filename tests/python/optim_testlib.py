@@ -45,7 +45,8 @@ def _make_standin(mode: str) -> Any:
 
     def subclass(base: type) -> type:
         inner_step = base.step
-        inner_step = getattr(inner_step, "__wrapped__", inner_step)  # skip torch's hook wrapper
+        if getattr(inner_step, "hooked", False):  # skip torch's hook wrapper (hooks run once)
+            inner_step = inner_step.__wrapped__
 
         class StandIn(base):  # type: ignore[misc, valid-type]
             def __init__(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -361,8 +362,11 @@ class Fp32Reference:
     like a torch optimizer's, so tests may replace state tensors (e.g. float32 state for a
     bfloat16 parameter)."""
 
-    def __init__(self, name: str, params: Any, **hyper: Any) -> None:
+    def __init__(
+        self, name: str, params: Any, compute_dtype: torch.dtype = torch.float32, **hyper: Any
+    ) -> None:
         self.name = name
+        self.compute_dtype = compute_dtype
         self.hyper = hyper
         params = list(params)
         assert all(torch.is_tensor(p) for p in params), "Fp32Reference takes one group"
@@ -381,14 +385,14 @@ class Fp32Reference:
             return
         shadows = []
         for p in live:
-            s = p.detach().to(torch.float32, copy=True).requires_grad_(True)
-            s.grad = p.grad.to(torch.float32, copy=True)
+            s = p.detach().to(self.compute_dtype, copy=True).requires_grad_(True)
+            s.grad = p.grad.to(self.compute_dtype, copy=True)
             shadows.append(s)
         inner = getattr(torch.optim, self.name)(shadows, foreach=False, **self.hyper)
         for p, s in zip(live, shadows):
             if p in self.state:
                 inner.state[s] = {
-                    k: v.clone() if k == "step" else v.to(torch.float32, copy=True)
+                    k: v.clone() if k == "step" else v.to(self.compute_dtype, copy=True)
                     for k, v in self.state[p].items()
                 }
         inner.step()

@@ -1,0 +1,116 @@
+"""Shared step plumbing of the native optimizer classes."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+#: Docstring fragment shared by every class: what the native path does and does not support.
+NATIVE_NOTES = r"""
+    Native execution:
+        ``step()`` makes one call into Rust for all parameter groups, with the GIL released.
+        Parameters of dtype float32, float64, bfloat16 or float16 are supported; half types are
+        computed in float32 and rounded once when stored (as torch's fused kernels do).
+        Contiguous CPU tensors are updated in place by the fused multi-threaded kernel (thread
+        count: ``torch.get_num_threads()``; results do not depend on it). Non-contiguous tensors,
+        tensors on other devices (e.g. CUDA) and state whose dtype differs from the parameter's
+        take a slower *staged* path: copied to contiguous CPU float32 (float64 if any is float64),
+        updated by the same kernel, and copied back.
+        ``foreach``, ``fused`` and ``capturable`` are accepted for signature compatibility and
+        recorded in ``param_groups``; they do not change how ferroptim computes.
+        ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
+        RuntimeError. Any error is raised before a parameter or state tensor is modified.
+"""
+
+
+def scalar(value: float | torch.Tensor) -> float:
+    """A hyperparameter as a Python float (tensors, e.g. a tensor ``lr``, hold one element)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+class NativeStep:
+    """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively.
+
+    Subclasses define ``_native_step`` (the ``ferroptim._core`` function), ``_hyper(group)``
+    (the group's hyperparameters as floats/bools) and ``_param_state(p, state)`` (the state
+    tensors, the step tensor or None, and whether the state is new).
+    """
+
+    _native_step: Callable[[list[dict[str, Any]]], None]
+
+    def _check_supported(self) -> None:
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if group.get("differentiable"):
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support differentiable=True: "
+                    "its step runs in native code outside autograd"
+                )
+        # GradScaler must unscale gradients itself: the native step does not take
+        # grad_scale/found_inf yet, whatever `fused` says.
+        self._step_supports_amp_scaling = False
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _param_state(
+        self, p: torch.Tensor, group: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, dict[str, Any] | None]:
+        """State tensors of ``p`` in the rule's order, its step tensor, and new state to
+        insert into ``self.state[p]`` once the step has succeeded (None if nothing is new)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Performs a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model and returns the
+                loss; it is called with gradients enabled.
+
+        Returns:
+            The closure's loss, or None.
+
+        Raises:
+            RuntimeError: a gradient is sparse, or a tensor does not match its parameter
+                (shape, device, dtype); nothing is modified in that case.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        calls = []
+        created = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            if group.get("differentiable"):
+                raise RuntimeError(f"{name} does not support differentiable=True")
+            params, grads, states, steps, fresh = [], [], [], [], []
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if grad.is_sparse:
+                    raise RuntimeError(
+                        f"{name} does not support sparse gradients (parameter of shape "
+                        f"{tuple(p.shape)} has a {grad.layout} gradient)"
+                    )
+                state, step_t, new = self._param_state(p, group)
+                params.append(p)
+                grads.append(grad)
+                states.append(state)
+                fresh.append(new is not None)
+                if step_t is not None:
+                    steps.append(step_t)
+                if new is not None:
+                    created.append((p, new))
+            if params:
+                calls.append(
+                    dict(self._hyper(group), params=params, grads=grads, states=states,
+                         steps=steps, fresh=fresh)
+                )
+        if calls:
+            type(self)._native_step(calls)
+        for p, new in created:
+            self.state[p].update(new)  # type: ignore[attr-defined]
+        return loss

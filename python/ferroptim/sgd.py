@@ -1,0 +1,71 @@
+"""SGD with native fused steps (rule: ``rust/ferroptim/src/rules/sgd.rs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ferroptim import _core
+from ferroptim._base import NATIVE_NOTES, NativeStep, scalar
+
+
+class SGD(NativeStep, torch.optim.SGD):
+    __doc__ = (
+        r"""SGD (optionally with momentum) with a fused native step; a drop-in replacement for
+    ``torch.optim.SGD``.
+
+    Algorithm: stochastic gradient descent; momentum and Nesterov momentum as in Sutskever et
+    al., "On the importance of initialization and momentum in deep learning" (ICML 2013), in
+    torch's formulation (the first step initialises ``momentum_buffer`` with the gradient,
+    dampening applies from the second step). The arithmetic follows ``torch.optim.SGD``'s
+    for-loop implementation (torch 2.11).
+
+    Args:
+        params (iterable): parameters or dicts defining parameter groups.
+        lr (float or Tensor, optional): learning rate (default: 1e-3).
+        momentum (float, optional): momentum factor (default: 0).
+        dampening (float, optional): dampening for momentum (default: 0).
+        weight_decay (float, optional): weight decay (L2 penalty) (default: 0).
+        nesterov (bool, optional): Nesterov momentum; needs momentum > 0 and zero dampening
+            (default: False).
+        maximize (bool, optional): maximize the objective (default: False).
+        foreach, differentiable, fused: see "Native execution".
+
+    State (``optimizer.state[p]``): ``momentum_buffer`` (like ``p``) when ``momentum != 0``.
+
+    Raises:
+        ValueError: negative ``lr``, ``momentum`` or ``weight_decay``; ``nesterov`` without
+            momentum or with dampening; a parameter in two groups.
+        RuntimeError: ``differentiable=True``; at ``step()``, a sparse gradient (unlike
+            torch.optim.SGD, sparse gradients are not supported).
+"""
+        + NATIVE_NOTES
+    )
+
+    _native_step = staticmethod(_core.sgd_step)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_supported()
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "lr": scalar(group["lr"]),
+            "momentum": scalar(group["momentum"]),
+            "dampening": scalar(group["dampening"]),
+            "weight_decay": scalar(group["weight_decay"]),
+            "nesterov": bool(group["nesterov"]),
+            "maximize": bool(group["maximize"]),
+        }
+
+    def _param_state(self, p: torch.Tensor, group: dict[str, Any]):
+        if group["momentum"] == 0:
+            return [], None, None
+        buf = (self.state.get(p) or {}).get("momentum_buffer")  # type: ignore[attr-defined]
+        if buf is not None:
+            return [buf], None, None
+        # torch clones the gradient on the first step; the native rule does the same into
+        # this buffer (fresh=True), which is inserted only after a successful step.
+        buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [buf], None, {"momentum_buffer": buf}

@@ -1,0 +1,110 @@
+//! Python group dicts → core groups. Keys mirror torch.optim's `param_groups` names.
+
+use crate::error::CoreError;
+use crate::tensor::PyTensor;
+use ferroptim::{Adam, Group, ParamTensors, Sgd};
+use pyo3::FromPyObject;
+
+/// The tensors of one group: parallel lists, one entry per parameter that has a gradient.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct TensorArgs {
+    params: Vec<PyTensor>,
+    grads: Vec<PyTensor>,
+    /// Per parameter, its state tensors in the rule's order (`exp_avg`, `exp_avg_sq`, …).
+    states: Vec<Vec<PyTensor>>,
+    /// Per parameter, its `step` tensor; empty for rules without a step counter.
+    steps: Vec<PyTensor>,
+    /// Per parameter, whether its state was just created.
+    fresh: Vec<bool>,
+}
+
+impl TensorArgs {
+    /// Builds the core group, checking that the parallel lists have one entry per parameter.
+    pub fn into_group<R: ferroptim::Rule>(self, rule: R) -> Result<Group<R>, CoreError> {
+        let n = self.params.len();
+        let lists = [("grads", self.grads.len()), ("states", self.states.len()), ("fresh", self.fresh.len())];
+        for (name, len) in lists.into_iter().chain((!self.steps.is_empty()).then_some(("steps", self.steps.len()))) {
+            if len != n {
+                return Err(ferroptim::Error::StateMismatch {
+                    what: format!("group list '{name}'"),
+                    expected: format!("{n} entries (one per parameter)"),
+                    got: format!("{len}"),
+                }
+                .into());
+            }
+        }
+        let mut steps = self.steps.into_iter().map(|t| t.0);
+        let params = self
+            .params
+            .into_iter()
+            .zip(self.grads)
+            .zip(self.states)
+            .zip(self.fresh)
+            .map(|(((p, g), s), fresh)| ParamTensors {
+                param: p.0,
+                grad: g.0,
+                state: s.into_iter().map(|t| t.0).collect(),
+                step: steps.next(),
+                fresh,
+            })
+            .collect();
+        Ok(Group { rule, params })
+    }
+}
+
+/// SGD hyperparameters of one group (floats; the Python class converts tensors).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct SgdArgs {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+    maximize: bool,
+}
+
+impl SgdArgs {
+    /// The core rule.
+    pub fn rule(&self) -> Sgd {
+        Sgd {
+            lr: self.lr,
+            momentum: self.momentum,
+            dampening: self.dampening,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+            maximize: self.maximize,
+        }
+    }
+}
+
+/// Adam/AdamW hyperparameters of one group.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct AdamArgs {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled_weight_decay: bool,
+}
+
+impl AdamArgs {
+    /// The core rule.
+    pub fn rule(&self) -> Adam {
+        Adam {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            decoupled_weight_decay: self.decoupled_weight_decay,
+        }
+    }
+}
