@@ -56,7 +56,7 @@ def test_state_dict_interchange_with_torch(name, kwargs, groups, direction):
     # hand the state over to the other implementation, on a copy of the model
     model2 = copy.deepcopy(model)
     opt2 = make_opt(dst_impl, name, split_groups(model2, groups), **kwargs)
-    sd = opt.state_dict()
+    sd = copy.deepcopy(opt.state_dict())  # state_dict() returns the live state tensors
     opt2.load_state_dict(sd)
     loaded = snapshot(model2.parameters(), opt2)
     assert_snapshots_equal(loaded, snapshot(model.parameters(), opt), "right after loading:")

@@ -23,8 +23,15 @@ impl TensorArgs {
     /// Builds the core group, checking that the parallel lists have one entry per parameter.
     pub fn into_group<R: ferroptim::Rule>(self, rule: R) -> Result<Group<R>, CoreError> {
         let n = self.params.len();
-        let lists = [("grads", self.grads.len()), ("states", self.states.len()), ("fresh", self.fresh.len())];
-        for (name, len) in lists.into_iter().chain((!self.steps.is_empty()).then_some(("steps", self.steps.len()))) {
+        let lists = [
+            ("grads", self.grads.len()),
+            ("states", self.states.len()),
+            ("fresh", self.fresh.len()),
+        ];
+        for (name, len) in lists
+            .into_iter()
+            .chain((!self.steps.is_empty()).then_some(("steps", self.steps.len())))
+        {
             if len != n {
                 return Err(ferroptim::Error::StateMismatch {
                     what: format!("group list '{name}'"),

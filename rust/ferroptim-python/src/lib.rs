@@ -18,8 +18,10 @@ fn run<R: ferroptim::Rule + Send>(
     py: Python<'_>,
     groups: Vec<(R, TensorArgs)>,
 ) -> Result<(), CoreError> {
-    let mut groups: Vec<ferroptim::Group<R>> =
-        groups.into_iter().map(|(rule, tensors)| tensors.into_group(rule)).collect::<Result<_, _>>()?;
+    let mut groups: Vec<ferroptim::Group<R>> = groups
+        .into_iter()
+        .map(|(rule, tensors)| tensors.into_group(rule))
+        .collect::<Result<_, _>>()?;
     py.detach(|| ferroptim::step(&mut groups))?;
     Ok(())
 }

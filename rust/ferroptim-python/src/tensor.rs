@@ -20,7 +20,10 @@ impl<'a, 'py> FromPyObject<'a, 'py> for PyTensor {
             Ok(Some(t)) => Ok(PyTensor(t)),
             Ok(None) => Err(PyTypeError::new_err(format!(
                 "expected a torch.Tensor, got {}",
-                obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "?".into())
             ))),
             Err(e) => Err(PyTypeError::new_err(e.to_string())),
         }

@@ -132,7 +132,10 @@ impl Storage for f16 {
 
 /// Whether the fused kernels can store tensors of this kind directly.
 pub fn is_supported(kind: Kind) -> bool {
-    matches!(kind, Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half)
+    matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::BFloat16 | Kind::Half
+    )
 }
 
 #[cfg(test)]
@@ -144,7 +147,10 @@ mod tests {
         // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to the even mantissa (1.0).
         assert_eq!(bf16::store(1.0 + 2f32.powi(-8)).load(), 1.0);
         // 1 + 3 * 2^-8 is halfway too: the even neighbour is 1 + 2^-6.
-        assert_eq!(bf16::store(1.0 + 3.0 * 2f32.powi(-8)).load(), 1.0 + 2f32.powi(-6));
+        assert_eq!(
+            bf16::store(1.0 + 3.0 * 2f32.powi(-8)).load(),
+            1.0 + 2f32.powi(-6)
+        );
         assert_eq!(f16::store(1.0 + 2f32.powi(-11)).load(), 1.0);
     }
 

@@ -40,7 +40,11 @@ unsafe impl<S: Sync> Sync for Job<S> {}
 /// bit-identical for any thread count.
 pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<()> {
     let total: usize = jobs.iter().map(|j| j.numel).sum();
-    let n = if total < MIN_PARALLEL_ELEMENTS { 1 } else { threads.clamp(1, total / 4096) };
+    let n = if total < MIN_PARALLEL_ELEMENTS {
+        1
+    } else {
+        threads.clamp(1, total / 4096)
+    };
     if n == 1 {
         run_range::<R>(jobs, 0, total);
         return Ok(());

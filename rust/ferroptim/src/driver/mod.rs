@@ -75,7 +75,11 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
     let mut staged: Vec<Option<Staged>> = Vec::new();
     for group in groups.iter() {
         for pt in &group.params {
-            staged.push(if is_direct(pt) { None } else { Some(Staged::new(pt)?) });
+            staged.push(if is_direct(pt) {
+                None
+            } else {
+                Some(Staged::new(pt)?)
+            });
         }
     }
 
@@ -165,7 +169,8 @@ impl Staged {
             .any(|t| t.kind() == Kind::Double);
         let kind = if any_f64 { Kind::Double } else { Kind::Float };
         let stage = |t: &Tensor| -> Result<Tensor> {
-            Ok(t.f_to_device_(Device::Cpu, kind, false, false)?.f_contiguous()?)
+            Ok(t.f_to_device_(Device::Cpu, kind, false, false)?
+                .f_contiguous()?)
         };
         Ok(Staged {
             param: stage(&pt.param)?,
@@ -175,7 +180,8 @@ impl Staged {
     }
 
     fn copy_back(&self, pt: &mut ParamTensors) -> Result<()> {
-        let pairs = std::iter::once((&mut pt.param, &self.param)).chain(pt.state.iter_mut().zip(&self.state));
+        let pairs = std::iter::once((&mut pt.param, &self.param))
+            .chain(pt.state.iter_mut().zip(&self.state));
         for (dst, src) in pairs {
             if dst.data_ptr() != src.data_ptr() {
                 dst.f_copy_(src)?;

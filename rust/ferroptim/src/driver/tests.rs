@@ -38,7 +38,12 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 #[test]
 fn contiguous_noncontiguous_and_large_tensors_match_the_reference() {
     let opts = (Kind::Double, Device::Cpu);
-    let rule = Adam { lr: 0.01, weight_decay: 0.1, amsgrad: true, ..Adam::default() };
+    let rule = Adam {
+        lr: 0.01,
+        weight_decay: 0.1,
+        amsgrad: true,
+        ..Adam::default()
+    };
     let small = Tensor::randn([7, 5], opts);
     let strided = Tensor::randn([6, 9], opts).transpose(0, 1); // non-contiguous
     let large = Tensor::randn([300_000], opts); // several threads
@@ -49,7 +54,11 @@ fn contiguous_noncontiguous_and_large_tensors_match_the_reference() {
     let before: Vec<Vec<f64>> = tensors.iter().map(to_vec).collect();
     let mut groups = [Group {
         rule,
-        params: tensors.iter().zip(&grads).map(|(p, g)| adam_params(p, g, true)).collect(),
+        params: tensors
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| adam_params(p, g, true))
+            .collect(),
     }];
     for _ in 0..3 {
         step(&mut groups).expect("step");
@@ -60,7 +69,13 @@ fn contiguous_noncontiguous_and_large_tensors_match_the_reference() {
     for ((t, g), p0) in tensors.iter().zip(&grads).zip(&before) {
         assert_eq!(to_vec(t), reference(&rule, p0, &to_vec(g), 3));
     }
-    assert_eq!(groups[0].params[0].step.as_ref().map(|s| s.double_value(&[])), Some(3.0));
+    assert_eq!(
+        groups[0].params[0]
+            .step
+            .as_ref()
+            .map(|s| s.double_value(&[])),
+        Some(3.0)
+    );
 }
 
 #[test]
@@ -70,8 +85,14 @@ fn half_types_compute_in_f32_and_round_once() {
         let grad = param.randn_like();
         let p32 = param.to_kind(Kind::Float);
         let g32 = grad.to_kind(Kind::Float);
-        let mut ours = [Group { rule: Adam::adamw(), params: vec![adam_params(&param, &grad, false)] }];
-        let mut wide = [Group { rule: Adam::adamw(), params: vec![adam_params(&p32, &g32, false)] }];
+        let mut ours = [Group {
+            rule: Adam::adamw(),
+            params: vec![adam_params(&param, &grad, false)],
+        }];
+        let mut wide = [Group {
+            rule: Adam::adamw(),
+            params: vec![adam_params(&p32, &g32, false)],
+        }];
         step(&mut ours).expect("half step");
         step(&mut wide).expect("f32 step");
         // One step from zero state: the f32 result rounded once equals the half result.
@@ -84,7 +105,12 @@ fn half_types_compute_in_f32_and_round_once() {
 fn sgd_momentum_buffer_starts_from_the_gradient() {
     let param = Tensor::from_slice(&[1.0f32, 2.0]);
     let grad = Tensor::from_slice(&[0.5f32, -1.0]);
-    let rule = Sgd { lr: 0.1, momentum: 0.9, dampening: 0.5, ..Sgd::default() };
+    let rule = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        dampening: 0.5,
+        ..Sgd::default()
+    };
     let pt = ParamTensors {
         param: param.shallow_clone(),
         grad: grad.shallow_clone(),
@@ -92,7 +118,10 @@ fn sgd_momentum_buffer_starts_from_the_gradient() {
         step: None,
         fresh: true,
     };
-    let mut groups = [Group { rule, params: vec![pt] }];
+    let mut groups = [Group {
+        rule,
+        params: vec![pt],
+    }];
     step(&mut groups).expect("step 1");
     groups[0].params[0].fresh = false;
     step(&mut groups).expect("step 2");
@@ -110,19 +139,34 @@ fn invalid_inputs_fail_before_anything_changes() {
     let bad_grad = Tensor::ones([5], (Kind::Float, Device::Cpu));
     let good = adam_params(&other, &other.ones_like(), false);
     let bad = adam_params(&param, &bad_grad, false);
-    let mut groups = [Group { rule: Adam::default(), params: vec![good, bad] }];
+    let mut groups = [Group {
+        rule: Adam::default(),
+        params: vec![good, bad],
+    }];
     let err = step(&mut groups).expect_err("shape mismatch");
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
     assert!(other.equal(&Tensor::ones([4], (Kind::Float, Device::Cpu))));
-    assert_eq!(groups[0].params[0].step.as_ref().map(|s| s.double_value(&[])), Some(0.0));
+    assert_eq!(
+        groups[0].params[0]
+            .step
+            .as_ref()
+            .map(|s| s.double_value(&[])),
+        Some(0.0)
+    );
 
     let mut missing = adam_params(&param, &param.ones_like(), false);
     missing.state.pop();
-    let err = step(&mut [Group { rule: Adam::default(), params: vec![missing] }]);
+    let err = step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![missing],
+    }]);
     assert!(matches!(err, Err(Error::StateMismatch { .. })));
 
     let ints = Tensor::ones([4], (Kind::Int64, Device::Cpu));
-    let err = step(&mut [Group { rule: Adam::default(), params: vec![adam_params(&ints, &ints, false)] }]);
+    let err = step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![adam_params(&ints, &ints, false)],
+    }]);
     assert!(matches!(err, Err(Error::UnsupportedDtype { .. })));
 }
 
@@ -131,7 +175,10 @@ fn aliasing_state_is_rejected() {
     let param = Tensor::ones([4], (Kind::Float, Device::Cpu));
     let mut pt = adam_params(&param, &param.ones_like(), false);
     pt.state[1] = pt.state[0].shallow_clone();
-    let err = step(&mut [Group { rule: Adam::default(), params: vec![pt] }]);
+    let err = step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![pt],
+    }]);
     assert!(matches!(err, Err(Error::Overlap { .. })));
     assert!(param.equal(&param.ones_like()));
 }

@@ -77,15 +77,26 @@ fn check_tensor(t: &Tensor, what: &str, shape: &[i64], device: Device) -> Result
     }
     let kind = t.kind();
     if !is_supported(kind) {
-        return Err(Error::UnsupportedDtype { what: what.into(), kind });
+        return Err(Error::UnsupportedDtype {
+            what: what.into(),
+            kind,
+        });
     }
     let got = t.size();
     if got != shape {
-        return Err(Error::ShapeMismatch { what: what.into(), expected: shape.to_vec(), got });
+        return Err(Error::ShapeMismatch {
+            what: what.into(),
+            expected: shape.to_vec(),
+            got,
+        });
     }
     let got = t.device();
     if got != device {
-        return Err(Error::DeviceMismatch { what: what.into(), expected: device, got });
+        return Err(Error::DeviceMismatch {
+            what: what.into(),
+            expected: device,
+            got,
+        });
     }
     Ok(())
 }
@@ -106,9 +117,19 @@ impl Extent {
             return None;
         }
         let elem = t.kind().elt_size_in_bytes();
-        let span: i64 = t.size().iter().zip(t.stride()).map(|(n, s)| (n - 1) * s.abs()).sum();
+        let span: i64 = t
+            .size()
+            .iter()
+            .zip(t.stride())
+            .map(|(n, s)| (n - 1) * s.abs())
+            .sum();
         let start = t.data_ptr() as usize;
-        Some(Extent { start, end: start + (span as usize + 1) * elem, writable, what })
+        Some(Extent {
+            start,
+            end: start + (span as usize + 1) * elem,
+            writable,
+            what,
+        })
     }
 }
 
@@ -118,9 +139,15 @@ pub(crate) fn check_overlaps(mut extents: Vec<Extent>) -> Result<()> {
     let mut widest_any: Option<&Extent> = None;
     let mut widest_written: Option<&Extent> = None;
     for e in &extents {
-        for prev in [widest_written, widest_any.filter(|_| e.writable)].into_iter().flatten() {
+        for prev in [widest_written, widest_any.filter(|_| e.writable)]
+            .into_iter()
+            .flatten()
+        {
             if e.start < prev.end {
-                return Err(Error::Overlap { first: prev.what.clone(), second: e.what.clone() });
+                return Err(Error::Overlap {
+                    first: prev.what.clone(),
+                    second: e.what.clone(),
+                });
             }
         }
         if widest_any.is_none_or(|w| e.end > w.end) {
@@ -138,7 +165,12 @@ mod tests {
     use super::*;
 
     fn ext(start: usize, end: usize, writable: bool) -> Extent {
-        Extent { start, end, writable, what: format!("[{start}, {end})") }
+        Extent {
+            start,
+            end,
+            writable,
+            what: format!("[{start}, {end})"),
+        }
     }
 
     #[test]
@@ -152,7 +184,8 @@ mod tests {
         assert!(check_overlaps(vec![ext(0, 10, false), ext(5, 15, true)]).is_err());
         assert!(check_overlaps(vec![ext(0, 100, true), ext(20, 30, false)]).is_err());
         // hidden behind a wide read-only extent that ends first
-        assert!(check_overlaps(vec![ext(0, 50, true), ext(1, 2, false), ext(40, 45, false)])
-            .is_err());
+        assert!(
+            check_overlaps(vec![ext(0, 50, true), ext(1, 2, false), ext(40, 45, false)]).is_err()
+        );
     }
 }

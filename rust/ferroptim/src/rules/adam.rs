@@ -50,7 +50,11 @@ impl Default for Adam {
 impl Adam {
     /// torch.optim.AdamW's defaults: Adam with decoupled weight decay 1e-2.
     pub fn adamw() -> Self {
-        Adam { weight_decay: 1e-2, decoupled_weight_decay: true, ..Adam::default() }
+        Adam {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..Adam::default()
+        }
     }
 }
 
@@ -172,7 +176,10 @@ mod tests {
 
     #[test]
     fn two_steps_by_hand() {
-        let cfg = Adam { lr: 0.1, ..Adam::default() };
+        let cfg = Adam {
+            lr: 0.1,
+            ..Adam::default()
+        };
         let (p, st) = run(cfg, 1.0, &[0.5, -1.0]);
         // step 1: m1 = 0.05, v1 = 0.00025, p1 = 1 − 0.1·0.5/(0.5 + 1e-8)
         let p1 = 1.0 - 0.1 * 0.5 / (0.5 + 1e-8);
@@ -187,7 +194,11 @@ mod tests {
 
     #[test]
     fn amsgrad_keeps_the_running_maximum() {
-        let cfg = Adam { amsgrad: true, lr: 0.1, ..Adam::default() };
+        let cfg = Adam {
+            amsgrad: true,
+            lr: 0.1,
+            ..Adam::default()
+        };
         let (p, st) = run(cfg, 0.0, &[2.0, 0.0]);
         let v1 = 0.001 * 4.0;
         let v2 = 0.999 * v1;
@@ -202,14 +213,24 @@ mod tests {
 
     #[test]
     fn maximize_negates_the_gradient() {
-        let (p, _) = run(Adam { maximize: true, ..Adam::default() }, 1.0, &[0.5]);
+        let (p, _) = run(
+            Adam {
+                maximize: true,
+                ..Adam::default()
+            },
+            1.0,
+            &[0.5],
+        );
         close(p, 1.0 + 1e-3 * 0.5 / (0.5 + 1e-8));
     }
 
     #[test]
     fn coupled_weight_decay_adds_to_the_gradient() {
         // g' = g + λθ = 0.5 + 0.1·2 = 0.7
-        let cfg = Adam { weight_decay: 0.1, ..Adam::default() };
+        let cfg = Adam {
+            weight_decay: 0.1,
+            ..Adam::default()
+        };
         let (p, st) = run(cfg, 2.0, &[0.5]);
         close(st[0], 0.07);
         close(p, 2.0 - 1e-3 * 0.7 / (0.7 + 1e-8));
@@ -218,7 +239,10 @@ mod tests {
     #[test]
     fn decoupled_weight_decay_scales_the_parameter() {
         // AdamW: θ ← θ(1 − γλ) then the Adam step with the raw gradient.
-        let cfg = Adam { lr: 0.01, ..Adam::adamw() };
+        let cfg = Adam {
+            lr: 0.01,
+            ..Adam::adamw()
+        };
         let (p, st) = run(cfg, 2.0, &[0.5]);
         close(st[0], 0.05);
         close(p, 2.0 * (1.0 - 0.01 * 0.01) - 0.01 * 0.5 / (0.5 + 1e-8));

@@ -91,7 +91,11 @@ impl Rule for Sgd {
                 state[0] * F::from_f64(s.momentum) + F::from_f64(s.one_minus_dampening) * g
             };
             state[0] = buf;
-            g = if s.nesterov { g + F::from_f64(s.momentum) * buf } else { buf };
+            g = if s.nesterov {
+                g + F::from_f64(s.momentum) * buf
+            } else {
+                buf
+            };
         }
         param + F::from_f64(s.neg_lr) * g
     }
@@ -116,14 +120,26 @@ mod tests {
 
     #[test]
     fn plain_sgd() {
-        let (p, st) = run(Sgd { lr: 0.1, ..Sgd::default() }, 1.0, &[0.5, 0.25]);
+        let (p, st) = run(
+            Sgd {
+                lr: 0.1,
+                ..Sgd::default()
+            },
+            1.0,
+            &[0.5, 0.25],
+        );
         assert!(st.is_empty());
         close(p, 1.0 - 0.05 - 0.025);
     }
 
     #[test]
     fn momentum_with_dampening() {
-        let cfg = Sgd { lr: 0.1, momentum: 0.9, dampening: 0.5, ..Sgd::default() };
+        let cfg = Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            dampening: 0.5,
+            ..Sgd::default()
+        };
         let (p, st) = run(cfg, 1.0, &[1.0, 2.0]);
         // b1 = g1 = 1 (no dampening on the first step); b2 = 0.9 + 0.5·2 = 1.9
         close(st[0], 1.9);
