@@ -42,13 +42,17 @@ def start(impl, name, kwargs, groups):
 
 
 def hyperparameters(sd):
-    return [{k: v for k, v in g.items() if k not in ("foreach", "fused")} for g in sd["param_groups"]]
+    """Param-group settings without torch's implementation selectors (foreach/fused)."""
+    skip = ("foreach", "fused")
+    return [{k: v for k, v in g.items() if k not in skip} for g in sd["param_groups"]]
 
 
 @pytest.mark.parametrize(("name", "kwargs", "groups"), CASES)
 @pytest.mark.parametrize("direction", ["ours_to_torch", "torch_to_ours"])
 def test_state_dict_interchange_with_torch(name, kwargs, groups, direction):
-    src_impl, dst_impl = ("ours", "forloop") if direction == "ours_to_torch" else ("forloop", "ours")
+    src_impl, dst_impl = "ours", "forloop"
+    if direction == "torch_to_ours":
+        src_impl, dst_impl = dst_impl, src_impl
     data = make_data()
     model, opt = start(src_impl, name, kwargs, groups)
     train(model, opt, data, FIRST)

@@ -17,15 +17,15 @@ def case(name, kwargs, groups=None, *, id):
 
 TWO_GROUPS_SGD = (
     {"lr": 0.02, "momentum": 0.9, "weight_decay": 0.05},
-    {"lr": 0.08, "momentum": 0.5, "dampening": 0.2, "maximize": False},
+    {"lr": 0.08, "momentum": 0.5, "dampening": 0.2, "nesterov": False},
 )
 TWO_GROUPS_ADAM = (
     {"lr": 0.003, "betas": (0.8, 0.95), "weight_decay": 0.1, "amsgrad": True},
-    {"lr": 0.02, "eps": 1e-6},
+    {"lr": 0.01, "eps": 1e-6},
 )
 TWO_GROUPS_ADAMW = (
     {"lr": 0.003, "weight_decay": 0.3, "amsgrad": True},
-    {"lr": 0.02, "weight_decay": 0.0, "betas": (0.85, 0.99)},
+    {"lr": 0.01, "weight_decay": 0.0, "betas": (0.85, 0.99)},
 )
 
 CASES = [
@@ -74,7 +74,7 @@ CASES = [
     case("AdamW", {"lr": 0.01, "weight_decay": 0.3}, id="weight_decay"),
     case("AdamW", {"lr": 0.01, "weight_decay": 0.0}, id="no_weight_decay"),
     case("AdamW", {"lr": 0.01, "amsgrad": True}, id="amsgrad"),
-    case("AdamW", {"lr": 0.005, "maximize": True}, id="maximize"),
+    case("AdamW", {"lr": 0.01, "maximize": True}, id="maximize"),
     case(
         "AdamW",
         {"lr": 0.01, "amsgrad": True, "maximize": True, "weight_decay": 0.5, "betas": (0.7, 0.9)},
@@ -107,7 +107,8 @@ def test_trajectory_matches_torch(name, kwargs, groups, dtype):
 
 
 def one_cycle(opt):
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05 if isinstance(opt, torch.optim.SGD) else 0.01, total_steps=50)
+    max_lr = 0.05 if isinstance(opt, torch.optim.SGD) else 0.01
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=50)
 
 
 def step_lr(opt):

@@ -162,11 +162,13 @@ def test_unsupported_dtype_fails_cleanly_or_matches_torch(name):
     results = {}
     for impl in ("ours", "torch"):
         plist = [t.clone().requires_grad_() for t in init]
-        opt = (
-            getattr(OURS, name)(plist, lr=0.1)
-            if impl == "ours"
-            else getattr(torch.optim, name)(plist, lr=0.1, foreach=False)
-        )
+        if impl == "ours":
+            try:
+                opt = getattr(OURS, name)(plist, lr=0.1)
+            except Exception:  # noqa: BLE001 - refusing the params up front is fine
+                return
+        else:
+            opt = getattr(torch.optim, name)(plist, lr=0.1, foreach=False)
         for p, gr in zip(plist, grads):
             p.grad = gr.clone()
         try:
@@ -180,3 +182,25 @@ def test_unsupported_dtype_fails_cleanly_or_matches_torch(name):
         results[impl] = [p.detach().clone() for p in plist]
     for a, b in zip(results["ours"], results["torch"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["SGD", "Adam", "AdamW"])
+def test_state_of_wrong_shape_raises_and_mutates_nothing(variant):
+    """A state tensor that does not match its param (here: transposed shape, as from a
+    checkpoint of another model) is caught by the native call's validation: nothing moves,
+    not even the params / state processed before the bad one."""
+    name = variant
+    plist = params(3)
+    opt = getattr(OURS, name)(plist, **FAIL_KWARGS[variant])
+    for k in range(2):
+        for i, p in enumerate(plist):
+            p.grad = torch.full_like(p, 0.1 * (k + i + 1))
+        opt.step()
+    key = "momentum_buffer" if name == "SGD" else "exp_avg_sq"
+    opt.state[plist[2]][key] = opt.state[plist[2]][key].t().contiguous()
+    for p in plist:
+        p.grad = torch.full_like(p, 0.7)
+    before = full_snapshot(plist, opt)
+    with pytest.raises((RuntimeError, ValueError)):
+        opt.step()
+    assert_snapshots_equal(full_snapshot(plist, opt), before, "after the failed step:")
