@@ -1,12 +1,13 @@
 """Train a small character-level transformer on the Python standard library's source code.
 
-The model (token and learned positional embeddings, pre-LayerNorm blocks of causal
-self-attention and MLP) learns to continue Python source. The text is the standard library of
-the running interpreter: a deterministic, sorted subset of its top-level ``*.py`` files, so
-nothing is downloaded. The optimizer is AdamW with the usual GPT recipe (weight decay on the
-matrices of the linear layers only; biases, LayerNorm and embeddings undecayed) under a linear
-warmup + cosine learning-rate schedule, and it is used exactly like a ``torch.optim``
-optimizer.
+The text is the standard library of the running interpreter: a deterministic, sorted subset
+of its top-level ``*.py`` files, so nothing is downloaded. Characters are bytes here (the source
+is nearly all ASCII) and the vocabulary is the set of byte values that occur; the last 10% of
+the text is held out for validation. The model (token and learned positional embeddings,
+pre-LayerNorm blocks of causal self-attention and MLP) learns to continue Python source. The
+optimizer is AdamW with the usual GPT recipe (weight decay on the matrices of the linear layers
+only; biases, LayerNorm and embeddings undecayed) under a linear warmup + cosine learning-rate
+schedule, used exactly like a ``torch.optim`` optimizer.
 
 Usage::
 
@@ -35,17 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from torch import nn
 from tqdm import tqdm
 
 OPTIMIZERS = ("torch", "ferroptim")
 FUSED_DEVICES = ("cpu", "cuda")  # device types with a fused torch.optim.AdamW
 BETAS = (0.9, 0.95)
-SAMPLE_PROMPT = "def "
+SAMPLE_PROMPT = "\ndef "
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,22 +56,31 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="ferroptim")
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default="ferroptim", help="AdamW implementation"
+    )
     parser.add_argument(
         "--compare", action="store_true", help="train with both optimizers from the same seed"
     )
-    parser.add_argument("--steps", type=int, default=300, help="training steps per optimizer")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per optimizer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and batches")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     parser.add_argument("--block-size", type=int, default=64, help="context length in bytes")
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--n-layer", type=int, default=3)
-    parser.add_argument("--n-head", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=128, help="embedding width")
+    parser.add_argument("--n-layer", type=int, default=3, help="transformer blocks")
+    parser.add_argument("--n-head", type=int, default=4, help="attention heads")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="for weight matrices")
     parser.add_argument("--corpus-mb", type=float, default=3.0, help="size of the text used")
-    parser.add_argument("--out", type=Path, default=Path("examples/out"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="directory for the plot",
+    )
     return parser.parse_args()
 
 
@@ -113,7 +125,11 @@ def build_corpus(raw: bytes, val_fraction: float = 0.1) -> Corpus:
 
 
 def sample_batch(
-    data: torch.Tensor, block_size: int, batch_size: int, gen: torch.Generator, device
+    data: torch.Tensor,
+    block_size: int,
+    batch_size: int,
+    gen: torch.Generator,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of ``data``: inputs and the same windows shifted by one byte."""
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=gen)
@@ -283,7 +299,13 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: torch.Tensor, args, device, n_batches: int = 20) -> float:
+def evaluate(
+    model: nn.Module,
+    data: torch.Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+    n_batches: int = 20,
+) -> float:
     """Mean loss over fixed random windows of ``data`` (the same ones for every run)."""
     gen = torch.Generator().manual_seed(args.seed)
     losses = [
@@ -294,7 +316,13 @@ def evaluate(model: nn.Module, data: torch.Tensor, args, device, n_batches: int 
 
 
 @torch.no_grad()
-def generate(model: nn.Module, corpus: Corpus, args, device, length: int = 240) -> str:
+def generate(
+    model: nn.Module,
+    corpus: Corpus,
+    args: argparse.Namespace,
+    device: torch.device,
+    length: int = 240,
+) -> str:
     """Sample a continuation of ``SAMPLE_PROMPT`` at temperature 0.8."""
     gen = torch.Generator(device=device).manual_seed(args.seed)
     idx = corpus.encode(SAMPLE_PROMPT)[None].to(device)
@@ -312,7 +340,7 @@ def print_loss_table(results: list[RunResult], rows: int = 10) -> None:
     """Train loss averaged over windows of steps, then the validation loss."""
     steps = len(results[0].losses)
     every = max(1, steps // rows)
-    print("\ntrain loss (mean over the preceding steps)")
+    print(f"\ntrain loss (mean of the last {every} steps)")
     print(f"{'step':>6}" + "".join(f"{r.name:>12}" for r in results))
     for end in range(every, steps + 1, every):
         means = [statistics.fmean(r.losses[end - every : end]) for r in results]
@@ -325,8 +353,7 @@ def median_ms(times: list[float]) -> float:
 
 
 def print_timing_table(results: list[RunResult]) -> None:
-    by_name = {r.name: r for r in results}
-    compare = set(OPTIMIZERS) <= by_name.keys()
+    compare = {r.name for r in results} == set(OPTIMIZERS)
     print("\nmedian time per step (ms)")
     header = f"{'':<16}" + "".join(f"{r.name:>12}" for r in results)
     print(header + (f"{'torch/ferroptim':>17}" if compare else ""))
@@ -351,10 +378,13 @@ def plot_results(results: list[RunResult], path: Path) -> None:
     loss_ax, time_ax = fig.subplots(1, 2)
 
     steps = len(results[0].losses)
-    for r, style in zip(results, ("-", "--")):
-        line = loss_ax.plot(range(1, steps + 1), r.losses, style, label=f"{r.name} train")[0]
-        loss_ax.plot(steps, r.val_loss, "o", color=line.get_color(), label=f"{r.name} val")
-    loss_ax.set(title="loss per step", xlabel="step", ylabel="cross-entropy (nats/byte)")
+    window = max(1, steps // 50)
+    for r, style, marker in zip(results, ("-", "--"), ("o", "x")):
+        smooth = np.convolve(r.losses, np.ones(window) / window, mode="valid")
+        line = loss_ax.plot(range(window, steps + 1), smooth, style, label=f"{r.name} train")[0]
+        loss_ax.plot(steps, r.val_loss, marker, color=line.get_color(), label=f"{r.name} val")
+    loss_ax.set(title=f"train loss ({window}-step moving mean), final validation loss")
+    loss_ax.set(xlabel="step", ylabel="cross-entropy (nats/byte)")
     loss_ax.legend()
 
     width = 0.8 / len(results)
@@ -365,6 +395,8 @@ def plot_results(results: list[RunResult], path: Path) -> None:
     time_ax.set_xticks([j + (len(results) - 1) * width / 2 for j in range(2)])
     time_ax.set_xticklabels(["optimizer step", "whole training step"])
     time_ax.set(title="median time per step", ylabel="ms (log scale)", yscale="log")
+    time_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    time_ax.yaxis.set_minor_formatter(NullFormatter())
     time_ax.legend()
 
     path.parent.mkdir(parents=True, exist_ok=True)
