@@ -106,8 +106,14 @@ class NativeStep:
                     created.append((p, new))
             if params:
                 calls.append(
-                    dict(self._hyper(group), params=params, grads=grads, states=states,
-                         steps=steps, fresh=fresh)
+                    dict(
+                        self._hyper(group),
+                        params=params,
+                        grads=grads,
+                        states=states,
+                        steps=steps,
+                        fresh=fresh,
+                    )
                 )
         if calls:
             type(self)._native_step(calls)

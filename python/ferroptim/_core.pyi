@@ -1,6 +1,7 @@
 """Type stubs of the native module ``ferroptim._core`` (built from rust/ferroptim-python)."""
 
-from typing import Sequence, TypedDict
+from collections.abc import Sequence
+from typing import TypedDict
 
 import torch
 

@@ -265,9 +265,7 @@ def run_mlp(
     lrs = train(model, opt, data, steps, scheduler=sched, use_closure=use_closure, loss_sign=sign)
     snap = snapshot(model.parameters(), opt)
     snap.extra["lrs"] = lrs
-    snap.extra["groups"] = [
-        {k: v for k, v in g.items() if k != "params"} for g in opt.param_groups
-    ]
+    snap.extra["groups"] = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
     return snap
 
 

@@ -40,9 +40,7 @@ HALF_CASES = [
         id="SGD-dampening-maximize",
     ),
     pytest.param("Adam", {"lr": 0.01}, id="Adam-default"),
-    pytest.param(
-        "Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}, id="Adam-amsgrad-wd"
-    ),
+    pytest.param("Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1}, id="Adam-amsgrad-wd"),
     pytest.param(
         "Adam",
         {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},

@@ -177,7 +177,12 @@ def test_mixed_dtypes_in_one_group(name, kwargs):
     ours = run_manual("ours", name, kwargs, init, STEPS, layouts, noise)
     full = [i for i, t in enumerate(init) if t.dtype not in HALF]
     ref = run_manual(
-        "forloop", name, kwargs, [init[i] for i in full], STEPS, [layouts[i] for i in full],
+        "forloop",
+        name,
+        kwargs,
+        [init[i] for i in full],
+        STEPS,
+        [layouts[i] for i in full],
         [[n[i] for i in full] for n in noise],
     )
     for j, i in enumerate(full):
@@ -192,7 +197,12 @@ def test_mixed_dtypes_in_one_group(name, kwargs):
     for dtype in HALF:
         idx = [i for i, t in enumerate(init) if t.dtype == dtype]
         half_ref = run_manual(
-            "fp32ref", name, kwargs, [init[i] for i in idx], STEPS, [layouts[i] for i in idx],
+            "fp32ref",
+            name,
+            kwargs,
+            [init[i] for i in idx],
+            STEPS,
+            [layouts[i] for i in idx],
             [[n[i] for i in idx] for n in noise],
         )
         assert_within_ulps(

@@ -55,9 +55,7 @@ CASES = [
     case("Adam", {"lr": 0.01, "weight_decay": 0.1}, id="weight_decay"),
     case("Adam", {"lr": 0.01, "amsgrad": True}, id="amsgrad"),
     case("Adam", {"lr": 0.01, "maximize": True}, id="maximize"),
-    case(
-        "Adam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}, id="decoupled"
-    ),
+    case("Adam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}, id="decoupled"),
     case(
         "Adam",
         {"lr": 0.01, "amsgrad": True, "weight_decay": 0.05, "maximize": True, "eps": 1e-6},
@@ -145,4 +143,3 @@ def _hyperparameters(groups):
     """Param-group hyperparameters (final lr, momentum / betas, ...) without torch's
     implementation selectors, which legitimately differ."""
     return [{k: v for k, v in g.items() if k not in ("foreach", "fused")} for g in groups]
-
