@@ -70,7 +70,7 @@ TORCH_IMPLS = {
 }
 IMPLS = [*TORCH_IMPLS, "ferroptim"]
 REFERENCE = "forloop"
-DEFAULT_REPS = 30
+DEFAULT_REPS = 60
 DEFAULT_WARMUP = 3
 SEED = 0
 # fp32 implementations should agree to rounding; bf16 ones legitimately differ by ulps.
@@ -231,8 +231,7 @@ def run_case(name, case, dtype_name, impls, probe, args, device, sync, ferroptim
             notes[impl] = f"skipped: ferroptim not importable ({missing})"
             continue
         try:
-            runners[impl] = prepare(impl, name, case, dtype, device, sync, ferroptim,
-                                    args.warmup)
+            runners[impl] = prepare(impl, name, case, dtype, device, sync, ferroptim, args.warmup)
         except Exception as exc:  # e.g. a combination torch does not support on this device
             notes[impl] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     samples = time_round_robin(runners, probe, args.reps, sync) if runners else {}
@@ -269,7 +268,11 @@ def summarize(name, case, dtype_name, samples, notes, checks) -> dict:
             "check": checks.get(impl),
         }
         impls[impl]["suspect"] = is_suspect(impls[impl]["check"], dtype_name)
-    torch_ms = {k: v["median_ms"] for k, v in impls.items() if k in TORCH_IMPLS}
+    # An implementation whose result disagrees with the for-loop's (torch 2.11's fused CPU SGD
+    # on bf16/fp16 updates only a short tail of each tensor) is not a fair "best".
+    torch_ms = {
+        k: v["median_ms"] for k, v in impls.items() if k in TORCH_IMPLS and not v["suspect"]
+    }
     best = min(torch_ms, key=torch_ms.get) if torch_ms else None
     for stats in impls.values():
         med = stats["median_ms"]
@@ -279,9 +282,15 @@ def summarize(name, case, dtype_name, samples, notes, checks) -> dict:
     for impl, note in notes.items():
         impls[impl] = {"skipped": note}
     return {
-        "optimizer": name, "case": case, "dtype": dtype_name, "tensors": count,
-        "elements": elements, "bytes_per_step": step_bytes, "bandwidth_gbps": bandwidth,
-        "floor_ms": floor_ms, "torch_best": best,
+        "optimizer": name,
+        "case": case,
+        "dtype": dtype_name,
+        "tensors": count,
+        "elements": elements,
+        "bytes_per_step": step_bytes,
+        "bandwidth_gbps": bandwidth,
+        "floor_ms": floor_ms,
+        "torch_best": best,
         "reference": checks.get("reference"),
         "impls": {impl: impls[impl] for impl in IMPLS if impl in impls},
     }
@@ -318,16 +327,14 @@ def machine_info(device: torch.device, ferroptim, probe_gbps: float) -> dict:
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f
-                       if line.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else None,
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -344,32 +351,41 @@ def machine_info(device: torch.device, ferroptim, probe_gbps: float) -> dict:
 def print_header(info: dict, args, missing) -> None:
     print("ferroptim step() benchmark")
     print(f"  date        {info['date']}")
-    print(f"  cpu         {info['cpu']} ({info['cores']} cores, "
-          f"{info['cores_usable']} usable)")
+    print(f"  cpu         {info['cpu']} ({info['cores']} cores, {info['cores_usable']} usable)")
     if "gpu" in info:
         print(f"  gpu         {info['gpu']}")
-    print(f"  python      {info['python']}   torch {info['torch']}   "
-          f"torch threads {info['torch_threads']}")
+    print(
+        f"  python      {info['python']}   torch {info['torch']}   "
+        f"torch threads {info['torch_threads']}"
+    )
     print(f"  ferroptim   {info['ferroptim'] or 'NOT IMPORTABLE, column skipped: ' + missing}")
     print(f"  device      {info['device']}   reps {args.reps}   warm-up steps {args.warmup}")
-    print(f"  bandwidth   {info['bandwidth_gbps_initial']:.1f} GB/s (read-modify-write, "
-          "64 Mi float32 mul_; re-measured in every case)")
+    print(
+        f"  bandwidth   {info['bandwidth_gbps_initial']:.1f} GB/s (read-modify-write, "
+        "64 Mi float32 mul_; re-measured in every case)"
+    )
     load = info["load_average_start"]
     print(f"  load        {fmt(load)} (1-minute average)")
     if load is not None and load > LOAD_WARNING:
-        print("  WARNING: the machine is busy; with as many torch threads as cores, a thread "
-              "descheduled in\n  a parallel region stalls the whole step (worst for many "
-              "small tensors): timings are unreliable.")
+        print(
+            "  WARNING: the machine is busy; with as many torch threads as cores, a thread "
+            "descheduled in\n  a parallel region stalls the whole step (worst for many "
+            "small tensors): timings may be unreliable."
+        )
     print()
 
 
 def print_case(result: dict, index: int, total: int) -> None:
     r = result
-    print(f"[{index}/{total}] {r['optimizer']}  {r['case']}  {r['dtype']}   "
-          f"{r['bytes_per_step'] / 1e6:.1f} MB/step   "
-          f"bandwidth {fmt(r['bandwidth_gbps'], '.1f')} GB/s -> floor {fmt_ms(r['floor_ms'])} ms")
-    print(f"  {'impl':<10} {'median ms':>10} {'IQR %':>6} {'/torch-best':>11} "
-          f"{'speedup':>8} {'/floor':>7} {'diff/move':>10}")
+    print(
+        f"[{index}/{total}] {r['optimizer']}  {r['case']}  {r['dtype']}   "
+        f"{r['bytes_per_step'] / 1e6:.1f} MB/step   "
+        f"bandwidth {fmt(r['bandwidth_gbps'], '.1f')} GB/s -> floor {fmt_ms(r['floor_ms'])} ms"
+    )
+    print(
+        f"  {'impl':<10} {'median ms':>10} {'IQR %':>6} {'/torch-best':>11} "
+        f"{'speedup':>8} {'/floor':>7} {'diff/move':>10}"
+    )
     for impl, s in r["impls"].items():
         if "skipped" in s:
             print(f"  {impl:<10} {s['skipped']}")
@@ -377,9 +393,11 @@ def print_case(result: dict, index: int, total: int) -> None:
         iqr = (s["p75_ms"] - s["p25_ms"]) / s["median_ms"] * 100
         best = "*" if impl == r["torch_best"] else " "
         check = "ref" if impl == r["reference"] else fmt(s["check"]["diff"], ".1e")
-        print(f"  {impl:<9}{best} {fmt_ms(s['median_ms']):>10} {iqr:>6.1f} "
-              f"{fmt(s['ratio_torch_best']):>11} {fmt(s['speedup_vs_torch_best'], '.2f', 'x'):>8} "
-              f"{fmt(s['ratio_floor']):>7} {check:>10}")
+        print(
+            f"  {impl:<9}{best} {fmt_ms(s['median_ms']):>10} {iqr:>6.1f} "
+            f"{fmt(s['ratio_torch_best']):>11} {fmt(s['speedup_vs_torch_best'], '.2f', 'x'):>8} "
+            f"{fmt(s['ratio_floor']):>7} {check:>10}"
+        )
     for warning in case_warnings(r):
         print(f"  WARNING: {warning}")
     print()
@@ -392,7 +410,9 @@ def case_warnings(result: dict) -> list[str]:
         f"{impl}: its parameters are {s['check']['diff']:.2f} x (L1) as far from {ref}'s as "
         f"{ref}'s moved, and moved {s['check']['moved']:.2f} x as far: its step does not do "
         "the same update, and its time may not be comparable"
-        for impl, s in result["impls"].items() if s.get("suspect")]
+        for impl, s in result["impls"].items()
+        if s.get("suspect")
+    ]
 
 
 def markdown_table(results: list[dict], info: dict, bandwidth: list[float]) -> str:
@@ -410,16 +430,20 @@ def markdown_table(results: list[dict], info: dict, bandwidth: list[float]) -> s
         lines.append(
             f"| {r['optimizer']} | {r['case']} | {r['dtype']} | {ms(r, 'forloop')} "
             f"| {ms(r, 'foreach')} | {ms(r, 'fused')} | {ms(r, 'ferroptim')} "
-            f"| {fmt(ferro.get('ratio_torch_best'))} | {fmt(ferro.get('ratio_floor'))} |")
+            f"| {fmt(ferro.get('ratio_torch_best'))} | {fmt(ferro.get('ratio_floor'))} |"
+        )
     lines.append("")
     if any(s.get("suspect") for r in results for s in r["impls"].values()):
-        lines.append(f"† parameters after the run disagree with the {REFERENCE} "
-                     "implementation's (see the script's warnings).")
+        lines.append(
+            f"† parameters after the run disagree with the {REFERENCE} "
+            "implementation's (see the script's warnings); excluded from torch-best."
+        )
         lines.append("")
     lines.append(
         f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} "
         f"({info['torch_threads']} threads), device {info['device']}, {info['date'][:10]}; "
-        f"{bandwidth_summary(bandwidth)}.")
+        f"{bandwidth_summary(bandwidth)}."
+    )
     return "\n".join(lines)
 
 
@@ -427,8 +451,10 @@ def bandwidth_summary(samples: list[float]) -> str:
     gbps = sorted(BandwidthProbe.gbps(s) for s in samples)
     if not gbps:
         return "no bandwidth samples"
-    return (f"read-modify-write bandwidth median {np.median(gbps):.1f} GB/s "
-            f"(min {gbps[0]:.1f}, max {gbps[-1]:.1f}, {len(gbps)} probes)")
+    return (
+        f"read-modify-write bandwidth median {np.median(gbps):.1f} GB/s "
+        f"(min {gbps[0]:.1f}, max {gbps[-1]:.1f}, {len(gbps)} probes)"
+    )
 
 
 # --------------------------------------------------------------------------- main
@@ -436,23 +462,39 @@ def bandwidth_summary(samples: list[float]) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reps", type=int, default=DEFAULT_REPS,
-                        help=f"timed steps per implementation and case (default {DEFAULT_REPS})")
-    parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
-                        help=f"untimed steps first (default {DEFAULT_WARMUP})")
-    parser.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS),
-                        default=list(OPTIMIZERS))
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
-                        help="parameter layouts: 1 x 25M elements, 500 x 4096 elements")
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=DEFAULT_REPS,
+        help=f"timed steps per implementation and case (default {DEFAULT_REPS})",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=DEFAULT_WARMUP,
+        help=f"untimed steps first (default {DEFAULT_WARMUP})",
+    )
+    parser.add_argument(
+        "--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS)
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=list(CASES),
+        default=list(CASES),
+        help="parameter layouts: 1 x 25M elements, 500 x 4096 elements",
+    )
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
-    parser.add_argument("--threads", type=int,
-                        help="torch.set_num_threads (default: torch's own default)")
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads (default: torch's own default)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
-    parser.add_argument("--markdown", action="store_true",
-                        help="also print a Markdown table for benches/RESULTS.md")
+    parser.add_argument(
+        "--markdown", action="store_true", help="also print a Markdown table for benches/RESULTS.md"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
@@ -479,16 +521,19 @@ def main(argv=None) -> int:
     combos = [(n, c, d) for n in args.optimizers for c in args.cases for d in args.dtypes]
     results = []
     for index, (name, case, dtype_name) in enumerate(combos, 1):
-        samples, notes, checks = run_case(name, case, dtype_name, IMPLS, probe, args,
-                                          device, sync, ferroptim, missing)
+        samples, notes, checks = run_case(
+            name, case, dtype_name, IMPLS, probe, args, device, sync, ferroptim, missing
+        )
         results.append(summarize(name, case, dtype_name, samples, notes, checks))
         print_case(results[-1], index, len(combos))
 
     elapsed = time.perf_counter() - started
     info["max_rss_gb"] = max_rss_gb()
     print(f"bandwidth over the run: {bandwidth_summary(probe.all_samples)}")
-    print(f"total time {elapsed:.0f} s; load average now {fmt(load_average())}; "
-          f"peak resident memory {fmt(info['max_rss_gb'])} GB")
+    print(
+        f"total time {elapsed:.0f} s; load average now {fmt(load_average())}; "
+        f"peak resident memory {fmt(info['max_rss_gb'])} GB"
+    )
     if args.markdown:
         print()
         print(markdown_table(results, info, probe.all_samples))
