@@ -109,11 +109,15 @@ impl Storage for bf16 {
     const KIND: Kind = Kind::BFloat16;
     #[inline(always)]
     fn load(self) -> f32 {
-        self.to_f32()
+        f32::from_bits(u32::from(self.to_bits()) << 16)
     }
+    /// Round-to-nearest-even, NaN → canonical quiet NaN `0x7FC0` (c10's
+    /// `round_to_nearest_even`). Branch-free, so loops over it vectorise.
     #[inline(always)]
     fn store(v: f32) -> Self {
-        bf16::from_f32(v)
+        let bits = v.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+        bf16::from_bits(if v.is_nan() { 0x7FC0 } else { rounded as u16 })
     }
 }
 
@@ -152,6 +156,17 @@ mod tests {
             1.0 + 2f32.powi(-6)
         );
         assert_eq!(f16::store(1.0 + 2f32.powi(-11)).load(), 1.0);
+    }
+
+    #[test]
+    fn bf16_conversion_matches_the_half_crate() {
+        let values = [0.0f32, -0.0, 1.0, -1.5, 3.0e38, 1.0e-40, f32::INFINITY, f32::NEG_INFINITY];
+        for v in values.into_iter().chain((0..10_000).map(|i| (i as f32 * 0.7391).sin() * 1e3)) {
+            assert_eq!(bf16::store(v).to_bits(), bf16::from_f32(v).to_bits(), "{v}");
+            assert_eq!(bf16::store(v).load().to_bits(), bf16::from_f32(v).to_f32().to_bits());
+        }
+        assert_eq!(bf16::store(f32::NAN).to_bits(), 0x7FC0);
+        assert!(bf16::from_bits(0x7FC0).load().is_nan());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::rule::{Rule, MAX_STATE};
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tch::Kind;
 
 /// Below this many elements in a whole step, one thread does all the work: forking costs more
@@ -95,9 +95,81 @@ fn run_piece<R: Rule>(job: &Job<R::Scalars>, start: usize, len: usize) {
     }
 }
 
-/// The fused loop: reads param, grad and `N` state values once, writes param and state once.
-#[inline(never)]
+/// Instruction sets the fused loop is compiled for; the best one the CPU has is chosen once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("FERROPTIM_NO_SIMD").is_some() {
+                return Isa::Baseline;
+            }
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    })
+}
+
+/// The fused loop, compiled for the best instruction set available. Every variant performs
+/// the same IEEE operations in the same order (Rust never contracts `a * b + c` into an FMA),
+/// so results are bit-identical whichever runs.
 fn piece<R: Rule, S: Storage, const N: usize>(job: &Job<R::Scalars>, start: usize, len: usize) {
+    match isa() {
+        // SAFETY: `isa()` returned this variant only after detecting the features it enables.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { piece_avx512::<R, S, N>(job, start, len) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { piece_avx2::<R, S, N>(job, start, len) },
+        Isa::Baseline => piece_loop::<R, S, N>(job, start, len),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn piece_avx512<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) {
+    piece_loop::<R, S, N>(job, start, len)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn piece_avx2<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) {
+    piece_loop::<R, S, N>(job, start, len)
+}
+
+/// The fused loop: reads param, grad and `N` state values once, writes param and state once.
+#[inline(always)]
+fn piece_loop<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) {
     // SAFETY: the driver only builds jobs whose tensors are CPU, contiguous, of the storage type
     // `S` (dispatched on `job.kind`) with `job.numel` elements and `N == job.n_state` state
     // tensors; `start + len <= job.numel`; the written tensors do not overlap each other or the
