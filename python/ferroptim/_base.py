@@ -98,7 +98,7 @@ class NativeStep:
                 state, step_t, new = self._param_state(p, group)
                 params.append(p)
                 grads.append(grad)
-                states.append(state)
+                states.extend(state)
                 fresh.append(new is not None)
                 if step_t is not None:
                     steps.append(step_t)

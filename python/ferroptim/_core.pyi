@@ -10,7 +10,7 @@ __version__: str
 class _Tensors(TypedDict):
     params: Sequence[torch.Tensor]
     grads: Sequence[torch.Tensor]
-    states: Sequence[Sequence[torch.Tensor]]
+    states: Sequence[torch.Tensor]  # parameter-major, the rule's state tensors per parameter
     steps: Sequence[torch.Tensor]
     fresh: Sequence[bool]
 

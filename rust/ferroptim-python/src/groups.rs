@@ -5,53 +5,57 @@ use crate::tensor::PyTensor;
 use ferroptim::{Adam, Group, ParamTensors, Sgd};
 use pyo3::FromPyObject;
 
-/// The tensors of one group: parallel lists, one entry per parameter that has a gradient.
+/// The tensors of one group: flat lists, so that extracting them allocates no Python objects
+/// per parameter.
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
 pub struct TensorArgs {
+    /// The parameters that have a gradient.
     params: Vec<PyTensor>,
+    /// Their gradients.
     grads: Vec<PyTensor>,
-    /// Per parameter, its state tensors in the rule's order (`exp_avg`, `exp_avg_sq`, …).
-    states: Vec<Vec<PyTensor>>,
-    /// Per parameter, its `step` tensor; empty for rules without a step counter.
+    /// Their state tensors, parameter-major: `n_state` per parameter in the rule's order
+    /// (`exp_avg`, `exp_avg_sq`, …).
+    states: Vec<PyTensor>,
+    /// Their `step` tensors; empty for rules without a step counter.
     steps: Vec<PyTensor>,
     /// Per parameter, whether its state was just created.
     fresh: Vec<bool>,
 }
 
 impl TensorArgs {
-    /// Builds the core group, checking that the parallel lists have one entry per parameter.
+    /// Builds the core group, checking that the lists have one entry (or `n_state` entries)
+    /// per parameter.
     pub fn into_group<R: ferroptim::Rule>(self, rule: R) -> Result<Group<R>, CoreError> {
         let n = self.params.len();
+        let n_state = rule.state_names().len();
         let lists = [
-            ("grads", self.grads.len()),
-            ("states", self.states.len()),
-            ("fresh", self.fresh.len()),
+            ("grads", self.grads.len(), n),
+            ("states", self.states.len(), n * n_state),
+            ("fresh", self.fresh.len(), n),
+            ("steps", self.steps.len(), if rule.uses_step() { n } else { 0 }),
         ];
-        for (name, len) in lists
-            .into_iter()
-            .chain((!self.steps.is_empty()).then_some(("steps", self.steps.len())))
-        {
-            if len != n {
+        for (name, len, want) in lists {
+            if len != want {
                 return Err(ferroptim::Error::StateMismatch {
                     what: format!("group list '{name}'"),
-                    expected: format!("{n} entries (one per parameter)"),
+                    expected: format!("{want} entries for {n} parameters"),
                     got: format!("{len}"),
                 }
                 .into());
             }
         }
         let mut steps = self.steps.into_iter().map(|t| t.0);
+        let mut states = self.states.into_iter().map(|t| t.0);
         let params = self
             .params
             .into_iter()
             .zip(self.grads)
-            .zip(self.states)
             .zip(self.fresh)
-            .map(|(((p, g), s), fresh)| ParamTensors {
+            .map(|((p, g), fresh)| ParamTensors {
                 param: p.0,
                 grad: g.0,
-                state: s.into_iter().map(|t| t.0).collect(),
+                state: states.by_ref().take(n_state).collect(),
                 step: steps.next(),
                 fresh,
             })

@@ -160,10 +160,25 @@ mod tests {
 
     #[test]
     fn bf16_conversion_matches_the_half_crate() {
-        let values = [0.0f32, -0.0, 1.0, -1.5, 3.0e38, 1.0e-40, f32::INFINITY, f32::NEG_INFINITY];
-        for v in values.into_iter().chain((0..10_000).map(|i| (i as f32 * 0.7391).sin() * 1e3)) {
+        let values = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -1.5,
+            3.0e38,
+            1.0e-40,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        for v in values
+            .into_iter()
+            .chain((0..10_000).map(|i| (i as f32 * 0.7391).sin() * 1e3))
+        {
             assert_eq!(bf16::store(v).to_bits(), bf16::from_f32(v).to_bits(), "{v}");
-            assert_eq!(bf16::store(v).load().to_bits(), bf16::from_f32(v).to_f32().to_bits());
+            assert_eq!(
+                bf16::store(v).load().to_bits(),
+                bf16::from_f32(v).to_f32().to_bits()
+            );
         }
         assert_eq!(bf16::store(f32::NAN).to_bits(), 0x7FC0);
         assert!(bf16::from_bits(0x7FC0).load().is_nan());

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::rule::{Rule, MAX_STATE};
 use kernel::Job;
 use tch::{Device, Kind, Tensor};
-use validate::{check_overlaps, check_param, label, Extent};
+use validate::{check_overlaps, check_param, Extent, Meta, ParamMeta, Who};
 
 /// One parameter and the tensors a step reads and writes for it.
 ///
@@ -56,36 +56,40 @@ pub struct Group<R> {
 /// [`Error::StateMismatch`] for a wrong number of state tensors or a missing/invalid `step`,
 /// [`Error::Overlap`] if written tensors share memory with other tensors.
 pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
+    let mut metas = Vec::new();
     let mut extents = Vec::new();
     for (gi, group) in groups.iter().enumerate() {
         for (pi, pt) in group.params.iter().enumerate() {
-            check_param(&group.rule, pt, gi, pi)?;
-            let names = group.rule.state_names();
-            extents.extend(Extent::of(&pt.param, true, label("", gi, pi)));
-            extents.extend(Extent::of(&pt.grad, false, label("grad", gi, pi)));
-            for (t, name) in pt.state.iter().zip(names) {
-                extents.extend(Extent::of(t, true, label(name, gi, pi)));
+            let meta = check_param(&group.rule, pt, gi, pi)?;
+            let at = |what| Who {
+                what,
+                group: gi,
+                index: pi,
+            };
+            extents.extend(Extent::of(&meta.param, true, at("")));
+            extents.extend(Extent::of(&meta.grad, false, at("grad")));
+            for (m, name) in meta.state.iter().zip(group.rule.state_names()) {
+                extents.extend(Extent::of(m, true, at(name)));
             }
+            metas.push(meta);
         }
     }
     check_overlaps(extents)?;
 
     // Stage what the kernel cannot update in place. Still nothing has been modified, so an
     // allocation failure here leaves every input untouched.
-    let mut staged: Vec<Option<Staged>> = Vec::new();
+    let mut staged: Vec<Option<Staged>> = Vec::with_capacity(metas.len());
+    let mut meta = metas.iter();
     for group in groups.iter() {
         for pt in &group.params {
-            staged.push(if is_direct(pt) {
-                None
-            } else {
-                Some(Staged::new(pt)?)
-            });
+            let direct = meta.next().is_some_and(ParamMeta::is_direct);
+            staged.push(if direct { None } else { Some(Staged::new(pt)?) });
         }
     }
 
     // From here on, tensors are modified.
     let mut jobs = Vec::with_capacity(staged.len());
-    let mut slot = staged.iter();
+    let mut slots = staged.iter().zip(&metas);
     for group in groups.iter_mut() {
         for pt in group.params.iter_mut() {
             let step = match (&mut pt.step, group.rule.uses_step()) {
@@ -93,11 +97,11 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
                 _ => 0.0,
             };
             let scalars = group.rule.scalars(step, pt.fresh);
-            let tensors = match slot.next() {
-                Some(Some(s)) => (&s.param, &s.grad, &s.state[..]),
-                _ => (&pt.param, &pt.grad, &pt.state[..]),
-            };
-            jobs.push(job(scalars, tensors));
+            jobs.push(match slots.next() {
+                Some((Some(s), _)) => job(scalars, &s.meta),
+                Some((None, m)) => job(scalars, m),
+                None => continue,
+            });
         }
     }
     kernel::run::<R>(&jobs, tch::get_num_threads().max(1) as usize)?;
@@ -114,28 +118,19 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
     Ok(())
 }
 
-/// True when the kernel can update `pt` in place.
-fn is_direct(pt: &ParamTensors) -> bool {
-    let kind = pt.param.kind();
-    std::iter::once(&pt.param)
-        .chain(std::iter::once(&pt.grad))
-        .chain(&pt.state)
-        .all(|t| t.device() == Device::Cpu && t.kind() == kind && t.is_contiguous())
-}
-
-fn job<S>(scalars: S, (param, grad, state): (&Tensor, &Tensor, &[Tensor])) -> Job<S> {
-    let mut state_ptrs = [std::ptr::null_mut(); MAX_STATE];
-    for (ptr, t) in state_ptrs.iter_mut().zip(state) {
-        *ptr = t.data_ptr() as *mut u8;
+fn job<S>(scalars: S, m: &ParamMeta) -> Job<S> {
+    let mut state = [std::ptr::null_mut(); MAX_STATE];
+    for (ptr, s) in state.iter_mut().zip(&m.state) {
+        *ptr = s.ptr as *mut u8;
     }
     Job {
         scalars,
-        kind: param.kind(),
-        numel: param.numel(),
-        n_state: state.len(),
-        param: param.data_ptr() as *mut u8,
-        grad: grad.data_ptr() as *const u8,
-        state: state_ptrs,
+        kind: m.param.kind,
+        numel: m.param.numel,
+        n_state: m.state.len(),
+        param: m.param.ptr as *mut u8,
+        grad: m.grad.ptr as *const u8,
+        state,
     }
 }
 
@@ -157,8 +152,11 @@ fn increment(step: &mut Tensor) -> Result<f64> {
 /// Contiguous CPU copies of a parameter's tensors in the compute dtype.
 struct Staged {
     param: Tensor,
-    grad: Tensor,
+    /// Kept alive for the kernel, which reads it through `meta.grad.ptr`.
+    _grad: Tensor,
     state: Vec<Tensor>,
+    /// Metadata of the staged (contiguous CPU) tensors, for the kernel.
+    meta: ParamMeta,
 }
 
 impl Staged {
@@ -172,10 +170,27 @@ impl Staged {
             Ok(t.f_to_device_(Device::Cpu, kind, false, false)?
                 .f_contiguous()?)
         };
+        let param = stage(&pt.param)?;
+        let grad = stage(&pt.grad)?;
+        let state: Vec<Tensor> = pt.state.iter().map(stage).collect::<Result<_>>()?;
+        let meta = |t: &Tensor| Meta {
+            kind,
+            device: Device::Cpu,
+            contiguous: true,
+            ptr: t.data_ptr() as usize,
+            numel: t.numel(),
+            span: t.numel() * kind.elt_size_in_bytes(),
+        };
+        let meta = ParamMeta {
+            param: meta(&param),
+            grad: meta(&grad),
+            state: state.iter().map(meta).collect(),
+        };
         Ok(Staged {
-            param: stage(&pt.param)?,
-            grad: stage(&pt.grad)?,
-            state: pt.state.iter().map(stage).collect::<Result<_>>()?,
+            param,
+            _grad: grad,
+            state,
+            meta,
         })
     }
 

@@ -4,14 +4,59 @@ use super::ParamTensors;
 use crate::element::is_supported;
 use crate::error::{Error, Result};
 use crate::rule::Rule;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
-/// Names a tensor of a parameter set in error messages: `exp_avg of params[3] in group 1`.
-pub(crate) fn label(what: &str, group: usize, index: usize) -> String {
-    if what.is_empty() {
-        format!("params[{index}] in group {group}")
-    } else {
-        format!("{what} of params[{index}] in group {group}")
+/// Which tensor of which parameter; formatted only when an error names it, so the checks of
+/// a valid step allocate nothing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Who {
+    /// `""` for the parameter itself, else `grad`, `step` or a state name.
+    pub what: &'static str,
+    pub group: usize,
+    pub index: usize,
+}
+
+impl Who {
+    /// `exp_avg of params[3] in group 1`.
+    pub(crate) fn label(self) -> String {
+        let Who { what, group, index } = self;
+        if what.is_empty() {
+            format!("params[{index}] in group {group}")
+        } else {
+            format!("{what} of params[{index}] in group {group}")
+        }
+    }
+}
+
+/// What the driver needs to know about a validated tensor, read from libtorch once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Meta {
+    pub kind: Kind,
+    pub device: Device,
+    pub contiguous: bool,
+    /// Address of the first element.
+    pub ptr: usize,
+    pub numel: usize,
+    /// Bytes from the first to one past the last addressable element (0 if empty).
+    pub span: usize,
+}
+
+/// The metadata of a parameter's tensors, in the driver's order.
+pub(crate) struct ParamMeta {
+    pub param: Meta,
+    pub grad: Meta,
+    pub state: Vec<Meta>,
+}
+
+impl ParamMeta {
+    /// True when the fused kernel can update the parameter in place: every tensor is a
+    /// contiguous CPU tensor of the parameter's dtype.
+    pub(crate) fn is_direct(&self) -> bool {
+        let kind = self.param.kind;
+        std::iter::once(&self.grad)
+            .chain(&self.state)
+            .chain(std::iter::once(&self.param))
+            .all(|m| m.device == Device::Cpu && m.kind == kind && m.contiguous)
     }
 }
 
@@ -21,28 +66,47 @@ pub(crate) fn check_param<R: Rule>(
     pt: &ParamTensors,
     group: usize,
     index: usize,
-) -> Result<()> {
+) -> Result<ParamMeta> {
+    let at = |what| Who { what, group, index };
     let names = rule.state_names();
     if pt.state.len() != names.len() {
         return Err(Error::StateMismatch {
-            what: label("", group, index),
+            what: at("").label(),
             expected: format!("{} state tensors {names:?}", names.len()),
             got: format!("{} state tensors", pt.state.len()),
         });
     }
-    let shape = pt.param.size();
-    let device = pt.param.device();
-    check_tensor(&pt.param, &label("", group, index), &shape, device)?;
-    check_tensor(&pt.grad, &label("grad", group, index), &shape, device)?;
-    for (t, name) in pt.state.iter().zip(names) {
-        check_tensor(t, &label(name, group, index), &shape, device)?;
-    }
+    let (param, shape) = inspect(&pt.param, at(""))?;
+    let like_param = |t: &Tensor, who: Who| -> Result<Meta> {
+        let (meta, got) = inspect(t, who)?;
+        if got != shape {
+            return Err(Error::ShapeMismatch {
+                what: who.label(),
+                expected: shape.clone(),
+                got,
+            });
+        }
+        if meta.device != param.device {
+            return Err(Error::DeviceMismatch {
+                what: who.label(),
+                expected: param.device,
+                got: meta.device,
+            });
+        }
+        Ok(meta)
+    };
+    let grad = like_param(&pt.grad, at("grad"))?;
+    let state = pt
+        .state
+        .iter()
+        .zip(names)
+        .map(|(t, name)| like_param(t, at(name)))
+        .collect::<Result<Vec<_>>>()?;
     match (&pt.step, rule.uses_step()) {
         (Some(step), true) => {
-            let what = label("step", group, index);
             if !step.defined() || step.numel() != 1 || step.is_sparse() {
                 return Err(Error::StateMismatch {
-                    what,
+                    what: at("step").label(),
                     expected: "a one-element dense tensor".into(),
                     got: if step.defined() {
                         format!("shape {:?}", step.size())
@@ -54,51 +118,75 @@ pub(crate) fn check_param<R: Rule>(
         }
         (None, true) => {
             return Err(Error::StateMismatch {
-                what: label("step", group, index),
+                what: at("step").label(),
                 expected: "a step tensor".into(),
                 got: "none".into(),
             })
         }
         _ => {}
     }
-    Ok(())
+    Ok(ParamMeta { param, grad, state })
 }
 
-fn check_tensor(t: &Tensor, what: &str, shape: &[i64], device: Device) -> Result<()> {
+/// Checks that `t` is a defined, dense tensor of a supported dtype and reads its metadata.
+fn inspect(t: &Tensor, who: Who) -> Result<(Meta, Vec<i64>)> {
     if !t.defined() {
         return Err(Error::StateMismatch {
-            what: what.into(),
+            what: who.label(),
             expected: "a defined tensor".into(),
             got: "an undefined tensor".into(),
         });
     }
     if t.is_sparse() || t.is_mkldnn() {
-        return Err(Error::Sparse { what: what.into() });
+        return Err(Error::Sparse { what: who.label() });
     }
     let kind = t.kind();
     if !is_supported(kind) {
         return Err(Error::UnsupportedDtype {
-            what: what.into(),
+            what: who.label(),
             kind,
         });
     }
-    let got = t.size();
-    if got != shape {
-        return Err(Error::ShapeMismatch {
-            what: what.into(),
-            expected: shape.to_vec(),
-            got,
-        });
+    let shape = t.size();
+    let strides = t.stride();
+    let numel: i64 = shape.iter().product();
+    let elem = kind.elt_size_in_bytes();
+    let span = if numel == 0 {
+        0
+    } else {
+        let last: i64 = shape
+            .iter()
+            .zip(&strides)
+            .map(|(n, s)| (n - 1) * s.abs())
+            .sum();
+        (last as usize + 1) * elem
+    };
+    let meta = Meta {
+        kind,
+        device: t.device(),
+        contiguous: is_contiguous(&shape, &strides),
+        ptr: t.data_ptr() as usize,
+        numel: numel as usize,
+        span,
+    };
+    Ok((meta, shape))
+}
+
+/// Row-major contiguity as torch defines it (dimensions of size 1 may have any stride).
+fn is_contiguous(shape: &[i64], strides: &[i64]) -> bool {
+    if shape.contains(&0) {
+        return true;
     }
-    let got = t.device();
-    if got != device {
-        return Err(Error::DeviceMismatch {
-            what: what.into(),
-            expected: device,
-            got,
-        });
+    let mut expected = 1;
+    for (&n, &s) in shape.iter().zip(strides).rev() {
+        if n != 1 {
+            if s != expected {
+                return false;
+            }
+            expected *= n;
+        }
     }
-    Ok(())
+    true
 }
 
 /// A CPU tensor's byte range, for the overlap check.
@@ -106,29 +194,21 @@ pub(crate) struct Extent {
     start: usize,
     end: usize,
     writable: bool,
-    what: String,
+    who: Who,
 }
 
 impl Extent {
-    /// The bytes `t` can address (a superset for strided tensors); `None` if it has no elements
-    /// or is not on the CPU.
-    pub(crate) fn of(t: &Tensor, writable: bool, what: String) -> Option<Extent> {
-        if t.device() != Device::Cpu || t.numel() == 0 {
+    /// The bytes a tensor can address (a superset for strided tensors); `None` if it has no
+    /// elements or is not on the CPU.
+    pub(crate) fn of(m: &Meta, writable: bool, who: Who) -> Option<Extent> {
+        if m.device != Device::Cpu || m.span == 0 {
             return None;
         }
-        let elem = t.kind().elt_size_in_bytes();
-        let span: i64 = t
-            .size()
-            .iter()
-            .zip(t.stride())
-            .map(|(n, s)| (n - 1) * s.abs())
-            .sum();
-        let start = t.data_ptr() as usize;
         Some(Extent {
-            start,
-            end: start + (span as usize + 1) * elem,
+            start: m.ptr,
+            end: m.ptr + m.span,
             writable,
-            what,
+            who,
         })
     }
 }
@@ -145,8 +225,8 @@ pub(crate) fn check_overlaps(mut extents: Vec<Extent>) -> Result<()> {
         {
             if e.start < prev.end {
                 return Err(Error::Overlap {
-                    first: prev.what.clone(),
-                    second: e.what.clone(),
+                    first: prev.who.label(),
+                    second: e.who.label(),
                 });
             }
         }
@@ -169,8 +249,21 @@ mod tests {
             start,
             end,
             writable,
-            what: format!("[{start}, {end})"),
+            who: Who {
+                what: "x",
+                group: start,
+                index: end,
+            },
         }
+    }
+
+    #[test]
+    fn contiguity_follows_torch() {
+        assert!(is_contiguous(&[2, 3], &[3, 1]));
+        assert!(!is_contiguous(&[2, 3], &[1, 2]));
+        assert!(is_contiguous(&[1, 3], &[7, 1])); // size-1 dims: any stride
+        assert!(is_contiguous(&[0, 3], &[1, 1]));
+        assert!(is_contiguous(&[], &[]));
     }
 
     #[test]
