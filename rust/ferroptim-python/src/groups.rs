@@ -33,7 +33,11 @@ impl TensorArgs {
             ("grads", self.grads.len(), n),
             ("states", self.states.len(), n * n_state),
             ("fresh", self.fresh.len(), n),
-            ("steps", self.steps.len(), if rule.uses_step() { n } else { 0 }),
+            (
+                "steps",
+                self.steps.len(),
+                if rule.uses_step() { n } else { 0 },
+            ),
         ];
         for (name, len, want) in lists {
             if len != want {
