@@ -102,30 +102,25 @@ pub(crate) fn check_param<R: Rule>(
         .zip(names)
         .map(|(t, name)| like_param(t, at(name)))
         .collect::<Result<Vec<_>>>()?;
-    match (&pt.step, rule.uses_step()) {
-        (Some(step), true) => {
-            if !step.defined() || step.numel() != 1 || step.is_sparse() {
-                return Err(Error::StateMismatch {
-                    what: at("step").label(),
-                    expected: "a one-element dense tensor".into(),
-                    got: if step.defined() {
-                        format!("shape {:?}", step.size())
-                    } else {
-                        "an undefined tensor".into()
-                    },
-                });
-            }
-        }
-        (None, true) => {
-            return Err(Error::StateMismatch {
-                what: at("step").label(),
-                expected: "a step tensor".into(),
-                got: "none".into(),
-            })
-        }
-        _ => {}
+    if rule.uses_step() {
+        check_step(pt.step.as_ref(), at("step"))?;
     }
     Ok(ParamMeta { param, grad, state })
+}
+
+/// Checks that a step counter is present, defined, dense and has one element.
+fn check_step(step: Option<&Tensor>, who: Who) -> Result<()> {
+    let got = match step {
+        None => "none".to_string(),
+        Some(t) if !t.defined() => "an undefined tensor".to_string(),
+        Some(t) if t.numel() != 1 || t.is_sparse() => format!("shape {:?}", t.size()),
+        Some(_) => return Ok(()),
+    };
+    Err(Error::StateMismatch {
+        what: who.label(),
+        expected: "a one-element dense step tensor".into(),
+        got,
+    })
 }
 
 /// Checks that `t` is a defined, dense tensor of a supported dtype and reads its metadata.
