@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -22,6 +23,17 @@ NATIVE_NOTES = r"""
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
         RuntimeError. Any error is raised before a parameter or state tensor is modified.
 """
+
+
+def same_signature(torch_cls: type) -> Callable[[type], type]:
+    """Class decorator: the class's ``__init__`` (which forwards ``*args, **kwargs``) reports
+    the signature of ``torch_cls.__init__``, so ``inspect.signature`` and IDEs show torch's."""
+
+    def decorate(cls: type) -> type:
+        cls.__init__.__signature__ = inspect.signature(torch_cls.__init__)  # type: ignore[misc]
+        return cls
+
+    return decorate
 
 
 def scalar(value: float | torch.Tensor) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, scalar
+from ferroptim._base import NATIVE_NOTES, NativeStep, same_signature, scalar
 
 _ADAM_DOC = r"""
     Algorithm: Kingma & Ba, "Adam: A Method for Stochastic Optimization" (ICLR 2015); AMSGrad
@@ -74,6 +74,7 @@ class _NativeAdam(NativeStep):
         return tensors, state["step"], new
 
 
+@same_signature(torch.optim.Adam)
 class Adam(_NativeAdam, torch.optim.Adam):
     __doc__ = (
         "Adam with a fused native step; a drop-in replacement for ``torch.optim.Adam``.\n"
@@ -91,6 +92,7 @@ class Adam(_NativeAdam, torch.optim.Adam):
         self._check_supported()
 
 
+@same_signature(torch.optim.AdamW)
 class AdamW(_NativeAdam, torch.optim.AdamW):
     __doc__ = (
         "AdamW with a fused native step; a drop-in replacement for ``torch.optim.AdamW``.\n"

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, scalar
+from ferroptim._base import NATIVE_NOTES, NativeStep, same_signature, scalar
 
 
+@same_signature(torch.optim.SGD)
 class SGD(NativeStep, torch.optim.SGD):
     __doc__ = (
         r"""SGD (optionally with momentum) with a fused native step; a drop-in replacement for

@@ -3,6 +3,8 @@ add_param_group, parameters without gradients."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 from optim_testlib import (
@@ -229,3 +231,10 @@ def test_grad_appearing_later(name):
     assert_snapshots_close(results[0], results[1], RTOL, ATOL)
     if name != "SGD":
         assert results[0].state[1]["step"].item() == 3.0
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW"])
+def test_constructor_signature_is_torchs(name):
+    ours = inspect.signature(getattr(OURS, name))
+    theirs = inspect.signature(getattr(torch.optim, name))
+    assert ours == theirs

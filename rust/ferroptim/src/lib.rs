@@ -10,7 +10,7 @@
 //! widened to `f32` and rounded once, and the work is split across libtorch's intra-op thread
 //! count with small tensors batched into one parallel region.
 //!
-//! ```no_run
+//! ```
 //! use ferroptim::{step, Adam, Group, ParamTensors};
 //! use tch::{Kind, Tensor};
 //!
@@ -29,6 +29,11 @@
 //!     }],
 //! }];
 //! step(&mut groups).expect("valid inputs");
+//!
+//! // AdamW's first step: θ(1 − lr·λ) − lr·g/(|g| + ε) = 1 − 1e-5 − 1e-3·0.5/(0.5 + 1e-8)
+//! let expected = (1.0 - 1e-3 * 1e-2) - 1e-3 * 0.5 / (0.5 + 1e-8);
+//! assert!((param.double_value(&[0]) - expected).abs() < 1e-7);
+//! assert_eq!(groups[0].params[0].step.as_ref().map(|s| s.double_value(&[])), Some(1.0));
 //! ```
 #![deny(missing_docs)]
 
