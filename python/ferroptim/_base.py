@@ -45,19 +45,15 @@ class NativeStep:
     """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively.
 
     Subclasses define ``_native_step`` (the ``ferroptim._core`` function), ``_hyper(group)``
-    (the group's hyperparameters as floats/bools) and ``_param_state(p, state)`` (the state
-    tensors, the step tensor or None, and whether the state is new).
+    (the group's hyperparameters as floats/bools) and ``_collect(group, created)`` (the
+    group's tensors for the native call, see ``ferroptim/_core.pyi``).
     """
 
     _native_step: Callable[[list[dict[str, Any]]], None]
 
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
-            if group.get("differentiable"):
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support differentiable=True: "
-                    "its step runs in native code outside autograd"
-                )
+            check_differentiable(self, group)
         # GradScaler must unscale gradients itself: the native step does not take
         # grad_scale/found_inf yet, whatever `fused` says.
         self._step_supports_amp_scaling = False
@@ -65,11 +61,13 @@ class NativeStep:
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _param_state(
-        self, p: torch.Tensor, group: dict[str, Any]
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None, dict[str, Any] | None]:
-        """State tensors of ``p`` in the rule's order, its step tensor, and new state to
-        insert into ``self.state[p]`` once the step has succeeded (None if nothing is new)."""
+    def _collect(
+        self, group: dict[str, Any], created: list[tuple[torch.Tensor, dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """The tensors of the group's parameters that have a gradient: ``params``, ``grads``,
+        ``states`` (flat, the rule's order per parameter), ``steps`` and ``fresh``. State that
+        does not exist yet is created (as torch.optim would) and appended to ``created``, to be
+        inserted into ``self.state`` only once the step has succeeded."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -91,44 +89,25 @@ class NativeStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        name = type(self).__name__
         calls = []
-        created = []
+        created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         for group in self.param_groups:  # type: ignore[attr-defined]
-            if group.get("differentiable"):
-                raise RuntimeError(f"{name} does not support differentiable=True")
-            params, grads, states, steps, fresh = [], [], [], [], []
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None:
-                    continue
-                if grad.is_sparse:
-                    raise RuntimeError(
-                        f"{name} does not support sparse gradients (parameter of shape "
-                        f"{tuple(p.shape)} has a {grad.layout} gradient)"
-                    )
-                state, step_t, new = self._param_state(p, group)
-                params.append(p)
-                grads.append(grad)
-                states.extend(state)
-                fresh.append(new is not None)
-                if step_t is not None:
-                    steps.append(step_t)
-                if new is not None:
-                    created.append((p, new))
-            if params:
-                calls.append(
-                    dict(
-                        self._hyper(group),
-                        params=params,
-                        grads=grads,
-                        states=states,
-                        steps=steps,
-                        fresh=fresh,
-                    )
-                )
+            check_differentiable(self, group)
+            tensors = self._collect(group, created)
+            if tensors["params"]:
+                tensors.update(self._hyper(group))
+                calls.append(tensors)
         if calls:
             type(self)._native_step(calls)
         for p, new in created:
             self.state[p].update(new)  # type: ignore[attr-defined]
         return loss
+
+
+def check_differentiable(optimizer: object, group: dict[str, Any]) -> None:
+    """``differentiable=True`` needs autograd through the update, which native code lacks."""
+    if group.get("differentiable"):
+        raise RuntimeError(
+            f"{type(optimizer).__name__} does not support differentiable=True: "
+            "its step runs in native code outside autograd"
+        )

@@ -55,23 +55,41 @@ class _NativeAdam(NativeStep):
             "decoupled_weight_decay": bool(group.get("decoupled_weight_decay", False)),
         }
 
-    def _param_state(self, p: torch.Tensor, group: dict[str, Any]):
-        state = self.state.get(p)  # type: ignore[attr-defined]
-        new = None
-        if not state:
-            # torch.optim.Adam._init_group's lazy state, inserted only after a successful step.
-            new = {
-                "step": torch.tensor(0.0, dtype=torch.float32),
-                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-            }
-            if group["amsgrad"]:
-                new["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state = new
-        tensors = [state["exp_avg"], state["exp_avg_sq"]]
-        if group["amsgrad"]:
-            tensors.append(state["max_exp_avg_sq"])
-        return tensors, state["step"], new
+    def _collect(self, group: dict[str, Any], created: list) -> dict[str, Any]:
+        state_of = self.state.get  # type: ignore[attr-defined]
+        amsgrad = group["amsgrad"]
+        params, grads, states, steps, fresh = [], [], [], [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            state = state_of(p)
+            if state:
+                fresh.append(False)
+            else:
+                state = new_adam_state(p, amsgrad)
+                created.append((p, state))
+                fresh.append(True)
+            params.append(p)
+            grads.append(grad)
+            states.append(state["exp_avg"])
+            states.append(state["exp_avg_sq"])
+            if amsgrad:
+                states.append(state["max_exp_avg_sq"])
+            steps.append(state["step"])
+        return {"params": params, "grads": grads, "states": states, "steps": steps, "fresh": fresh}
+
+
+def new_adam_state(p: torch.Tensor, amsgrad: bool) -> dict[str, torch.Tensor]:
+    """torch.optim.Adam._init_group's lazy state for ``p`` (same keys, dtypes, devices)."""
+    state = {
+        "step": torch.tensor(0.0, dtype=torch.float32),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
+    if amsgrad:
+        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
 
 
 @same_signature(torch.optim.Adam)

@@ -60,13 +60,27 @@ class SGD(NativeStep, torch.optim.SGD):
             "maximize": bool(group["maximize"]),
         }
 
-    def _param_state(self, p: torch.Tensor, group: dict[str, Any]):
-        if group["momentum"] == 0:
-            return [], None, None
-        buf = (self.state.get(p) or {}).get("momentum_buffer")  # type: ignore[attr-defined]
-        if buf is not None:
-            return [buf], None, None
-        # torch clones the gradient on the first step; the native rule does the same into
-        # this buffer (fresh=True), which is inserted only after a successful step.
-        buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return [buf], None, {"momentum_buffer": buf}
+    def _collect(self, group: dict[str, Any], created: list) -> dict[str, Any]:
+        state_of = self.state.get  # type: ignore[attr-defined]
+        momentum = group["momentum"] != 0
+        params, grads, states, fresh = [], [], [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            params.append(p)
+            grads.append(grad)
+            if not momentum:
+                fresh.append(False)
+                continue
+            buf = (state_of(p) or {}).get("momentum_buffer")
+            if buf is None:
+                # torch clones the gradient on the first step; the native rule does the same
+                # into this buffer (fresh=True).
+                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
+                created.append((p, {"momentum_buffer": buf}))
+                fresh.append(True)
+            else:
+                fresh.append(False)
+            states.append(buf)
+        return {"params": params, "grads": grads, "states": states, "steps": [], "fresh": fresh}
