@@ -210,7 +210,7 @@ impl Extent {
 
 /// Fails if any written tensor shares memory with any other tensor.
 pub(crate) fn check_overlaps(mut extents: Vec<Extent>) -> Result<()> {
-    extents.sort_by_key(|e| e.start);
+    extents.sort_unstable_by_key(|e| e.start);
     let mut widest_any: Option<&Extent> = None;
     let mut widest_written: Option<&Extent> = None;
     for e in &extents {
