@@ -15,13 +15,13 @@ Usage::
     python examples/train_charlm.py --optimizer torch --steps 500
     python examples/train_charlm.py --optimizer ferroptim --device cuda --batch-size 64
 
-``--optimizer torch`` is ``torch.optim.AdamW`` in its fused implementation (the fastest one
-on CPU and CUDA), ``--optimizer ferroptim`` is ``ferroptim.AdamW`` with the same
-hyperparameters. ``--compare`` trains both from the same seed (identical initial weights,
-identical batches) one after the other, then prints the loss curves side by side, the median
-time of ``opt.step()`` alone and of a whole training step (forward, backward, step,
-zero_grad), and the largest difference between the two trained models' parameters. A PNG with
-the loss curves and the step times is written to ``--out``.
+``--optimizer torch`` is ``torch.optim.AdamW`` in its fused implementation (the fastest one on
+CPU and CUDA), ``--optimizer ferroptim`` is ``ferroptim.AdamW`` with the same hyperparameters.
+``--compare`` trains both from the same seed (identical initial weights, identical batches),
+interleaved step by step so that machine noise hits both alike, then prints the loss curves
+side by side, the median time of ``opt.step()`` alone and of a whole training step (forward,
+backward, step, zero_grad), and the largest difference between the two trained models'
+parameters. A PNG with the loss curves and the step times is written to ``--out``.
 """
 
 from __future__ import annotations
@@ -255,47 +255,79 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train(
-    name: str,
-    adamw: Callable[..., torch.optim.Optimizer],
-    corpus: Corpus,
-    args: argparse.Namespace,
-    device: torch.device,
-) -> RunResult:
-    torch.manual_seed(args.seed)  # identical initial weights for every optimizer
-    model = CharTransformer(
-        len(corpus.vocab), args.block_size, args.d_model, args.n_layer, args.n_head
-    ).to(device)
-    opt = adamw(param_groups(model, args.weight_decay), lr=args.lr, betas=BETAS)
-    warmup = max(1, args.steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, args.steps))
-    batches = torch.Generator().manual_seed(args.seed)  # identical batches too
+class Trainer:
+    """One model + optimizer + scheduler, advanced one training step at a time."""
 
-    losses, opt_times, step_times = [], [], []
-    bar = tqdm(range(args.steps), desc=f"{name:>9}", unit="step", dynamic_ncols=True)
-    for _ in bar:
-        x, y = sample_batch(corpus.train, args.block_size, args.batch_size, batches, device)
+    def __init__(
+        self,
+        name: str,
+        adamw: Callable[..., torch.optim.Optimizer],
+        corpus: Corpus,
+        args: argparse.Namespace,
+        device: torch.device,
+    ) -> None:
+        torch.manual_seed(args.seed)  # identical initial weights for every optimizer
+        self.name, self.corpus, self.args, self.device = name, corpus, args, device
+        self.model = CharTransformer(
+            len(corpus.vocab), args.block_size, args.d_model, args.n_layer, args.n_head
+        ).to(device)
+        self.opt = adamw(param_groups(self.model, args.weight_decay), lr=args.lr, betas=BETAS)
+        warmup = max(1, args.steps // 10)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, warmup_cosine(warmup, args.steps)
+        )
+        self.batches = torch.Generator().manual_seed(args.seed)  # identical batches too
+        self.losses: list[float] = []
+        self.opt_times: list[float] = []
+        self.step_times: list[float] = []
+
+    def step(self) -> None:
+        args, device = self.args, self.device
+        x, y = sample_batch(
+            self.corpus.train, args.block_size, args.batch_size, self.batches, device
+        )
         synchronize(device)
         start = time.perf_counter()
-        loss = lm_loss(model, x, y)
+        loss = lm_loss(self.model, x, y)
         loss.backward()
         synchronize(device)
         step_start = time.perf_counter()
-        opt.step()
+        self.opt.step()
         synchronize(device)
         step_end = time.perf_counter()
-        opt.zero_grad()
+        self.opt.zero_grad()
         synchronize(device)
         end = time.perf_counter()
-        scheduler.step()
+        self.scheduler.step()
+        self.opt_times.append(step_end - step_start)
+        self.step_times.append(end - start)
+        self.losses.append(loss.item())
 
-        opt_times.append(step_end - step_start)
-        step_times.append(end - start)
-        losses.append(loss.item())
-        bar.set_postfix_str(f"loss {losses[-1]:.3f}", refresh=False)
+    def result(self) -> RunResult:
+        val_loss = evaluate(self.model, self.corpus.val, self.args, self.device)
+        return RunResult(
+            self.name, self.model, self.losses, val_loss, self.opt_times, self.step_times
+        )
 
-    val_loss = evaluate(model, corpus.val, args, device)
-    return RunResult(name, model, losses, val_loss, opt_times, step_times)
+
+def train(
+    names: list[str],
+    adamws: dict[str, Callable[..., torch.optim.Optimizer]],
+    corpus: Corpus,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> list[RunResult]:
+    """Trains one model per optimizer, interleaved step by step (alternating which goes first),
+    so that machine noise and warm-up affect every optimizer's timings alike."""
+    trainers = [Trainer(name, adamws[name], corpus, args, device) for name in names]
+    bar = tqdm(range(args.steps), desc="training", unit="step", dynamic_ncols=True)
+    for i in bar:
+        for trainer in trainers if i % 2 == 0 else trainers[::-1]:
+            trainer.step()
+        bar.set_postfix_str(
+            " ".join(f"{t.name} {t.losses[-1]:.3f}" for t in trainers), refresh=False
+        )
+    return [trainer.result() for trainer in trainers]
 
 
 @torch.no_grad()
@@ -416,7 +448,7 @@ def main() -> None:
         f"train/val {len(corpus.train):,}/{len(corpus.val):,}; device {device}"
     )
 
-    results = [train(name, adamws[name], corpus, args, device) for name in names]
+    results = train(names, adamws, corpus, args, device)
 
     print_loss_table(results)
     print_timing_table(results)
