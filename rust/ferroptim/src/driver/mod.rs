@@ -1,5 +1,6 @@
 //! The generic driver: one fused, multi-threaded pass over every parameter of every group.
 
+mod fast;
 mod kernel;
 mod validate;
 
@@ -92,15 +93,17 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
     let mut slots = staged.iter().zip(&metas);
     for group in groups.iter_mut() {
         for pt in group.params.iter_mut() {
+            let Some((staged, meta)) = slots.next() else {
+                break;
+            };
             let step = match (&mut pt.step, group.rule.uses_step()) {
-                (Some(t), true) => increment(t)?,
+                (Some(t), true) => increment(t, meta.step)?,
                 _ => 0.0,
             };
             let scalars = group.rule.scalars(step, pt.fresh);
-            jobs.push(match slots.next() {
-                Some((Some(s), _)) => job(scalars, &s.meta),
-                Some((None, m)) => job(scalars, m),
-                None => continue,
+            jobs.push(match staged {
+                Some(s) => job(scalars, &s.meta),
+                None => job(scalars, meta),
             });
         }
     }
@@ -135,11 +138,12 @@ fn job<S>(scalars: S, m: &ParamMeta) -> Job<S> {
 }
 
 /// `step += 1` in the counter's own dtype (as torch's `step_t += 1`); returns the new value.
-fn increment(step: &mut Tensor) -> Result<f64> {
-    if step.device() == Device::Cpu && step.kind() == Kind::Float {
-        let ptr = step.data_ptr() as *mut f32;
-        // SAFETY: `check_param` verified that `step` is a defined dense one-element tensor; on
-        // the CPU with dtype float32, `data_ptr` is the address of that one f32 element.
+fn increment(step: &mut Tensor, meta: Option<Meta>) -> Result<f64> {
+    if let Some(m) = meta.filter(|m| m.device == Device::Cpu && m.kind == Kind::Float) {
+        let ptr = m.ptr as *mut f32;
+        // SAFETY: validation found `step` to be a dense one-element float32 CPU tensor and
+        // `m.ptr` is its element's (mutable, copy-on-write materialised) address; the tensor is
+        // alive (borrowed by the caller) and no other tensor of this step overlaps it.
         unsafe {
             *ptr += 1.0;
             return Ok(f64::from(*ptr));
@@ -185,6 +189,7 @@ impl Staged {
             param: meta(&param),
             grad: meta(&grad),
             state: state.iter().map(meta).collect(),
+            step: None, // counters are never staged: see `increment`
         };
         Ok(Staged {
             param,

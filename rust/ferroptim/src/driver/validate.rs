@@ -1,5 +1,6 @@
 //! Checks run on every input before the driver mutates anything.
 
+use super::fast;
 use super::ParamTensors;
 use crate::element::is_supported;
 use crate::error::{Error, Result};
@@ -46,6 +47,8 @@ pub(crate) struct ParamMeta {
     pub param: Meta,
     pub grad: Meta,
     pub state: Vec<Meta>,
+    /// The step counter's metadata, when it is a dense tensor of a supported dtype.
+    pub step: Option<Meta>,
 }
 
 impl ParamMeta {
@@ -76,6 +79,14 @@ pub(crate) fn check_param<R: Rule>(
             got: format!("{} state tensors", pt.state.len()),
         });
     }
+    let step = match (rule.uses_step(), &pt.step) {
+        (true, Some(t)) => fast::meta(t, None, true).filter(|m| m.numel == 1),
+        _ => None,
+    };
+    if let Some(meta) = fast_param(pt, step) {
+        return Ok(meta);
+    }
+    // The slow path: one tch call per property, and the precise error.
     let (param, shape) = inspect(&pt.param, at(""))?;
     let like_param = |t: &Tensor, who: Who| -> Result<Meta> {
         let (meta, got) = inspect(t, who)?;
@@ -105,7 +116,34 @@ pub(crate) fn check_param<R: Rule>(
     if rule.uses_step() {
         check_step(pt.step.as_ref(), at("step"))?;
     }
-    Ok(ParamMeta { param, grad, state })
+    Ok(ParamMeta {
+        param,
+        grad,
+        state,
+        step,
+    })
+}
+
+/// All of a parameter's metadata through `fast::meta`, if every tensor is a plain dense tensor
+/// of a supported dtype, shaped and placed like the parameter, and the step counter (if the
+/// rule needs one) is fine: then there is nothing to report.
+fn fast_param(pt: &ParamTensors, step: Option<Meta>) -> Option<ParamMeta> {
+    if pt.step.is_some() && step.is_none() {
+        return None;
+    }
+    let param = fast::meta(&pt.param, None, true)?;
+    let grad = fast::meta(&pt.grad, Some(&pt.param), false)?;
+    let state = pt
+        .state
+        .iter()
+        .map(|t| fast::meta(t, Some(&pt.param), true))
+        .collect::<Option<Vec<_>>>()?;
+    Some(ParamMeta {
+        param,
+        grad,
+        state,
+        step,
+    })
 }
 
 /// Checks that a step counter is present, defined, dense and has one element.
