@@ -68,6 +68,14 @@ impl TensorArgs {
     }
 }
 
+/// A group's hyperparameters, as extracted from its dict, and the core rule they make.
+pub trait RuleArgs {
+    /// The core rule.
+    type Rule: ferroptim::Rule + Send;
+    /// Builds the core rule.
+    fn rule(&self) -> Self::Rule;
+}
+
 /// SGD hyperparameters of one group (floats; the Python class converts tensors).
 #[derive(FromPyObject)]
 #[pyo3(from_item_all)]
@@ -80,9 +88,9 @@ pub struct SgdArgs {
     maximize: bool,
 }
 
-impl SgdArgs {
-    /// The core rule.
-    pub fn rule(&self) -> Sgd {
+impl RuleArgs for SgdArgs {
+    type Rule = Sgd;
+    fn rule(&self) -> Sgd {
         Sgd {
             lr: self.lr,
             momentum: self.momentum,
@@ -108,9 +116,9 @@ pub struct AdamArgs {
     decoupled_weight_decay: bool,
 }
 
-impl AdamArgs {
-    /// The core rule.
-    pub fn rule(&self) -> Adam {
+impl RuleArgs for AdamArgs {
+    type Rule = Adam;
+    fn rule(&self) -> Adam {
         Adam {
             lr: self.lr,
             beta1: self.beta1,

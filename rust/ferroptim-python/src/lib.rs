@@ -9,41 +9,37 @@ mod groups;
 mod tensor;
 
 use error::CoreError;
-use groups::{AdamArgs, SgdArgs, TensorArgs};
+use groups::{AdamArgs, RuleArgs, SgdArgs, TensorArgs};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Runs one step of `rule` over the groups, with the GIL released.
-fn run<R: ferroptim::Rule + Send>(
-    py: Python<'_>,
-    groups: Vec<(R, TensorArgs)>,
-) -> Result<(), CoreError> {
-    let mut groups: Vec<ferroptim::Group<R>> = groups
-        .into_iter()
-        .map(|(rule, tensors)| tensors.into_group(rule))
-        .collect::<Result<_, _>>()?;
-    py.detach(|| ferroptim::step(&mut groups))?;
-    Ok(())
+/// One step of the rule described by `A` over all groups (dicts: see
+/// `python/ferroptim/_core.pyi`): extract everything with the GIL held, then release it for
+/// the whole update.
+fn run<A>(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()>
+where
+    A: RuleArgs + for<'a, 'py> FromPyObject<'a, 'py>,
+{
+    let mut core = Vec::with_capacity(groups.len());
+    for d in &groups {
+        let rule = d.extract::<A>().map_err(Into::into)?.rule();
+        let tensors = d.extract::<TensorArgs>()?;
+        core.push(tensors.into_group(rule).map_err(PyErr::from)?);
+    }
+    py.detach(|| ferroptim::step(&mut core))
+        .map_err(|e| PyErr::from(CoreError::from(e)))
 }
 
-/// One SGD step over all groups (each a dict: see `python/ferroptim/_core.pyi`).
+/// One SGD step over all groups.
 #[pyfunction]
 fn sgd_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-    let groups = groups
-        .iter()
-        .map(|d| Ok((d.extract::<SgdArgs>()?.rule(), d.extract::<TensorArgs>()?)))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(run(py, groups)?)
+    run::<SgdArgs>(py, groups)
 }
 
-/// One Adam/AdamW step over all groups (each a dict: see `python/ferroptim/_core.pyi`).
+/// One Adam/AdamW step over all groups.
 #[pyfunction]
 fn adam_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
-    let groups = groups
-        .iter()
-        .map(|d| Ok((d.extract::<AdamArgs>()?.rule(), d.extract::<TensorArgs>()?)))
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok(run(py, groups)?)
+    run::<AdamArgs>(py, groups)
 }
 
 /// The native module.
