@@ -73,14 +73,16 @@ const CASES: [Case; 4] = [
 fn build<R: Rule>(rule: R, case: &Case) -> Vec<Group<R>> {
     let opts = (case.kind, Device::Cpu);
     let n_state = rule.state_names().len();
-    let uses_step = rule.uses_step();
+    let n_scalar = rule.scalar_state_names().len();
     let params = (0..case.count)
         .map(|_| {
             let param = Tensor::randn([case.numel], opts);
             ParamTensors {
                 grad: Tensor::randn([case.numel], opts),
                 state: (0..n_state).map(|_| param.zeros_like()).collect(),
-                step: uses_step.then(|| Tensor::zeros([], (Kind::Float, Device::Cpu))),
+                scalar_state: (0..n_scalar)
+                    .map(|_| Tensor::zeros([], (Kind::Float, Device::Cpu)))
+                    .collect(),
                 fresh: true,
                 param,
             }

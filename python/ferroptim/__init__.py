@@ -1,15 +1,36 @@
 """ferroptim: fused native optimizer steps as drop-in replacements for ``torch.optim``.
 
-``ferroptim.SGD``, ``ferroptim.Adam`` and ``ferroptim.AdamW`` take the same arguments, defaults,
-``param_groups`` and ``state_dict`` as their ``torch.optim`` namesakes (torch 2.11), and update
-every parameter of every group in one native, multi-threaded call per ``step()``.
+Every class takes the same arguments, defaults, ``param_groups`` and ``state_dict`` as its
+``torch.optim`` namesake (torch 2.11), and updates every parameter of every group in one
+native, multi-threaded call per ``step()``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from ferroptim import _core
+from ferroptim.adadelta import Adadelta
+from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
+from ferroptim.adamax import Adamax
+from ferroptim.asgd import ASGD
+from ferroptim.nadam import NAdam
+from ferroptim.radam import RAdam
+from ferroptim.rmsprop import RMSprop
+from ferroptim.rprop import Rprop
 from ferroptim.sgd import SGD
 
 __version__ = _core.__version__
-__all__ = ["SGD", "Adam", "AdamW", "__version__"]
+__all__ = [
+    "ASGD",
+    "SGD",
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Rprop",
+    "__version__",
+]

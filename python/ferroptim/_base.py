@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import operator
 from typing import Any, Callable
 
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
 #: Docstring fragment shared by every class: what the native path does and does not support.
 NATIVE_NOTES = r"""
@@ -22,15 +24,28 @@ NATIVE_NOTES = r"""
         recorded in ``param_groups``; they do not change how ferroptim computes.
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
         RuntimeError. Any error is raised before a parameter or state tensor is modified.
+        ``torch.amp.GradScaler`` is supported as by torch's fused optimizers
+        (``_step_supports_amp_scaling``): gradients are unscaled inside the fused pass (and
+        the unscaled values written back to ``p.grad``), and a step whose gradients are not
+        finite (``found_inf``) changes nothing: parameters, gradients and state.
 """
 
 
-def same_signature(torch_cls: type) -> Callable[[type], type]:
-    """Class decorator: the class's ``__init__`` (which forwards ``*args, **kwargs``) reports
-    the signature of ``torch_cls.__init__``, so ``inspect.signature`` and IDEs show torch's."""
+def native(torch_cls: type) -> Callable[[type], type]:
+    """Class decorator for a ``NativeStep`` subclass of ``torch_cls``: gives it an ``__init__``
+    that runs torch's (validation, defaults, ``param_groups``) and then
+    ``NativeStep._check_supported``, and whose signature (``inspect.signature``, IDEs) is
+    ``torch_cls.__init__``'s."""
 
     def decorate(cls: type) -> type:
-        cls.__init__.__signature__ = inspect.signature(torch_cls.__init__)  # type: ignore[misc]
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            super(cls, self).__init__(*args, **kwargs)
+            self._check_supported()
+
+        __init__.__signature__ = inspect.signature(torch_cls.__init__)  # type: ignore[attr-defined]
+        __init__.__doc__ = torch_cls.__init__.__doc__
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__  # type: ignore[misc]
         return cls
 
     return decorate
@@ -41,34 +56,92 @@ def scalar(value: float | torch.Tensor) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def scalar_tensor(value: float, device: torch.device | None = None) -> torch.Tensor:
+    """A 0-d scalar state tensor (``step``, …) as torch.optim creates it: float32 (float64 when
+    that is torch's default dtype), on the CPU unless ``device`` is given."""
+    return torch.tensor(value, dtype=_get_scalar_dtype(), device=device)
+
+
+def zeros_like(p: torch.Tensor) -> torch.Tensor:
+    """A state tensor like ``p`` (shape, dtype, device, memory format), filled with zeros."""
+    return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """``state -> (state[n] for n in names)`` as one C call."""
+    if len(names) == 1:
+        (name,) = names
+        return lambda state: (state[name],)
+    return operator.itemgetter(*names) if names else lambda state: ()
+
+
 class NativeStep:
-    """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively.
+    """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively (see :func:`native`).
 
     Subclasses define ``_native_step`` (the ``ferroptim._core`` function), ``_hyper(group)``
-    (the group's hyperparameters as floats/bools) and ``_collect(group, created)`` (the
-    group's tensors for the native call, see ``ferroptim/_core.pyi``).
+    (the rule's hyperparameters as floats/bools, keyed by the Rust rule's field names),
+    ``_state_names(group)`` (the names of the state tensors and of the scalar state tensors, in
+    the rule's order) and ``_init_state(p, group)`` (a parameter's new state, as torch.optim
+    creates it lazily).
     """
 
-    _native_step: Callable[[list[dict[str, Any]]], None]
+    _native_step: Callable[..., None]
 
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
             check_differentiable(self, group)
-        # GradScaler must unscale gradients itself: the native step does not take
-        # grad_scale/found_inf yet, whatever `fused` says.
-        self._step_supports_amp_scaling = False
+        # GradScaler hands over `grad_scale` and `found_inf` instead of unscaling gradients
+        # itself; the native step unscales in its fused pass (as torch's fused kernels do).
+        self._step_supports_amp_scaling = True
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        raise NotImplementedError
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def _collect(
         self, group: dict[str, Any], created: list[tuple[torch.Tensor, dict[str, Any]]]
     ) -> dict[str, Any]:
         """The tensors of the group's parameters that have a gradient: ``params``, ``grads``,
-        ``states`` (flat, the rule's order per parameter), ``steps`` and ``fresh``. State that
-        does not exist yet is created (as torch.optim would) and appended to ``created``, to be
-        inserted into ``self.state`` only once the step has succeeded."""
-        raise NotImplementedError
+        ``states`` and ``scalar_states`` (flat, the rule's order per parameter) and ``fresh``.
+        State that does not exist yet is created (as torch.optim would) and appended to
+        ``created``, to be inserted into ``self.state`` only once the step has succeeded."""
+        names, scalar_names = self._state_names(group)
+        stateful = bool(names or scalar_names)
+        first = (names or scalar_names or ("",))[0]
+        tensors_of, scalars_of = _getter(names), _getter(scalar_names)
+        state_of = self.state.get  # type: ignore[attr-defined]
+        params, grads, states, scalars, fresh = [], [], [], [], []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            params.append(p)
+            grads.append(grad)
+            if not stateful:
+                fresh.append(False)
+                continue
+            state = state_of(p)
+            if state and state.get(first) is not None:
+                fresh.append(False)
+            else:
+                new = self._init_state(p, group)
+                created.append((p, new))
+                state = {**state, **new} if state else new
+                fresh.append(True)
+            states.extend(tensors_of(state))
+            scalars.extend(scalars_of(state))
+        return {
+            "params": params,
+            "grads": grads,
+            "states": states,
+            "scalar_states": scalars,
+            "fresh": fresh,
+        }
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -89,6 +162,13 @@ class NativeStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Set by torch.amp.GradScaler.step (see `_check_supported`).
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and scalar(found_inf) != 0.0:
+            # Non-finite gradients: skip the whole step, as torch's fused kernels do
+            # (parameters, gradients, state and step counts unchanged).
+            return loss
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         for group in self.param_groups:  # type: ignore[attr-defined]
@@ -98,7 +178,8 @@ class NativeStep:
                 tensors.update(self._hyper(group))
                 calls.append(tensors)
         if calls:
-            type(self)._native_step(calls)
+            scale = None if grad_scale is None else scalar(grad_scale)
+            type(self)._native_step(calls, scale)
         for p, new in created:
             self.state[p].update(new)  # type: ignore[attr-defined]
         return loss

@@ -1,4 +1,11 @@
-"""Type stubs of the native module ``ferroptim._core`` (built from rust/ferroptim-python)."""
+"""Type stubs of the native module ``ferroptim._core`` (built from rust/ferroptim-python).
+
+Every ``*_step`` function takes a list of group dicts (the keys below) and an optional
+``grad_scale``. It updates ``params``, ``states`` and ``scalar_states`` in place, for all groups
+in one call with the GIL released; with ``grad_scale`` it also divides each gradient by it and
+writes the unscaled gradient back (loss scaling, as torch's fused kernels). The hyperparameter
+keys are the fields of the Rust rule (``rust/ferroptim/src/rules/``).
+"""
 
 from collections.abc import Sequence
 from typing import TypedDict
@@ -10,8 +17,8 @@ __version__: str
 class _Tensors(TypedDict):
     params: Sequence[torch.Tensor]
     grads: Sequence[torch.Tensor]
-    states: Sequence[torch.Tensor]  # parameter-major, the rule's state tensors per parameter
-    steps: Sequence[torch.Tensor]
+    states: Sequence[torch.Tensor]  # parameter-major: the rule's state tensors per parameter
+    scalar_states: Sequence[torch.Tensor]  # parameter-major: `step`, … per parameter
     fresh: Sequence[bool]
 
 class SgdGroup(_Tensors):
@@ -32,9 +39,78 @@ class AdamGroup(_Tensors):
     maximize: bool
     decoupled_weight_decay: bool
 
-def sgd_step(groups: Sequence[SgdGroup]) -> None:
-    """One SGD step over all groups; updates params and states in place. GIL released."""
+class AdagradGroup(_Tensors):
+    lr: float
+    lr_decay: float
+    weight_decay: float
+    eps: float
+    maximize: bool
 
-def adam_step(groups: Sequence[AdamGroup]) -> None:
-    """One Adam/AdamW step over all groups; increments ``steps`` and updates params and
-    states in place. GIL released."""
+class AdamaxGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    maximize: bool
+
+class NAdamGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    momentum_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+
+class RAdamGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    decoupled_weight_decay: bool
+    maximize: bool
+
+class RMSpropGroup(_Tensors):
+    lr: float
+    alpha: float
+    eps: float
+    weight_decay: float
+    momentum: float
+    centered: bool
+    maximize: bool
+
+class RpropGroup(_Tensors):
+    etaminus: float
+    etaplus: float
+    step_size_min: float
+    step_size_max: float
+    maximize: bool
+
+class AdadeltaGroup(_Tensors):
+    lr: float
+    rho: float
+    eps: float
+    weight_decay: float
+    maximize: bool
+
+class AsgdGroup(_Tensors):
+    lr: float
+    lambd: float
+    alpha: float
+    t0: float
+    weight_decay: float
+    maximize: bool
+
+def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
+def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...
+def adagrad_step(groups: Sequence[AdagradGroup], grad_scale: float | None = None) -> None: ...
+def adamax_step(groups: Sequence[AdamaxGroup], grad_scale: float | None = None) -> None: ...
+def nadam_step(groups: Sequence[NAdamGroup], grad_scale: float | None = None) -> None: ...
+def radam_step(groups: Sequence[RAdamGroup], grad_scale: float | None = None) -> None: ...
+def rmsprop_step(groups: Sequence[RMSpropGroup], grad_scale: float | None = None) -> None: ...
+def rprop_step(groups: Sequence[RpropGroup], grad_scale: float | None = None) -> None: ...
+def adadelta_step(groups: Sequence[AdadeltaGroup], grad_scale: float | None = None) -> None: ...
+def asgd_step(groups: Sequence[AsgdGroup], grad_scale: float | None = None) -> None: ...

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, same_signature, scalar
+from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
 
 _ADAM_DOC = r"""
     Algorithm: Kingma & Ba, "Adam: A Method for Stochastic Optimization" (ICLR 2015); AMSGrad
@@ -29,7 +29,8 @@ _ADAM_DOC = r"""
         foreach, capturable, differentiable, fused: see "Native execution".{extra}
 
     State (``optimizer.state[p]``, created on the first step a parameter has a gradient, same
-    keys/dtypes/devices as torch): ``step`` (float32 0-d CPU tensor), ``exp_avg`` and
+    keys/dtypes/devices as torch): ``step`` (float32 0-d CPU tensor; float64 when that is the
+    default dtype), ``exp_avg`` and
     ``exp_avg_sq`` (like ``p``), and ``max_exp_avg_sq`` (like ``p``) when ``amsgrad``.
 
     Raises:
@@ -55,44 +56,20 @@ class _NativeAdam(NativeStep):
             "decoupled_weight_decay": bool(group.get("decoupled_weight_decay", False)),
         }
 
-    def _collect(self, group: dict[str, Any], created: list) -> dict[str, Any]:
-        state_of = self.state.get  # type: ignore[attr-defined]
-        amsgrad = group["amsgrad"]
-        params, grads, states, steps, fresh = [], [], [], [], []
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            state = state_of(p)
-            if state:
-                fresh.append(False)
-            else:
-                state = new_adam_state(p, amsgrad)
-                created.append((p, state))
-                fresh.append(True)
-            params.append(p)
-            grads.append(grad)
-            states.append(state["exp_avg"])
-            states.append(state["exp_avg_sq"])
-            if amsgrad:
-                states.append(state["max_exp_avg_sq"])
-            steps.append(state["step"])
-        return {"params": params, "grads": grads, "states": states, "steps": steps, "fresh": fresh}
+    def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        if group["amsgrad"]:
+            return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), ("step",)
+        return ("exp_avg", "exp_avg_sq"), ("step",)
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """torch.optim.Adam._init_group's lazy state for ``p`` (same keys, dtypes, devices)."""
+        state = {"step": scalar_tensor(0.0), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
+        if group["amsgrad"]:
+            state["max_exp_avg_sq"] = zeros_like(p)
+        return state
 
 
-def new_adam_state(p: torch.Tensor, amsgrad: bool) -> dict[str, torch.Tensor]:
-    """torch.optim.Adam._init_group's lazy state for ``p`` (same keys, dtypes, devices)."""
-    state = {
-        "step": torch.tensor(0.0, dtype=torch.float32),
-        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-    }
-    if amsgrad:
-        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    return state
-
-
-@same_signature(torch.optim.Adam)
+@native(torch.optim.Adam)
 class Adam(_NativeAdam, torch.optim.Adam):
     __doc__ = (
         "Adam with a fused native step; a drop-in replacement for ``torch.optim.Adam``.\n"
@@ -105,19 +82,11 @@ class Adam(_NativeAdam, torch.optim.Adam):
         + NATIVE_NOTES
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._check_supported()
 
-
-@same_signature(torch.optim.AdamW)
+@native(torch.optim.AdamW)
 class AdamW(_NativeAdam, torch.optim.AdamW):
     __doc__ = (
         "AdamW with a fused native step; a drop-in replacement for ``torch.optim.AdamW``.\n"
         + _ADAM_DOC.format(lr="1e-3", weight_decay="1e-2", extra="")
         + NATIVE_NOTES
     )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._check_supported()

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, same_signature, scalar
+from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, zeros_like
 
 
-@same_signature(torch.optim.SGD)
+@native(torch.optim.SGD)
 class SGD(NativeStep, torch.optim.SGD):
     __doc__ = (
         r"""SGD (optionally with momentum) with a fused native step; a drop-in replacement for
@@ -46,10 +46,6 @@ class SGD(NativeStep, torch.optim.SGD):
 
     _native_step = staticmethod(_core.sgd_step)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._check_supported()
-
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return {
             "lr": scalar(group["lr"]),
@@ -60,27 +56,10 @@ class SGD(NativeStep, torch.optim.SGD):
             "maximize": bool(group["maximize"]),
         }
 
-    def _collect(self, group: dict[str, Any], created: list) -> dict[str, Any]:
-        state_of = self.state.get  # type: ignore[attr-defined]
-        momentum = group["momentum"] != 0
-        params, grads, states, fresh = [], [], [], []
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            params.append(p)
-            grads.append(grad)
-            if not momentum:
-                fresh.append(False)
-                continue
-            buf = (state_of(p) or {}).get("momentum_buffer")
-            if buf is None:
-                # torch clones the gradient on the first step; the native rule does the same
-                # into this buffer (fresh=True).
-                buf = torch.zeros_like(p, memory_format=torch.preserve_format)
-                created.append((p, {"momentum_buffer": buf}))
-                fresh.append(True)
-            else:
-                fresh.append(False)
-            states.append(buf)
-        return {"params": params, "grads": grads, "states": states, "steps": [], "fresh": fresh}
+    def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (("momentum_buffer",) if group["momentum"] != 0 else ()), ()
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        # torch clones the gradient into a new buffer on the first step; the native rule
+        # does the same into this one (fresh=True).
+        return {"momentum_buffer": zeros_like(p)}

@@ -24,7 +24,7 @@
 //!         param: param.shallow_clone(),
 //!         grad,
 //!         state,
-//!         step: Some(counter),
+//!         scalar_state: vec![counter], // step
 //!         fresh: true,
 //!     }],
 //! }];
@@ -33,7 +33,7 @@
 //! // AdamW's first step: θ(1 − lr·λ) − lr·g/(|g| + ε) = 1 − 1e-5 − 1e-3·0.5/(0.5 + 1e-8)
 //! let expected = (1.0 - 1e-3 * 1e-2) - 1e-3 * 0.5 / (0.5 + 1e-8);
 //! assert!((param.double_value(&[0]) - expected).abs() < 1e-7);
-//! assert_eq!(groups[0].params[0].step.as_ref().map(|s| s.double_value(&[])), Some(1.0));
+//! assert_eq!(groups[0].params[0].scalar_state[0].double_value(&[]), 1.0);
 //! ```
 #![deny(missing_docs)]
 
@@ -43,7 +43,7 @@ mod error;
 mod rule;
 pub mod rules;
 
-pub use driver::{step, Group, ParamTensors};
+pub use driver::{step, step_unscaling, Group, ParamTensors};
 pub use error::{Error, Result};
-pub use rule::{Rule, MAX_STATE};
-pub use rules::{Adam, Sgd};
+pub use rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
+pub use rules::{Adadelta, Adagrad, Adam, Adamax, Asgd, NAdam, RAdam, RMSprop, Rprop, Sgd};

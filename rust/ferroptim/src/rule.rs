@@ -1,21 +1,28 @@
 //! The [`Rule`] trait: an elementwise optimizer written once, run by the fused driver.
 
 use crate::element::Float;
+use half::{bf16, f16};
+use tch::Kind;
 
 /// Largest number of per-element state tensors a rule may keep.
 pub const MAX_STATE: usize = 4;
 
+/// Largest number of per-parameter scalar state tensors (`step`, …) a rule may keep.
+pub const MAX_SCALAR_STATE: usize = 3;
+
 /// An elementwise optimizer algorithm (DESIGN.md §2).
 ///
-/// A rule states which per-parameter state tensors it keeps (under torch.optim's names), which
-/// scalars it precomputes once per parameter and step (bias corrections, step sizes…), and the
-/// update of one element. The driver ([`crate::step`]) does everything else: validation,
+/// A rule states which per-parameter state it keeps (under torch.optim's names): state
+/// tensors shaped like the parameter (`exp_avg`, …) and one-element *scalar state* tensors
+/// (`step`, NAdam's `mu_product`, …). Once per parameter and step it advances the scalar state
+/// and precomputes the scalars of the update (bias corrections, step sizes…); then it updates
+/// one element at a time. The driver ([`crate::step`]) does everything else: validation,
 /// threads, dtype widening/rounding and the fallback for non-contiguous or non-CPU tensors.
 ///
 /// `update` must be a pure function of its arguments, so that the result of each element does
 /// not depend on how the work is split across threads.
 pub trait Rule: Sync {
-    /// Scalars derived from the hyperparameters and the step count, computed in `f64` (as
+    /// Scalars derived from the hyperparameters and the scalar state, computed in `f64` (as
     /// torch.optim computes them in Python) and converted to the element's [`Float`] type at use.
     type Scalars: Copy + Send + Sync;
 
@@ -23,16 +30,98 @@ pub trait Rule: Sync {
     /// (e.g. `["exp_avg", "exp_avg_sq"]`). At most [`MAX_STATE`].
     fn state_names(&self) -> &'static [&'static str];
 
-    /// Whether the algorithm keeps a per-parameter `step` counter (a one-element tensor that the
-    /// driver increments by one before calling [`Rule::scalars`]).
-    fn uses_step(&self) -> bool;
+    /// torch.optim's names of the per-parameter scalar state tensors (one element each, e.g. a
+    /// float32 0-d CPU tensor), in the order they are passed to the driver. At most
+    /// [`MAX_SCALAR_STATE`]. The default is `["step"]`.
+    fn scalar_state_names(&self) -> &'static [&'static str] {
+        &["step"]
+    }
 
-    /// Per-parameter scalars for this step. `step` is the counter after its increment (0 if the
-    /// rule keeps none); `fresh` is true when the state tensors were just created and hold no
-    /// history yet (e.g. SGD's `momentum_buffer` is initialised from the gradient).
-    fn scalars(&self, step: f64, fresh: bool) -> Self::Scalars;
+    /// Advances the parameter's scalar state for this step (e.g. `step += 1`) and returns the
+    /// per-parameter scalars of the update. `scalar_state` holds the current values, in the
+    /// order of [`Rule::scalar_state_names`]; the driver writes them back. `fresh` is true when
+    /// the state tensors were just created and hold no history (e.g. SGD's `momentum_buffer`
+    /// is initialised from the gradient).
+    fn scalars(&self, scalar_state: &mut [ScalarState], fresh: bool) -> Self::Scalars;
 
     /// Updates one element: returns the new parameter value and updates `state` in place.
     /// `state.len()` equals `self.state_names().len()`.
     fn update<F: Float>(s: &Self::Scalars, param: F, grad: F, state: &mut [F]) -> F;
+}
+
+/// The value of a one-element scalar state tensor, read as `f64` and written back in the
+/// tensor's own dtype, so that rules round exactly as torch's in-place tensor arithmetic does.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalarState {
+    value: f64,
+    kind: Kind,
+}
+
+impl ScalarState {
+    /// A value held by a tensor of dtype `kind` (the value is rounded to it).
+    pub fn new(value: f64, kind: Kind) -> Self {
+        let mut s = ScalarState { value, kind };
+        s.value = s.round(value);
+        s
+    }
+
+    /// The current value.
+    pub fn get(&self) -> f64 {
+        self.value
+    }
+
+    /// The tensor's dtype.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Stores `value` rounded to the tensor's dtype (as `tensor.copy_(value)`); returns it.
+    pub fn set(&mut self, value: f64) -> f64 {
+        self.value = self.round(value);
+        self.value
+    }
+
+    /// `step += 1` in the tensor's dtype; returns the new value.
+    pub fn increment(&mut self) -> f64 {
+        self.set(self.value + 1.0)
+    }
+
+    /// `tensor *= factor` as torch computes it for a tensor and a Python float: the factor is
+    /// rounded to the tensor's dtype, the product to nearest. Returns the new value.
+    pub fn mul(&mut self, factor: f64) -> f64 {
+        self.set(self.value * self.round(factor))
+    }
+
+    /// `value` rounded to the tensor's dtype (integer dtypes truncate, as a cast does).
+    pub fn round(&self, value: f64) -> f64 {
+        match self.kind {
+            Kind::Float => f64::from(value as f32),
+            Kind::Half => f16::from_f64(value).to_f64(),
+            Kind::BFloat16 => bf16::from_f64(value).to_f64(),
+            Kind::Double => value,
+            _ => value.trunc(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_state_rounds_to_its_dtype() {
+        let mut s = ScalarState::new(1.0, Kind::Float);
+        // f32(0.9) = 0.89999997615814208984375
+        assert_eq!(s.mul(0.9), f64::from(0.9f32));
+        let mut big = ScalarState::new(16_777_216.0, Kind::Float);
+        assert_eq!(big.increment(), 16_777_216.0); // 2^24 + 1 is not a float32
+        let mut d = ScalarState::new(16_777_216.0, Kind::Double);
+        assert_eq!(d.increment(), 16_777_217.0);
+        let mut i = ScalarState::new(3.0, Kind::Int64);
+        assert_eq!(i.set(2.7), 2.0);
+        assert_eq!(
+            ScalarState::new(1.0 / 3.0, Kind::BFloat16).get(),
+            0.333984375
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The fused elementwise loops and their split over threads.
 
-use crate::element::Storage;
+use crate::element::{Float, Storage};
 use crate::error::{Error, Result};
 use crate::rule::{Rule, MAX_STATE};
 use half::{bf16, f16};
@@ -21,7 +21,11 @@ pub(crate) struct Job<S> {
     pub numel: usize,
     pub n_state: usize,
     pub param: *mut u8,
-    pub grad: *const u8,
+    /// Read, and written only when `grad_scale` is set (then checked writable and
+    /// non-overlapping like the parameter).
+    pub grad: *mut u8,
+    /// Divide each gradient element by this and store the result back (loss scaling).
+    pub grad_scale: Option<f64>,
     pub state: [*mut u8; MAX_STATE],
 }
 
@@ -168,26 +172,51 @@ fn piece_loop<R: Rule, S: Storage, const N: usize>(
 ) {
     // SAFETY: the driver only builds jobs whose tensors are CPU, contiguous, of the storage type
     // `S` (dispatched on `job.kind`) with `job.numel` elements and `N == job.n_state` state
-    // tensors; `start + len <= job.numel`; the written tensors do not overlap each other or the
-    // gradient, and no other thread touches `[start, start + len)` of this job.
-    let (param, grad, state) = unsafe {
+    // tensors; `start + len <= job.numel`; the written tensors (the gradient too when
+    // `grad_scale` is set) do not overlap each other or any read tensor, and no other thread
+    // touches `[start, start + len)` of this job.
+    let (param, grad, mut state) = unsafe {
         let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
-        let grad = std::slice::from_raw_parts((job.grad as *const S).add(start), len);
+        let grad = std::slice::from_raw_parts_mut((job.grad as *mut S).add(start), len);
         let state: [&mut [S]; N] = std::array::from_fn(|k| {
             std::slice::from_raw_parts_mut((job.state[k] as *mut S).add(start), len)
         });
         (param, grad, state)
     };
-    for i in 0..len {
-        let mut s = [<S::Compute as crate::element::Float>::ZERO; N];
-        for k in 0..N {
-            s[k] = state[k][i].load();
+    match job.grad_scale {
+        None => {
+            for i in 0..len {
+                let g = grad[i].load();
+                update_element::<R, S, N>(&job.scalars, &mut param[i], g, &mut state, i);
+            }
         }
-        let p = R::update(&job.scalars, param[i].load(), grad[i].load(), &mut s);
-        param[i] = S::store(p);
-        for k in 0..N {
-            state[k][i] = S::store(s[k]);
+        Some(scale) => {
+            let scale = <S::Compute as Float>::from_f64(scale);
+            for i in 0..len {
+                let g = grad[i].load() / scale;
+                grad[i] = S::store(g);
+                update_element::<R, S, N>(&job.scalars, &mut param[i], g, &mut state, i);
+            }
         }
+    }
+}
+
+/// Loads element `i`'s state, applies the rule, stores the parameter and state.
+#[inline(always)]
+fn update_element<R: Rule, S: Storage, const N: usize>(
+    scalars: &R::Scalars,
+    param: &mut S,
+    grad: S::Compute,
+    state: &mut [&mut [S]; N],
+    i: usize,
+) {
+    let mut s = [<S::Compute as Float>::ZERO; N];
+    for k in 0..N {
+        s[k] = state[k][i].load();
+    }
+    *param = S::store(R::update(scalars, param.load(), grad, &mut s));
+    for k in 0..N {
+        state[k][i] = S::store(s[k]);
     }
 }
 

@@ -11,7 +11,7 @@ fn adam_params(param: &Tensor, grad: &Tensor, amsgrad: bool) -> ParamTensors {
         param: param.shallow_clone(),
         grad: grad.shallow_clone(),
         state: (0..n).map(|_| param.zeros_like()).collect(),
-        step: Some(Tensor::zeros([], (Kind::Float, Device::Cpu))),
+        scalar_state: vec![Tensor::zeros([], (Kind::Float, Device::Cpu))],
         fresh: true,
     }
 }
@@ -22,8 +22,9 @@ fn reference(rule: &Adam, p: &[f64], g: &[f64], steps: usize) -> Vec<f64> {
     for (&p0, &g0) in p.iter().zip(g) {
         let mut p = p0;
         let mut state = vec![0.0; rule.state_names().len()];
+        let mut counter = [ScalarState::new(0.0, Kind::Float)];
         for t in 1..=steps {
-            p = Adam::update(&rule.scalars(t as f64, t == 1), p, g0, &mut state);
+            p = Adam::update(&rule.scalars(&mut counter, t == 1), p, g0, &mut state);
         }
         out.push(p);
     }
@@ -71,8 +72,8 @@ fn contiguous_noncontiguous_and_large_tensors_match_the_reference() {
     }
     assert_eq!(
         groups[0].params[0]
-            .step
-            .as_ref()
+            .scalar_state
+            .first()
             .map(|s| s.double_value(&[])),
         Some(3.0)
     );
@@ -115,7 +116,7 @@ fn sgd_momentum_buffer_starts_from_the_gradient() {
         param: param.shallow_clone(),
         grad: grad.shallow_clone(),
         state: vec![param.zeros_like()],
-        step: None,
+        scalar_state: vec![],
         fresh: true,
     };
     let mut groups = [Group {
@@ -148,8 +149,8 @@ fn invalid_inputs_fail_before_anything_changes() {
     assert!(other.equal(&Tensor::ones([4], (Kind::Float, Device::Cpu))));
     assert_eq!(
         groups[0].params[0]
-            .step
-            .as_ref()
+            .scalar_state
+            .first()
             .map(|s| s.double_value(&[])),
         Some(0.0)
     );

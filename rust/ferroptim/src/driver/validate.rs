@@ -4,7 +4,7 @@ use super::fast;
 use super::ParamTensors;
 use crate::element::is_supported;
 use crate::error::{Error, Result};
-use crate::rule::Rule;
+use crate::rule::{Rule, MAX_SCALAR_STATE};
 use tch::{Device, Kind, Tensor};
 
 /// Which tensor of which parameter; formatted only when an error names it, so the checks of
@@ -47,8 +47,10 @@ pub(crate) struct ParamMeta {
     pub param: Meta,
     pub grad: Meta,
     pub state: Vec<Meta>,
-    /// The step counter's metadata, when it is a dense tensor of a supported dtype.
-    pub step: Option<Meta>,
+    /// The scalar state's metadata (see [`Rule::scalar_state_names`]), for those that are
+    /// dense one-element tensors of a float dtype; `None` entries are read and written
+    /// through tch.
+    pub scalar_state: [Option<Meta>; MAX_SCALAR_STATE],
 }
 
 impl ParamMeta {
@@ -69,6 +71,7 @@ pub(crate) fn check_param<R: Rule>(
     pt: &ParamTensors,
     group: usize,
     index: usize,
+    grad_writable: bool,
 ) -> Result<ParamMeta> {
     let at = |what| Who { what, group, index };
     let names = rule.state_names();
@@ -79,11 +82,22 @@ pub(crate) fn check_param<R: Rule>(
             got: format!("{} state tensors", pt.state.len()),
         });
     }
-    let step = match (rule.uses_step(), &pt.step) {
-        (true, Some(t)) => fast::meta(t, None, true).filter(|m| m.numel == 1),
-        _ => None,
-    };
-    if let Some(meta) = fast_param(pt, step) {
+    let scalar_names = rule.scalar_state_names();
+    if pt.scalar_state.len() != scalar_names.len() {
+        return Err(Error::StateMismatch {
+            what: at("").label(),
+            expected: format!(
+                "{} scalar state tensors {scalar_names:?}",
+                scalar_names.len()
+            ),
+            got: format!("{} scalar state tensors", pt.scalar_state.len()),
+        });
+    }
+    let mut scalar_state = [None; MAX_SCALAR_STATE];
+    for (m, t) in scalar_state.iter_mut().zip(&pt.scalar_state) {
+        *m = fast::meta(t, None, true).filter(|m| m.numel == 1);
+    }
+    if let Some(meta) = fast_param(pt, scalar_state, grad_writable) {
         return Ok(meta);
     }
     // The slow path: one tch call per property, and the precise error.
@@ -113,26 +127,34 @@ pub(crate) fn check_param<R: Rule>(
         .zip(names)
         .map(|(t, name)| like_param(t, at(name)))
         .collect::<Result<Vec<_>>>()?;
-    if rule.uses_step() {
-        check_step(pt.step.as_ref(), at("step"))?;
+    for (t, name) in pt.scalar_state.iter().zip(scalar_names) {
+        check_scalar_state(t, at(name))?;
     }
     Ok(ParamMeta {
         param,
         grad,
         state,
-        step,
+        scalar_state,
     })
 }
 
 /// All of a parameter's metadata through `fast::meta`, if every tensor is a plain dense tensor
-/// of a supported dtype, shaped and placed like the parameter, and the step counter (if the
-/// rule needs one) is fine: then there is nothing to report.
-fn fast_param(pt: &ParamTensors, step: Option<Meta>) -> Option<ParamMeta> {
-    if pt.step.is_some() && step.is_none() {
+/// of a supported dtype, shaped and placed like the parameter, and every scalar state tensor
+/// is a one-element float tensor: then there is nothing to report.
+fn fast_param(
+    pt: &ParamTensors,
+    scalar_state: [Option<Meta>; MAX_SCALAR_STATE],
+    grad_writable: bool,
+) -> Option<ParamMeta> {
+    if scalar_state
+        .iter()
+        .take(pt.scalar_state.len())
+        .any(Option::is_none)
+    {
         return None;
     }
     let param = fast::meta(&pt.param, None, true)?;
-    let grad = fast::meta(&pt.grad, Some(&pt.param), false)?;
+    let grad = fast::meta(&pt.grad, Some(&pt.param), grad_writable)?;
     let state = pt
         .state
         .iter()
@@ -142,21 +164,24 @@ fn fast_param(pt: &ParamTensors, step: Option<Meta>) -> Option<ParamMeta> {
         param,
         grad,
         state,
-        step,
+        scalar_state,
     })
 }
 
-/// Checks that a step counter is present, defined, dense and has one element.
-fn check_step(step: Option<&Tensor>, who: Who) -> Result<()> {
-    let got = match step {
-        None => "none".to_string(),
-        Some(t) if !t.defined() => "an undefined tensor".to_string(),
-        Some(t) if t.numel() != 1 || t.is_sparse() => format!("shape {:?}", t.size()),
-        Some(_) => return Ok(()),
+/// Checks that a scalar state tensor (`step`, …) is defined, dense and has one element.
+fn check_scalar_state(t: &Tensor, who: Who) -> Result<()> {
+    let got = if !t.defined() {
+        "an undefined tensor".to_string()
+    } else if t.is_sparse() || t.numel() != 1 {
+        format!("shape {:?}", t.size())
+    } else if t.is_complex() {
+        format!("dtype {:?}", t.kind())
+    } else {
+        return Ok(());
     };
     Err(Error::StateMismatch {
         what: who.label(),
-        expected: "a one-element dense step tensor".into(),
+        expected: "a one-element dense real tensor".into(),
         got,
     })
 }

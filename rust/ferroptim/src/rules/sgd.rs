@@ -6,7 +6,7 @@
 //! `momentum_buffer` with the gradient.
 
 use crate::element::Float;
-use crate::rule::Rule;
+use crate::rule::{Rule, ScalarState};
 
 /// SGD hyperparameters; `Default` gives torch.optim.SGD's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,11 +61,11 @@ impl Rule for Sgd {
         }
     }
 
-    fn uses_step(&self) -> bool {
-        false
+    fn scalar_state_names(&self) -> &'static [&'static str] {
+        &[]
     }
 
-    fn scalars(&self, _step: f64, fresh: bool) -> SgdScalars {
+    fn scalars(&self, _scalar_state: &mut [ScalarState], fresh: bool) -> SgdScalars {
         SgdScalars {
             neg_lr: -self.lr,
             momentum: self.momentum,
@@ -109,7 +109,7 @@ mod tests {
         let mut p = p0;
         let mut state = vec![0.0; cfg.state_names().len()];
         for (t, &g) in grads.iter().enumerate() {
-            p = Sgd::update(&cfg.scalars(0.0, t == 0), p, g, &mut state);
+            p = Sgd::update(&cfg.scalars(&mut [], t == 0), p, g, &mut state);
         }
         (p, state)
     }

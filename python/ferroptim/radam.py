@@ -1,0 +1,63 @@
+"""RAdam with native fused steps (rule: ``rust/ferroptim/src/rules/radam.rs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ferroptim import _core
+from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+
+
+@native(torch.optim.RAdam)
+class RAdam(NativeStep, torch.optim.RAdam):
+    __doc__ = (
+        r"""RAdam with a fused native step; a drop-in replacement for ``torch.optim.RAdam``.
+
+    Algorithm: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (ICLR
+    2020); ``decoupled_weight_decay`` as in Loshchilov & Hutter (ICLR 2019). The arithmetic
+    follows ``torch.optim.RAdam``'s for-loop implementation (torch 2.11) step by step.
+
+    Args:
+        params (iterable): parameters or dicts defining parameter groups.
+        lr (float or Tensor, optional): learning rate (default: 1e-3).
+        betas (Tuple[float, float], optional): coefficients of the running averages
+            (default: (0.9, 0.999)); each in [0, 1).
+        eps (float, optional): term added to the denominator (default: 1e-8).
+        weight_decay (float, optional): weight decay (default: 0).
+        decoupled_weight_decay (bool, optional): apply weight decay as AdamW does
+            (default: False).
+        maximize (bool, optional): maximize the objective (default: False).
+        foreach, capturable, differentiable: see "Native execution".
+
+    State (``optimizer.state[p]``, created on a parameter's first step with a gradient):
+    ``step`` (float32 0-d CPU tensor), ``exp_avg`` and ``exp_avg_sq`` (like ``p``).
+
+    Raises:
+        ValueError: torch.optim.RAdam's checks (negative ``lr``, ``eps`` or
+            ``weight_decay``; ``betas`` outside [0, 1)).
+        RuntimeError: ``differentiable=True``; at ``step()``, a sparse gradient.
+"""
+        + NATIVE_NOTES
+    )
+
+    _native_step = staticmethod(_core.radam_step)
+
+    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "lr": scalar(group["lr"]),
+            "beta1": scalar(beta1),
+            "beta2": scalar(beta2),
+            "eps": scalar(group["eps"]),
+            "weight_decay": scalar(group["weight_decay"]),
+            "decoupled_weight_decay": bool(group["decoupled_weight_decay"]),
+            "maximize": bool(group["maximize"]),
+        }
+
+    def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return ("exp_avg", "exp_avg_sq"), ("step",)
+
+    def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"step": scalar_tensor(0.0), "exp_avg": zeros_like(p), "exp_avg_sq": zeros_like(p)}
