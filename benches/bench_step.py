@@ -6,7 +6,24 @@ gradients and state), the script times ``optimizer.step()`` for
 
 * torch.optim with ``foreach=False`` (the per-tensor for-loop), ``foreach=True`` and
   ``fused=True``;
-* ferroptim (the column is skipped, with a message, when ``import ferroptim`` fails).
+* ferroptim (the column is skipped, with a message, when ``import ferroptim`` fails);
+* DeepSpeed's ``DeepSpeedCPUAdam`` (Adam and AdamW only, CPU only), when ``import deepspeed``
+  works and its ``cpu_adam`` op builds or loads; otherwise the column is skipped with a
+  message. It runs with torch's default hyper-parameters for the optimizer (lr, betas, eps,
+  weight_decay; ``adamw_mode=False`` for Adam, ``True`` for AdamW) and, for bfloat16
+  parameters, bfloat16 state (``fp32_optimizer_states=False``) like the other columns. It is
+  not a candidate for "torch-best"; ferroptim's time relative to it is reported on its own.
+  DeepSpeed is optional (not in .ci/requirements.txt). Install it into the venv without
+  letting pip touch torch, then let it JIT-build the op once (ninja and g++; ~1 minute):
+
+      pip install --dry-run deepspeed        # must not list torch; otherwise use --no-deps
+      pip install --no-deps deepspeed einops hjson msgpack ninja psutil py-cpuinfo \
+          pydantic pydantic-core annotated-types typing-inspection
+      DS_ACCELERATOR=cpu python -c \
+          "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()"
+
+  (The script sets ``DS_ACCELERATOR=cpu`` unless it is set, so that DeepSpeed builds its CPU
+  op even where a GPU is present.)
 
 Everything runs in one process. Each implementation gets its own parameters (same values),
 gradients (random, set once and reused by every step) and state, and takes a few warm-up
@@ -28,6 +45,14 @@ After timing, each implementation's parameters are compared with those of the fo
 implementation (all took the same number of steps), which guards against a step that does
 not do its work; the difference is printed relative to how far the for-loop moved them.
 
+``--plot PATH`` runs a size sweep instead of the fixed cases: one tensor of 2^12 ... 2^25
+elements, AdamW and float32 unless ``--optimizers`` / ``--dtypes`` say otherwise, timed the
+same way (interleaved, with the bandwidth probe; repetitions scaled down above 2^21 elements
+so that the sweep takes about a minute per optimizer and dtype), and writes a log-log PNG of
+median step time against tensor size per implementation, with the bandwidth floor (at the
+sweep's median probe bandwidth) drawn as a line. ``--markdown`` / ``--json`` then report the
+sweep.
+
 Usage (from the repository root, in the venv where ferroptim is installed):
 
     python benches/bench_step.py                       # everything, a few minutes
@@ -35,6 +60,8 @@ Usage (from the repository root, in the venv where ferroptim is installed):
     python benches/bench_step.py --markdown --json bench.json
     python benches/bench_step.py --threads 1 --dtypes float32
     python benches/bench_step.py --device cuda         # times with CUDA synchronisation
+    python benches/bench_step.py --plot bench.png      # size sweep, AdamW float32
+    python benches/bench_step.py --plot sgd.png --optimizers SGD --dtypes float32 bfloat16
 
 ``bash .ci/dev bench [args]`` builds ferroptim and runs this script.
 """
@@ -68,7 +95,17 @@ TORCH_IMPLS = {
     "foreach": {"foreach": True},
     "fused": {"fused": True},
 }
-IMPLS = [*TORCH_IMPLS, "ferroptim"]
+IMPLS = [*TORCH_IMPLS, "ferroptim", "deepspeed"]
+OPTIONAL_IMPLS = ("ferroptim", "deepspeed")  # skipped, with a message, when not importable
+# DeepSpeedCPUAdam's adamw_mode per optimizer; it has no SGD.
+DEEPSPEED_ADAMW_MODE = {"Adam": False, "AdamW": True}
+# --plot: one tensor per size, by default one optimizer and dtype.
+SWEEP_CASES = {f"1x2^{k}": (1, 2**k) for k in range(12, 26)}
+SWEEP_OPTIMIZER = "AdamW"
+SWEEP_DTYPE = "float32"
+SWEEP_FULL_REPS_NUMEL = 2**21  # above this, repetitions shrink in proportion to the size
+SWEEP_MIN_REPS = 10
+ALL_CASES = {**CASES, **SWEEP_CASES}
 REFERENCE = "forloop"
 DEFAULT_REPS = 60
 DEFAULT_WARMUP = 3
@@ -137,9 +174,41 @@ def import_ferroptim():
     return ferroptim, None
 
 
+def import_deepspeed(device: torch.device):
+    """Return ``(DeepSpeedCPUAdam, None)``, or ``(None, reason)`` when it cannot be used.
+
+    Loading the ``cpu_adam`` op JIT-builds it on first use (about a minute), then loads it
+    from torch's extension cache.
+    """
+    if device.type != "cpu":
+        return None, "DeepSpeedCPUAdam runs on the CPU only"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from deepspeed.ops.op_builder import CPUAdamBuilder
+
+        CPUAdamBuilder().load()
+    except Exception as exc:  # not installed, or no compiler to build the op
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return DeepSpeedCPUAdam, None
+
+
+def import_optional(device: torch.device):
+    """The optional implementations: ``({impl: module or class}, {impl: reason missing})``."""
+    loaders = {"ferroptim": import_ferroptim, "deepspeed": lambda: import_deepspeed(device)}
+    modules, missing = {}, {}
+    for impl, loader in loaders.items():
+        module, reason = loader()
+        if module is None:
+            missing[impl] = reason
+        else:
+            modules[impl] = module
+    return modules, missing
+
+
 def make_params(case: str, dtype: torch.dtype, device: torch.device, grads: bool = True):
     """The case's parameters (same values on every call) with random gradients attached."""
-    count, numel = CASES[case]
+    count, numel = ALL_CASES[case]
     gen = torch.Generator().manual_seed(SEED)
     params = []
     for _ in range(count):
@@ -152,17 +221,42 @@ def make_params(case: str, dtype: torch.dtype, device: torch.device, grads: bool
     return params
 
 
-def make_optimizer(impl: str, name: str, params, ferroptim):
+class NotApplicable(Exception):
+    """An implementation that does not offer this optimizer or dtype."""
+
+
+def make_deepspeed(cls, name: str, params):
+    """DeepSpeedCPUAdam with the hyper-parameters of torch's optimizer of the same name.
+
+    bfloat16 parameters get bfloat16 state, as in the other implementations.
+    """
+    if name not in DEEPSPEED_ADAMW_MODE:
+        raise NotApplicable(f"DeepSpeed has no CPU {name}")
+    defaults = getattr(torch.optim, name)(params, **OPTIMIZERS[name]).defaults
+    return cls(
+        params,
+        lr=defaults["lr"],
+        betas=defaults["betas"],
+        eps=defaults["eps"],
+        weight_decay=defaults["weight_decay"],
+        adamw_mode=DEEPSPEED_ADAMW_MODE[name],
+        fp32_optimizer_states=params[0].dtype == torch.float32,
+    )
+
+
+def make_optimizer(impl: str, name: str, params, optional: dict):
     hyper = OPTIMIZERS[name]
     if impl == "ferroptim":
-        return getattr(ferroptim, name)(params, **hyper)
+        return getattr(optional[impl], name)(params, **hyper)
+    if impl == "deepspeed":
+        return make_deepspeed(optional[impl], name, params)
     return getattr(torch.optim, name)(params, **hyper, **TORCH_IMPLS[impl])
 
 
-def prepare(impl, name, case, dtype, device, sync, ferroptim, warmup):
+def prepare(impl, name, case, dtype, device, sync, optional, warmup):
     """Build one implementation's parameters and optimizer and take the warm-up steps."""
     params = make_params(case, dtype, device)
-    opt = make_optimizer(impl, name, params, ferroptim)
+    opt = make_optimizer(impl, name, params, optional)
     for _ in range(warmup):
         opt.step()
     sync()
@@ -222,19 +316,25 @@ def check_results(runners: dict, case, dtype, device) -> dict:
     return checks
 
 
-def run_case(name, case, dtype_name, impls, probe, args, device, sync, ferroptim, missing):
-    """Time every implementation on one case; return the raw samples and notes."""
+def run_case(name, case, dtype_name, probe, args, device, sync, optional, missing, reps=None):
+    """Time every implementation on one case; return the raw samples and notes.
+
+    ``optional`` and ``missing`` are :func:`import_optional`'s results; ``reps`` defaults to
+    ``args.reps``.
+    """
     dtype = DTYPES[dtype_name]
     runners, notes = {}, {}
-    for impl in impls:
-        if impl == "ferroptim" and ferroptim is None:
-            notes[impl] = f"skipped: ferroptim not importable ({missing})"
+    for impl in IMPLS:
+        if impl in missing:
+            notes[impl] = f"skipped: {impl} not available ({missing[impl]})"
             continue
         try:
-            runners[impl] = prepare(impl, name, case, dtype, device, sync, ferroptim, args.warmup)
+            runners[impl] = prepare(impl, name, case, dtype, device, sync, optional, args.warmup)
+        except NotApplicable as exc:
+            notes[impl] = f"n/a: {exc}"
         except Exception as exc:  # e.g. a combination torch does not support on this device
             notes[impl] = f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-    samples = time_round_robin(runners, probe, args.reps, sync) if runners else {}
+    samples = time_round_robin(runners, probe, reps or args.reps, sync) if runners else {}
     checks = check_results(runners, case, dtype, device) if runners else {}
     runners.clear()
     gc.collect()
@@ -251,7 +351,7 @@ def is_suspect(check, dtype_name: str) -> bool:
 
 def summarize(name, case, dtype_name, samples, notes, checks) -> dict:
     """Medians, ratios to torch's best and to the bandwidth floor for one case."""
-    count, numel = CASES[case]
+    count, numel = ALL_CASES[case]
     elements = count * numel
     step_bytes = TRAFFIC[name] * DTYPES[dtype_name].itemsize * elements
     probe = samples.pop("probe", None)
@@ -281,6 +381,9 @@ def summarize(name, case, dtype_name, samples, notes, checks) -> dict:
         stats["ratio_floor"] = med / floor_ms if floor_ms else None
     for impl, note in notes.items():
         impls[impl] = {"skipped": note}
+    if "ferroptim" in samples and "deepspeed" in samples:
+        ferro, ds = impls["ferroptim"], impls["deepspeed"]
+        ferro["ratio_deepspeed"] = ferro["median_ms"] / ds["median_ms"]
     return {
         "optimizer": name,
         "case": case,
@@ -323,7 +426,16 @@ def max_rss_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def machine_info(device: torch.device, ferroptim, probe_gbps: float) -> dict:
+def optional_versions(optional: dict) -> dict:
+    """Version of each importable optional implementation (None for the missing ones)."""
+    modules = {"ferroptim": optional.get("ferroptim"), "deepspeed": sys.modules.get("deepspeed")}
+    return {
+        impl: getattr(modules[impl], "__version__", "installed") if impl in optional else None
+        for impl in OPTIONAL_IMPLS
+    }
+
+
+def machine_info(device: torch.device, optional: dict, probe_gbps: float) -> dict:
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as f:
@@ -338,7 +450,7 @@ def machine_info(device: torch.device, ferroptim, probe_gbps: float) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "ferroptim": getattr(ferroptim, "__version__", "installed") if ferroptim else None,
+        **optional_versions(optional),
         "device": str(device),
         "bandwidth_gbps_initial": probe_gbps,
         "load_average_start": load_average(),
@@ -358,8 +470,12 @@ def print_header(info: dict, args, missing) -> None:
         f"  python      {info['python']}   torch {info['torch']}   "
         f"torch threads {info['torch_threads']}"
     )
-    print(f"  ferroptim   {info['ferroptim'] or 'NOT IMPORTABLE, column skipped: ' + missing}")
-    print(f"  device      {info['device']}   reps {args.reps}   warm-up steps {args.warmup}")
+    for impl in OPTIONAL_IMPLS:
+        print(f"  {impl:<11} {info[impl] or 'NOT AVAILABLE, column skipped: ' + missing[impl]}")
+    reps = f"{args.reps}" + (
+        f" (fewer above 2^21 elements, >= {SWEEP_MIN_REPS})" if args.plot else ""
+    )
+    print(f"  device      {info['device']}   reps {reps}   warm-up steps {args.warmup}")
     print(
         f"  bandwidth   {info['bandwidth_gbps_initial']:.1f} GB/s (read-modify-write, "
         "64 Mi float32 mul_; re-measured in every case)"
@@ -398,6 +514,9 @@ def print_case(result: dict, index: int, total: int) -> None:
             f"{fmt(s['ratio_torch_best']):>11} {fmt(s['speedup_vs_torch_best'], '.2f', 'x'):>8} "
             f"{fmt(s['ratio_floor']):>7} {check:>10}"
         )
+    ratio = r["impls"].get("ferroptim", {}).get("ratio_deepspeed")
+    if ratio is not None:
+        print(f"  ferroptim / deepspeed {ratio:.2f} (speed-up {1 / ratio:.2f}x)")
     for warning in case_warnings(r):
         print(f"  WARNING: {warning}")
     print()
@@ -415,23 +534,31 @@ def case_warnings(result: dict) -> list[str]:
     ]
 
 
-def markdown_table(results: list[dict], info: dict, bandwidth: list[float]) -> str:
-    def ms(r, impl):
-        stats = r["impls"].get(impl, {})
-        return fmt_ms(stats.get("median_ms")) + (" †" if stats.get("suspect") else "")
+def has_timings(results: list[dict], impl: str) -> bool:
+    return any("median_ms" in r["impls"].get(impl, {}) for r in results)
 
-    lines = [
-        "| optimizer | case | dtype | forloop ms | foreach ms | fused ms | ferroptim ms "
-        "| ferroptim/torch-best | ferroptim/floor |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+
+def markdown_ms(result: dict, impl: str) -> str:
+    stats = result["impls"].get(impl, {})
+    if stats.get("skipped", "").startswith("n/a"):
+        return "n/a"
+    return fmt_ms(stats.get("median_ms")) + (" †" if stats.get("suspect") else "")
+
+
+def markdown_table(results: list[dict], info: dict, bandwidth: list[float]) -> str:
+    """The results as a Markdown table; DeepSpeed's columns only when it was timed."""
+    deepspeed = has_timings(results, "deepspeed")
+    impls = [*TORCH_IMPLS, "ferroptim", *(["deepspeed"] if deepspeed else [])]
+    ratios = ["ratio_torch_best", "ratio_floor", *(["ratio_deepspeed"] if deepspeed else [])]
+    ratio_names = ["torch-best", "floor", "deepspeed"][: len(ratios)]
+    head = ["optimizer", "case", "dtype", *(f"{i} ms" for i in impls)]
+    head += [f"ferroptim/{n}" for n in ratio_names]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
     for r in results:
         ferro = r["impls"].get("ferroptim", {})
-        lines.append(
-            f"| {r['optimizer']} | {r['case']} | {r['dtype']} | {ms(r, 'forloop')} "
-            f"| {ms(r, 'foreach')} | {ms(r, 'fused')} | {ms(r, 'ferroptim')} "
-            f"| {fmt(ferro.get('ratio_torch_best'))} | {fmt(ferro.get('ratio_floor'))} |"
-        )
+        cells = [r["optimizer"], r["case"], r["dtype"], *(markdown_ms(r, i) for i in impls)]
+        cells += [fmt(ferro.get(ratio)) for ratio in ratios]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if any(s.get("suspect") for r in results for s in r["impls"].values()):
         lines.append(
@@ -457,6 +584,84 @@ def bandwidth_summary(samples: list[float]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- size sweep
+
+# matplotlib style per implementation (the rest get matplotlib's defaults)
+PLOT_STYLE = {
+    "forloop": {"color": "tab:gray", "marker": "v"},
+    "foreach": {"color": "tab:olive", "marker": "^"},
+    "fused": {"color": "tab:blue", "marker": "s"},
+    "ferroptim": {"color": "tab:red", "marker": "o", "linewidth": 2.2},
+    "deepspeed": {"color": "tab:green", "marker": "D"},
+}
+
+
+def sweep_reps(case: str, reps: int) -> int:
+    """Repetitions for one sweep size: ``reps`` up to SWEEP_FULL_REPS_NUMEL elements, then
+    in inverse proportion to the size, but at least SWEEP_MIN_REPS (or ``reps`` if fewer)."""
+    numel = ALL_CASES[case][1]
+    return min(reps, max(SWEEP_MIN_REPS, reps * SWEEP_FULL_REPS_NUMEL // numel))
+
+
+def plan(args) -> list[tuple[str, str, str, int]]:
+    """(optimizer, case, dtype, repetitions) for every case of the run, in order."""
+    if args.plot:
+        return [
+            (n, c, d, sweep_reps(c, args.reps))
+            for n in args.optimizers
+            for d in args.dtypes
+            for c in SWEEP_CASES
+        ]
+    return [(n, c, d, args.reps) for n in args.optimizers for c in args.cases for d in args.dtypes]
+
+
+def plot_panel(ax, rows: list[dict], gbps: float) -> None:
+    """One optimizer and dtype: median time per implementation and the floor, log-log."""
+    for impl in IMPLS:
+        timed = [r for r in rows if "median_ms" in r["impls"].get(impl, {})]
+        if not timed:
+            continue
+        suspect = any(r["impls"][impl]["suspect"] for r in timed)
+        ax.plot(
+            [r["elements"] for r in timed],
+            [r["impls"][impl]["median_ms"] for r in timed],
+            label=impl + (" (wrong results)" if suspect else ""),
+            **PLOT_STYLE.get(impl, {}),
+        )
+    elements = [r["elements"] for r in rows]
+    floor_ms = [r["bytes_per_step"] / (gbps * 1e9) * 1e3 for r in rows]
+    ax.plot(elements, floor_ms, "k--", label=f"bandwidth floor ({gbps:.0f} GB/s)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("elements in the (single) tensor")
+    ax.set_ylabel("median step() time, ms")
+    ax.set_title(f"{rows[0]['optimizer']}, {rows[0]['dtype']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+
+
+def plot_sweep(results: list[dict], info: dict, bandwidth: list[float], path: str) -> None:
+    """Write the sweep's log-log plot, one panel per optimizer and dtype, to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((r["optimizer"], r["dtype"]) for r in results))
+    gbps = float(np.median([BandwidthProbe.gbps(s) for s in bandwidth]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        plot_panel(ax, [r for r in results if (r["optimizer"], r["dtype"]) == panel], gbps)
+    fig.suptitle(
+        f"step() time vs tensor size: {info['cpu']}, torch {info['torch']} "
+        f"({info['torch_threads']} threads), {info['date'][:10]}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -477,16 +682,29 @@ def parse_args(argv=None):
         help=f"untimed steps first (default {DEFAULT_WARMUP})",
     )
     parser.add_argument(
-        "--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS)
+        "--optimizers",
+        nargs="+",
+        choices=list(OPTIMIZERS),
+        help=f"default: all; with --plot, {SWEEP_OPTIMIZER}",
     )
     parser.add_argument(
         "--cases",
         nargs="+",
         choices=list(CASES),
-        default=list(CASES),
-        help="parameter layouts: 1 x 25M elements, 500 x 4096 elements",
+        help="parameter layouts: 1 x 25M elements, 500 x 4096 elements (default: both)",
     )
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=list(DTYPES),
+        help=f"default: all; with --plot, {SWEEP_DTYPE}",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="instead of the cases, time one tensor of 2^12 ... 2^25 elements and write a "
+        "log-log PNG of step time vs size per implementation, with the bandwidth floor, to PATH",
+    )
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default: torch's own default)"
     )
@@ -500,6 +718,11 @@ def parse_args(argv=None):
         parser.error("--device cuda: CUDA is not available")
     if args.reps < 1 or args.warmup < 1:
         parser.error("--reps and --warmup must be at least 1 (the first step creates state)")
+    if args.plot and args.cases:
+        parser.error("--cases does not apply to --plot (the sweep has its own sizes)")
+    args.optimizers = args.optimizers or ([SWEEP_OPTIMIZER] if args.plot else list(OPTIMIZERS))
+    args.dtypes = args.dtypes or ([SWEEP_DTYPE] if args.plot else list(DTYPES))
+    args.cases = args.cases or ([] if args.plot else list(CASES))
     return args
 
 
@@ -509,20 +732,20 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = make_sync(device)
-    ferroptim, missing = import_ferroptim()
+    optional, missing = import_optional(device)
     started = time.perf_counter()
 
     probe = BandwidthProbe(device, sync)
     probe.measure()  # first touch of the pages
     initial = [probe.measure() for _ in range(10)]
-    info = machine_info(device, ferroptim, BandwidthProbe.gbps(float(np.median(initial))))
+    info = machine_info(device, optional, BandwidthProbe.gbps(float(np.median(initial))))
     print_header(info, args, missing)
 
-    combos = [(n, c, d) for n in args.optimizers for c in args.cases for d in args.dtypes]
+    combos = plan(args)
     results = []
-    for index, (name, case, dtype_name) in enumerate(combos, 1):
+    for index, (name, case, dtype_name, reps) in enumerate(combos, 1):
         samples, notes, checks = run_case(
-            name, case, dtype_name, IMPLS, probe, args, device, sync, ferroptim, missing
+            name, case, dtype_name, probe, args, device, sync, optional, missing, reps
         )
         results.append(summarize(name, case, dtype_name, samples, notes, checks))
         print_case(results[-1], index, len(combos))
@@ -537,6 +760,9 @@ def main(argv=None) -> int:
     if args.markdown:
         print()
         print(markdown_table(results, info, probe.all_samples))
+    if args.plot:
+        plot_sweep(results, info, probe.all_samples, args.plot)
+        print(f"wrote {args.plot}")
     if args.json:
         payload = {
             "machine": info,
