@@ -9,6 +9,7 @@ float32 emulation (:class:`Fp32Reference`).
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,10 @@ def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Op
         return getattr(OURS, name)(params, **kwargs)
     cls = getattr(torch.optim, name)
     if impl == "forloop":
-        return cls(params, foreach=False, fused=False, **kwargs)
+        flags = {"foreach": False}
+        if "fused" in inspect.signature(cls.__init__).parameters:
+            flags["fused"] = False
+        return cls(params, **flags, **kwargs)
     if impl == "fused":
         return cls(params, fused=True, **kwargs)
     if impl == "fp32ref":

@@ -32,6 +32,9 @@ pub trait Float:
     fn max_nan(self, other: Self) -> Self;
     /// Absolute value.
     fn abs(self) -> Self;
+    /// `self · a + b` with one rounding (IEEE fused multiply-add): ATen's CPU kernels compute
+    /// `x + α·y` (`add` with `alpha`, `addcmul`, `lerp`) this way on FMA hardware.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 macro_rules! impl_float {
@@ -59,6 +62,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn abs(self) -> Self {
                 <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
             }
         }
     };

@@ -183,3 +183,77 @@ fn aliasing_state_is_rejected() {
     assert!(matches!(err, Err(Error::Overlap { .. })));
     assert!(param.equal(&param.ones_like()));
 }
+
+#[test]
+fn unscaling_divides_the_gradient_in_the_pass_and_writes_it_back() {
+    let opts = (Kind::Float, Device::Cpu);
+    // contiguous (fused kernel) and transposed (staged path) parameters
+    let tensors = [
+        Tensor::randn([40, 3], opts),
+        Tensor::randn([5, 8], opts).transpose(0, 1),
+    ];
+    let grads: Vec<Tensor> = tensors.iter().map(|t| t.randn_like()).collect();
+    let scaled: Vec<Tensor> = grads.iter().map(|g| g * 8.0).collect();
+    let plain: Vec<Tensor> = tensors.iter().map(|t| t.copy()).collect();
+    let mut ours = [Group {
+        rule: Adam::adamw(),
+        params: tensors
+            .iter()
+            .zip(&scaled)
+            .map(|(p, g)| adam_params(p, g, false))
+            .collect(),
+    }];
+    let mut reference = [Group {
+        rule: Adam::adamw(),
+        params: plain
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| adam_params(p, g, false))
+            .collect(),
+    }];
+    step_unscaling(&mut ours, 8.0).expect("scaled step");
+    step(&mut reference).expect("plain step");
+    for i in 0..2 {
+        assert!(tensors[i].equal(&plain[i]), "param {i}");
+        assert!(scaled[i].equal(&grads[i]), "grad {i} written back unscaled");
+    }
+    for bad in [0.0, f64::NAN, f64::INFINITY] {
+        let err = step_unscaling(&mut ours, bad);
+        assert!(matches!(err, Err(Error::InvalidArgument { .. })), "{bad}");
+    }
+}
+
+#[test]
+fn scalar_state_count_and_shape_are_checked() {
+    let param = Tensor::ones([4], (Kind::Float, Device::Cpu));
+    let mut none = adam_params(&param, &param.ones_like(), false);
+    none.scalar_state.clear();
+    let err = step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![none],
+    }]);
+    assert!(matches!(err, Err(Error::StateMismatch { .. })));
+    let mut wide = adam_params(&param, &param.ones_like(), false);
+    wide.scalar_state[0] = Tensor::zeros([2], (Kind::Float, Device::Cpu));
+    let err = step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![wide],
+    }]);
+    assert!(matches!(err, Err(Error::StateMismatch { .. })));
+    assert!(param.equal(&param.ones_like()));
+}
+
+#[test]
+fn scalar_state_of_other_dtypes_is_updated_in_its_dtype() {
+    let param = Tensor::ones([4], (Kind::Float, Device::Cpu));
+    let mut pt = adam_params(&param, &param.ones_like(), false);
+    pt.scalar_state[0] = Tensor::from(41i64);
+    let mut groups = [Group {
+        rule: Adam::default(),
+        params: vec![pt],
+    }];
+    step(&mut groups).expect("int64 step counter");
+    let counter = &groups[0].params[0].scalar_state[0];
+    assert_eq!(counter.kind(), Kind::Int64);
+    assert_eq!(counter.int64_value(&[]), 42);
+}

@@ -3,7 +3,7 @@
 //! Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012. The order of operations matches
 //! `torch.optim.adadelta._single_tensor_adadelta` (torch 2.11).
 
-use super::ops::{ema_sq, l2_grad};
+use super::ops::{add_scaled, ema_sq, l2_grad};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -73,7 +73,7 @@ impl Rule for Adadelta {
         let delta = (state[1] + eps).sqrt() / (v + eps).sqrt() * g;
         state[0] = v;
         state[1] = ema_sq(state[1], delta, s.rho, s.one_minus_rho);
-        param + F::from_f64(s.neg_lr) * delta
+        add_scaled(param, s.neg_lr, delta)
     }
 }
 

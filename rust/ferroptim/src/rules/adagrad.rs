@@ -68,7 +68,7 @@ impl Rule for Adagrad {
     fn update<F: Float>(s: &AdagradScalars, param: F, grad: F, state: &mut [F]) -> F {
         let g = l2_grad(grad, param, s.maximize, s.weight_decay);
         // Σ ← Σ + g²;  θ ← θ − γ_t · g / (√Σ + ε)
-        let sum = state[0] + g * g;
+        let sum = g.mul_add(g, state[0]);
         state[0] = sum;
         param + F::from_f64(s.neg_clr) * g / (sum.sqrt() + F::from_f64(s.eps))
     }

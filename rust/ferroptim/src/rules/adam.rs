@@ -5,7 +5,7 @@
 //! AMSGrad: Reddi et al., "On the Convergence of Adam and Beyond", ICLR 2018.
 //! The order of operations matches `torch.optim.adam._single_tensor_adam` (torch 2.11).
 
-use super::ops::{ema_sq, lerp};
+use super::ops::{add_scaled, ema_sq, lerp};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -113,7 +113,7 @@ impl Rule for Adam {
             if s.decoupled {
                 p = p * F::from_f64(s.decay_factor);
             } else {
-                g = g + F::from_f64(s.weight_decay) * p;
+                g = add_scaled(g, s.weight_decay, p);
             }
         }
         // m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²

@@ -6,7 +6,7 @@
 //! `torch.optim.asgd._single_tensor_asgd` (torch 2.11): the step size `eta` and averaging
 //! coefficient `mu` are scalar state, each step uses the values the previous step stored.
 
-use super::ops::l2_grad;
+use super::ops::{add_scaled, l2_grad};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -67,9 +67,13 @@ impl Rule for Asgd {
     fn scalars(&self, scalar_state: &mut [ScalarState], _fresh: bool) -> AsgdScalars {
         let step = scalar_state[0].increment();
         let (eta, mu) = (scalar_state[1].get(), scalar_state[2].get());
-        // The next step's η_t = γ/(1 + λγt)^α and μ_t = 1/max(1, t − t₀).
-        scalar_state[1].set(self.lr / (1.0 + self.lambd * self.lr * step).powf(self.alpha));
-        scalar_state[2].set(1.0 / (step - self.t0).max(1.0));
+        // The next step's η_t = γ/(1 + λγt)^α and μ_t = 1/max(1, t − t₀). torch stores them
+        // through `torch.as_tensor(value)`, a float32 tensor (the default dtype), so they are
+        // float32 values even in a float64 state tensor (e.g. after `load_state_dict`).
+        let as_tensor = |v: f64| f64::from(v as f32);
+        let next_eta = self.lr / (1.0 + self.lambd * self.lr * step).powf(self.alpha);
+        scalar_state[1].set(as_tensor(next_eta));
+        scalar_state[2].set(as_tensor(1.0 / (step - self.t0).max(1.0)));
         AsgdScalars {
             decay: 1.0 - self.lambd * eta,
             neg_eta: -eta,
@@ -84,7 +88,7 @@ impl Rule for Asgd {
     fn update<F: Float>(s: &AsgdScalars, param: F, grad: F, state: &mut [F]) -> F {
         let g = l2_grad(grad, param, s.maximize, s.weight_decay);
         // θ ← θ(1 − λη) − ηg;  ax ← ax + μ(θ − ax)  (a copy of θ while μ = 1)
-        let p = param * F::from_f64(s.decay) + F::from_f64(s.neg_eta) * g;
+        let p = add_scaled(param * F::from_f64(s.decay), s.neg_eta, g);
         state[0] = if s.copy {
             p
         } else {
@@ -111,14 +115,14 @@ mod tests {
         // step 1: η = 0.1, μ = 1 → θ₁ = 0.95 − 0.1, ax = θ₁
         let p1 = 1.0 * (1.0 - 0.05) - 0.1;
         // stored for step 2: η = 0.1/(1 + 0.05)^0.75, μ = 1/max(1, 0) = 1
-        let eta2 = 0.1 / 1.05f64.powf(0.75);
+        let eta2 = f64::from((0.1 / 1.05f64.powf(0.75)) as f32);
         let p2 = p1 * (1.0 - 0.5 * eta2) - eta2;
         // stored for step 3: η = 0.1/(1.1)^0.75, μ = 1/max(1, 1) = 1
-        let eta3 = 0.1 / 1.1f64.powf(0.75);
+        let eta3 = f64::from((0.1 / 1.1f64.powf(0.75)) as f32);
         let p3 = p2 * (1.0 - 0.5 * eta3) - eta3;
         close(p, p3);
         close(st[0], p3);
-        close(scalar[1], 0.1 / 1.15f64.powf(0.75));
+        assert_eq!(scalar[1], f64::from((0.1 / 1.15f64.powf(0.75)) as f32));
         close(scalar[2], 0.5); // 1/max(1, 3 − 1)
     }
 

@@ -5,7 +5,7 @@
 //! `torch.optim.nadam._single_tensor_nadam` (torch 2.11), including the running product of the
 //! momentum coefficients kept in the `mu_product` scalar state.
 
-use super::ops::{ema_sq, lerp};
+use super::ops::{add_scaled, ema_sq, lerp};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -109,7 +109,7 @@ impl Rule for NAdam {
             if s.decoupled {
                 p = p * F::from_f64(s.decay_factor);
             } else {
-                g = g + F::from_f64(s.weight_decay) * p;
+                g = add_scaled(g, s.weight_decay, p);
             }
         }
         let m = lerp(state[0], g, F::from_f64(s.lerp_weight));

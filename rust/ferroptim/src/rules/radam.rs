@@ -3,7 +3,7 @@
 //! Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020. The order
 //! of operations matches `torch.optim.radam._single_tensor_radam` (torch 2.11).
 
-use super::ops::{ema_sq, lerp};
+use super::ops::{add_scaled, ema_sq, lerp};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -101,7 +101,7 @@ impl Rule for RAdam {
             if s.decoupled {
                 p = p * F::from_f64(s.decay_factor);
             } else {
-                g = g + F::from_f64(s.weight_decay) * p;
+                g = add_scaled(g, s.weight_decay, p);
             }
         }
         let m = lerp(state[0], g, F::from_f64(s.lerp_weight));

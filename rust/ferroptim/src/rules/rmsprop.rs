@@ -4,7 +4,7 @@
 //! Graves, "Generating Sequences With Recurrent Neural Networks", 2013. The order of operations
 //! matches `torch.optim.rmsprop._single_tensor_rmsprop` (torch 2.11).
 
-use super::ops::{ema_sq, l2_grad, lerp};
+use super::ops::{add_scaled, addcmul, ema_sq, l2_grad, lerp};
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -93,7 +93,7 @@ impl Rule for RMSprop {
             let k = if s.has_momentum { 2 } else { 1 };
             let ga = lerp(state[k], g, F::from_f64(s.one_minus_alpha));
             state[k] = ga;
-            (v + F::from_f64(-1.0) * ga * ga).sqrt()
+            addcmul(v, -1.0, ga, ga).sqrt()
         } else {
             v.sqrt()
         } + F::from_f64(s.eps);
@@ -101,7 +101,7 @@ impl Rule for RMSprop {
             // b ← μb + g/avg;  θ ← θ − γb
             let b = state[1] * F::from_f64(s.momentum) + F::from_f64(1.0) * g / avg;
             state[1] = b;
-            param + F::from_f64(s.neg_lr) * b
+            add_scaled(param, s.neg_lr, b)
         } else {
             param + F::from_f64(s.neg_lr) * g / avg
         }

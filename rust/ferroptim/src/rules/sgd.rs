@@ -5,6 +5,7 @@
 //! `torch.optim.sgd._single_tensor_sgd` (torch 2.11), including that the first step initialises
 //! `momentum_buffer` with the gradient.
 
+use super::ops::add_scaled;
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -81,23 +82,23 @@ impl Rule for Sgd {
     fn update<F: Float>(s: &SgdScalars, param: F, grad: F, state: &mut [F]) -> F {
         let mut g = if s.maximize { -grad } else { grad };
         if s.weight_decay != 0.0 {
-            g = g + F::from_f64(s.weight_decay) * param;
+            g = add_scaled(g, s.weight_decay, param);
         }
         if s.momentum != 0.0 {
             // b ← g on the first step, else b ← μb + (1 − τ)g
             let buf = if s.fresh {
                 g
             } else {
-                state[0] * F::from_f64(s.momentum) + F::from_f64(s.one_minus_dampening) * g
+                add_scaled(state[0] * F::from_f64(s.momentum), s.one_minus_dampening, g)
             };
             state[0] = buf;
             g = if s.nesterov {
-                g + F::from_f64(s.momentum) * buf
+                add_scaled(g, s.momentum, buf)
             } else {
                 buf
             };
         }
-        param + F::from_f64(s.neg_lr) * g
+        add_scaled(param, s.neg_lr, g)
     }
 }
 

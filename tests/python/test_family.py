@@ -1,0 +1,208 @@
+"""Every ferroptim class: torch's signature, defaults and validation; state_dict interchange
+with torch.optim; a failed step changes nothing; GradScaler (fused unscaling, skipped steps)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import pytest
+import torch
+from optim_testlib import (
+    OURS,
+    TOLERANCES,
+    assert_snapshots_close,
+    assert_snapshots_equal,
+    make_data,
+    make_mlp,
+    make_opt,
+    mlp_loss,
+    snapshot,
+    train,
+)
+
+# One non-default configuration per class, exercising most of its state.
+CONFIGS = {
+    "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.05},
+    "AdamW": {"lr": 0.01, "weight_decay": 0.1},
+    "Adadelta": {"lr": 0.5, "rho": 0.95, "weight_decay": 0.01},
+    "Adagrad": {"lr": 0.05, "lr_decay": 0.01, "initial_accumulator_value": 0.1},
+    "Adamax": {"lr": 0.01, "weight_decay": 0.01},
+    "ASGD": {"lr": 0.02, "t0": 5, "lambd": 0.01, "weight_decay": 0.01},
+    "NAdam": {"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.01, "weight_decay": 0.01},
+    "RMSprop": {"lr": 0.001, "momentum": 0.5, "centered": True, "weight_decay": 0.01},
+    "Rprop": {"lr": 0.001, "etas": (0.4, 1.3), "step_sizes": (1e-5, 1.0)},
+}
+NAMES = [n for n in OURS.__all__ if n != "__version__"]
+F64_RTOL, F64_ATOL = TOLERANCES[torch.float64]
+
+
+def test_configs_cover_every_class():
+    assert sorted(CONFIGS) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_defaults_and_subclass_match_torch(name):
+    ours, ref = getattr(OURS, name), getattr(torch.optim, name)
+    assert issubclass(ours, ref)
+    assert inspect.signature(ours.__init__) == inspect.signature(ref.__init__)
+    p = [torch.zeros(3, requires_grad=True)]
+    skip = ("foreach", "fused")
+    assert {k: v for k, v in ours(p).defaults.items() if k not in skip} == {
+        k: v for k, v in ref(p).defaults.items() if k not in skip
+    }
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_negative_lr_raises_torchs_error(name):
+    p = [torch.zeros(3, requires_grad=True)]
+    with pytest.raises(ValueError) as ref:
+        getattr(torch.optim, name)(p, lr=-0.5)
+    with pytest.raises(ValueError) as ours:
+        getattr(OURS, name)(p, lr=-0.5)
+    assert str(ours.value) == str(ref.value)
+
+
+def hand_over(src: str, dst: str, name: str):
+    """20 steps with implementation ``src``, its state_dict into a fresh ``dst`` optimizer
+    over a copy of the model, 20 more steps."""
+    data = make_data(torch.float64)
+    model = make_mlp(torch.float64)
+    opt = make_opt(src, name, model.parameters(), **CONFIGS[name])
+    train(model, opt, data, 20)
+    sd = copy.deepcopy(opt.state_dict())
+    model2 = copy.deepcopy(model)
+    opt2 = make_opt(dst, name, model2.parameters(), **CONFIGS[name])
+    opt2.load_state_dict(sd)
+    train(model2, opt2, data, 20)
+    return snapshot(model2.parameters(), opt2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("direction", ["ours_to_torch", "torch_to_ours"])
+def test_state_dict_interchange_with_torch(name, direction):
+    """A hand-over between ferroptim and torch.optim continues as the same hand-over within
+    torch.optim does (float64; torch's load_state_dict casts some scalar state, see below)."""
+    src, dst = ("ours", "forloop") if direction == "ours_to_torch" else ("forloop", "ours")
+    assert_snapshots_close(
+        widen_scalar_state(hand_over(src, dst, name)),
+        widen_scalar_state(hand_over("forloop", "forloop", name)),
+        F64_RTOL,
+        F64_ATOL,
+        what=f"{name} {direction}",
+    )
+
+
+def widen_scalar_state(snap):
+    """torch's load_state_dict casts every state entry but ``step`` to the parameter's dtype,
+    so ASGD's ``eta``/``mu`` and NAdam's ``mu_product`` become float64 after a hand-over into
+    either implementation, and ferroptim's state_dict carries float32 ones; compare values."""
+    for state in snap.state:
+        for key in ("eta", "mu", "mu_product"):
+            if key in state:
+                state[key] = state[key].double()
+    return snap
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failed_step_changes_nothing(name):
+    """A sparse gradient on the last parameter: the error comes before any parameter or state
+    is touched, and no state is created."""
+    model = make_mlp()
+    opt = getattr(OURS, name)(model.parameters(), **CONFIGS[name])
+    train(model, opt, make_data(), 2)
+    before = snapshot(model.parameters(), opt)
+    n_state = len(opt.state)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[-1].grad = torch.ones_like(params[-1]).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert len(opt.state) == n_state
+    assert_snapshots_equal(snapshot(model.parameters(), opt), before, what=name)
+
+
+def amp_run(impl: str, name: str, inf_at: int, steps: int = 8):
+    """Train the MLP under bfloat16 autocast with a GradScaler (init_scale 2**10), making the
+    gradients of step ``inf_at`` infinite. Returns the snapshot, the scales and the grads of the
+    last step."""
+    model = make_mlp()
+    data = make_data()
+    opt = make_opt(impl, name, model.parameters(), **CONFIGS[name])
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scales = []
+    for k in range(steps):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = mlp_loss(model, data)
+        scaler.scale(loss).backward()
+        if k == inf_at:
+            next(iter(model.parameters())).grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    grads = [p.grad.clone() for p in model.parameters()]
+    return snapshot(model.parameters(), opt), scales, grads
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scaler_matches_torch_including_a_skipped_step(name):
+    """ferroptim takes GradScaler's ``grad_scale``/``found_inf`` (unscaling inside the native
+    pass); torch's for-loop is unscaled by the scaler itself. Same trajectory, same skipped
+    step (scale halved, nothing updated), and the same unscaled gradients left in ``p.grad``."""
+    ours, our_scales, our_grads = amp_run("ours", name, inf_at=3)
+    ref, ref_scales, ref_grads = amp_run("forloop", name, inf_at=3)
+    assert our_scales == ref_scales
+    assert our_scales[3] == 2.0**9  # the inf step backed off
+    rtol, atol = TOLERANCES[torch.float32]
+    assert_snapshots_close(ours, ref, rtol, atol, what=name)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
+def test_grad_scaler_matches_torch_fused(name):
+    """Against torch's fused CPU kernel, which also unscales in its own pass."""
+    ours = amp_run("ours", name, inf_at=2)[0]
+    fused = amp_run("fused", name, inf_at=2)[0]
+    rtol, atol = TOLERANCES[torch.float32]
+    assert_snapshots_close(ours, fused, rtol, atol, what=name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_found_inf_skips_everything(name):
+    """A step with found_inf set changes nothing: parameters, gradients, state, step."""
+    model = make_mlp()
+    opt = getattr(OURS, name)(model.parameters(), **CONFIGS[name])
+    train(model, opt, make_data(), 2)
+    before = snapshot(model.parameters(), opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.grad_scale = torch.tensor(4.0)
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert_snapshots_equal(snapshot(model.parameters(), opt), before, what=name)
+    for p, g in zip(model.parameters(), grads):
+        assert torch.equal(p.grad, g)
+    assert opt._step_supports_amp_scaling
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scale_unscales_in_the_native_pass(name):
+    """grad_scale=4: the step equals an unscaled step, and p.grad holds the unscaled gradient."""
+    results = []
+    for scale in (None, 4.0):
+        torch.manual_seed(0)
+        p = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+        g = torch.randn(1000, dtype=torch.float64)
+        opt = getattr(OURS, name)([p], **CONFIGS[name])
+        p.grad = g.clone() if scale is None else g * scale
+        if scale is not None:
+            opt.grad_scale = torch.tensor(scale)
+            opt.found_inf = torch.tensor(0.0)
+        opt.step()
+        assert torch.equal(p.grad, g)
+        results.append(snapshot([p], opt))
+    assert_snapshots_equal(results[1], results[0], what=name)
