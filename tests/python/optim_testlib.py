@@ -345,6 +345,10 @@ def run_manual(
 # ----------------------------------------------------------------------------------------
 
 
+# Per-parameter scalar state (0-d tensors of their own dtype, never the parameter's).
+SCALAR_STATE = ("step", "mu_product", "eta", "mu")
+
+
 class Fp32Reference:
     """Reference for half-precision (and mixed-dtype state) steps: each step upcasts the
     parameter, gradient and state to float32, runs torch's for-loop optimizer on those
@@ -384,7 +388,7 @@ class Fp32Reference:
         for p, s in zip(live, shadows):
             if p in self.state:
                 inner.state[s] = {
-                    k: v.clone() if k == "step" else v.to(self.compute_dtype, copy=True)
+                    k: v.clone() if k in SCALAR_STATE else v.to(self.compute_dtype, copy=True)
                     for k, v in self.state[p].items()
                 }
         inner.step()
@@ -392,7 +396,7 @@ class Fp32Reference:
             p.copy_(s)
             stored = self.state.setdefault(p, {})
             for k, v in inner.state[s].items():
-                if k == "step":
+                if k in SCALAR_STATE:
                     stored[k] = v.clone()
                 elif k in stored:
                     stored[k].copy_(v)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from optim_testlib import assert_within_ulps, run_mlp, snapshot_max_diff
+from optim_testlib import SCALAR_STATE, assert_within_ulps, run_mlp, snapshot_max_diff
 
 HALF_CASES = [
     pytest.param("SGD", {"lr": 0.05}, id="SGD-plain"),
@@ -65,7 +65,7 @@ def test_half_precision_matches_fp32_compute(name, kwargs, dtype):
     fp32ref = run_mlp("fp32ref", name, kwargs, dtype=dtype, steps=STEPS)
     assert all(p.dtype == dtype for p in ours.params)
     for st in ours.state:
-        assert all(v.dtype == dtype for k, v in st.items() if k != "step"), "state dtype"
+        assert all(v.dtype == dtype for k, v in st.items() if k not in SCALAR_STATE), "dtype"
 
     if name == "SGD":
         yardstick = fp32ref
@@ -81,3 +81,27 @@ def test_half_precision_matches_fp32_compute(name, kwargs, dtype):
     assert_within_ulps(ours, fp32ref, dtype, f"{name} {dtype} ours vs float32 reference:")
     if name != "SGD":
         assert_within_ulps(ours, yardstick, dtype, f"{name} {dtype} ours vs torch fused:")
+
+
+# The classes without a torch fused kernel: against the float32 emulation only.
+FAMILY_CASES = [
+    pytest.param("Adadelta", {"lr": 0.5, "weight_decay": 0.01}, id="Adadelta"),
+    pytest.param("Adagrad", {"lr": 0.05, "lr_decay": 0.01}, id="Adagrad"),
+    pytest.param("Adamax", {"lr": 0.01, "weight_decay": 0.01}, id="Adamax"),
+    pytest.param("ASGD", {"lr": 0.02, "t0": 2, "lambd": 0.01}, id="ASGD"),
+    pytest.param("NAdam", {"lr": 0.01, "weight_decay": 0.01}, id="NAdam"),
+    pytest.param("RAdam", {"lr": 0.01, "betas": (0.9, 0.9)}, id="RAdam"),
+    pytest.param("RMSprop", {"lr": 0.001, "momentum": 0.5, "centered": True}, id="RMSprop"),
+    pytest.param("Rprop", {"lr": 0.001}, id="Rprop"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), FAMILY_CASES)
+def test_bfloat16_family_matches_fp32_compute(name, kwargs):
+    dtype = torch.bfloat16
+    ours = run_mlp("ours", name, kwargs, dtype=dtype, steps=STEPS)
+    fp32ref = run_mlp("fp32ref", name, kwargs, dtype=dtype, steps=STEPS)
+    assert all(p.dtype == dtype for p in ours.params)
+    for st in ours.state:
+        assert all(v.dtype == dtype for k, v in st.items() if k not in SCALAR_STATE), "dtype"
+    assert_within_ulps(ours, fp32ref, dtype, f"{name} ours vs float32 reference:")
