@@ -1,8 +1,9 @@
 """ferroptim: fused native optimizer steps as drop-in replacements for ``torch.optim``.
 
-Every class takes the same arguments, defaults, ``param_groups`` and ``state_dict`` as its
-``torch.optim`` namesake (torch 2.11), and updates every parameter of every group in one
-native, multi-threaded call per ``step()``.
+Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
+``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion`` and ``ADOPT`` follow their
+reference implementations. Each updates every parameter of every group in one native,
+multi-threaded call per ``step()``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
@@ -12,7 +13,9 @@ from ferroptim.adadelta import Adadelta
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
+from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
+from ferroptim.lion import Lion
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
 from ferroptim.rmsprop import RMSprop
@@ -21,6 +24,7 @@ from ferroptim.sgd import SGD
 
 __version__ = _core.__version__
 __all__ = [
+    "ADOPT",
     "ASGD",
     "SGD",
     "Adadelta",
@@ -28,6 +32,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",

@@ -185,6 +185,24 @@ class NativeStep:
         return loss
 
 
+def check_range(
+    name: str,
+    value: float | torch.Tensor,
+    low: float,
+    high: float | None = None,
+    upper_open: bool = False,
+) -> None:
+    """torch.optim-style validation: ValueError naming the argument and the value unless
+    ``low <= value`` (and ``value <= high``, or ``< high`` when ``upper_open``). A tensor
+    must hold one element."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError(f"Tensor {name} must be 1-element")
+    v = scalar(value)
+    above = high is not None and (v >= high if upper_open else v > high)
+    if not v >= low or above:
+        raise ValueError(f"Invalid {name} value: {value}")
+
+
 def check_differentiable(optimizer: object, group: dict[str, Any]) -> None:
     """``differentiable=True`` needs autograd through the update, which native code lacks."""
     if group.get("differentiable"):

@@ -104,6 +104,23 @@ class AsgdGroup(_Tensors):
     weight_decay: float
     maximize: bool
 
+class LionGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    weight_decay: float
+    maximize: bool
+
+class AdoptGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    clip_exponent: float | None
+    weight_decay: float
+    decouple: bool
+    maximize: bool
+
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...
 def adagrad_step(groups: Sequence[AdagradGroup], grad_scale: float | None = None) -> None: ...
@@ -114,3 +131,5 @@ def rmsprop_step(groups: Sequence[RMSpropGroup], grad_scale: float | None = None
 def rprop_step(groups: Sequence[RpropGroup], grad_scale: float | None = None) -> None: ...
 def adadelta_step(groups: Sequence[AdadeltaGroup], grad_scale: float | None = None) -> None: ...
 def asgd_step(groups: Sequence[AsgdGroup], grad_scale: float | None = None) -> None: ...
+def lion_step(groups: Sequence[LionGroup], grad_scale: float | None = None) -> None: ...
+def adopt_step(groups: Sequence[AdoptGroup], grad_scale: float | None = None) -> None: ...

@@ -36,6 +36,25 @@ def describe_implementation() -> str:
     return f"ferroptim {getattr(OURS, '__version__', '?')} from {OURS.__file__}"
 
 
+def reference_class(name: str) -> type:
+    """The reference implementation of ``name``: torch.optim's class, or for the algorithms
+    torch lacks, the authors' reference implementation (PyPI ``lion-pytorch``, ``torch-adopt``;
+    both installed by .ci/requirements.txt)."""
+    if name == "Lion":
+        import lion_pytorch
+
+        return lion_pytorch.Lion
+    if name == "ADOPT":
+        import adopt
+
+        if not hasattr(adopt.ADOPT, "_cuda_graph_capture_health_check"):
+            # torch-adopt 0.1.0 calls this torch.optim.Optimizer helper, which torch 2.11 no
+            # longer has; on the CPU it only checked CUDA-graph capture: a no-op here.
+            adopt.ADOPT._cuda_graph_capture_health_check = lambda self: None
+        return adopt.ADOPT
+    return getattr(torch.optim, name)
+
+
 def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """Build optimizer ``name`` from ``impl``: 'ours' (ferroptim), 'forloop' / 'fused'
     (torch.optim's for-loop / fused CPU implementation) or 'fp32ref' (:class:`Fp32Reference`).
@@ -43,11 +62,10 @@ def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Op
     kwargs = copy.deepcopy(kwargs)  # tensor hyperparameters must not be shared
     if impl == "ours":
         return getattr(OURS, name)(params, **kwargs)
-    cls = getattr(torch.optim, name)
+    cls = reference_class(name)
     if impl == "forloop":
-        flags = {"foreach": False}
-        if "fused" in inspect.signature(cls.__init__).parameters:
-            flags["fused"] = False
+        accepted = inspect.signature(cls.__init__).parameters
+        flags = {k: False for k in ("foreach", "fused") if k in accepted}
         return cls(params, **flags, **kwargs)
     if impl == "fused":
         return cls(params, fused=True, **kwargs)

@@ -91,6 +91,12 @@ step_fn!(adadelta_step, Adadelta, "One Adadelta step over all groups.", {
 step_fn!(asgd_step, Asgd, "One ASGD step over all groups.", {
     lr, lambd, alpha, t0, weight_decay, maximize
 });
+step_fn!(lion_step, Lion, "One Lion step over all groups.", {
+    lr, beta1, beta2, weight_decay, maximize
+});
+step_fn!(adopt_step, Adopt, "One ADOPT step over all groups.", {
+    lr, beta1, beta2, eps, clip_exponent, weight_decay, decouple, maximize
+});
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -104,5 +110,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rprop_step, m)?)?;
     m.add_function(wrap_pyfunction!(adadelta_step, m)?)?;
     m.add_function(wrap_pyfunction!(asgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lion_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adopt_step, m)?)?;
     Ok(())
 }
