@@ -1,11 +1,13 @@
 """Median ``step()`` time of ferroptim's optimizers against torch.optim's.
 
-For every optimizer (SGD with momentum 0.9, Adam, AdamW), parameter layout (one tensor of
-25M elements, or 500 tensors of 4096 elements) and dtype (float32, or bfloat16 parameters,
-gradients and state), the script times ``optimizer.step()`` for
+For every optimizer (SGD with momentum 0.9, Adam, AdamW, and with torch's defaults Adadelta,
+Adagrad, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop, Lion, ADOPT), parameter layout (one
+tensor of 25M elements, or 500 tensors of 4096 elements) and dtype (float32, or bfloat16
+parameters, gradients and state), the script times ``optimizer.step()`` for
 
 * torch.optim with ``foreach=False`` (the per-tensor for-loop), ``foreach=True`` and
-  ``fused=True``;
+  ``fused=True`` (where torch has them; for Lion and ADOPT, which torch lacks, the reference
+  implementations ``lion-pytorch`` and ``torch-adopt`` take the for-loop column);
 * ferroptim (the column is skipped, with a message, when ``import ferroptim`` fails);
 * DeepSpeed's ``DeepSpeedCPUAdam`` (Adam and AdamW only, CPU only), when ``import deepspeed``
   works and its ``cpu_adam`` op builds or loads; otherwise the column is skipped with a
@@ -84,9 +86,34 @@ OPTIMIZERS = {
     "SGD": {"lr": 1e-3, "momentum": 0.9},
     "Adam": {"lr": 1e-3},
     "AdamW": {"lr": 1e-3},
+    "Adadelta": {},
+    "Adagrad": {},
+    "Adamax": {},
+    "ASGD": {},
+    "NAdam": {},
+    "RAdam": {},
+    "RMSprop": {},
+    "Rprop": {},
+    "Lion": {},
+    "ADOPT": {},
 }
-# Tensors of the element size read or written per parameter element by one step.
-TRAFFIC = {"SGD": 5, "Adam": 7, "AdamW": 7}
+# Tensors of the element size read or written per parameter element by one step (with the
+# settings above): parameter and gradient, plus each state tensor read and written.
+TRAFFIC = {
+    "SGD": 5,
+    "Adam": 7,
+    "AdamW": 7,
+    "Adadelta": 7,
+    "Adagrad": 5,
+    "Adamax": 7,
+    "ASGD": 5,
+    "NAdam": 7,
+    "RAdam": 7,
+    "RMSprop": 5,
+    "Rprop": 7,
+    "Lion": 5,
+    "ADOPT": 7,
+}
 # name -> (number of tensors, elements per tensor)
 CASES = {"1x25M": (1, 25_000_000), "500x4096": (500, 4096)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -250,7 +277,28 @@ def make_optimizer(impl: str, name: str, params, optional: dict):
         return getattr(optional[impl], name)(params, **hyper)
     if impl == "deepspeed":
         return make_deepspeed(optional[impl], name, params)
-    return getattr(torch.optim, name)(params, **hyper, **TORCH_IMPLS[impl])
+    if hasattr(torch.optim, name):
+        return getattr(torch.optim, name)(params, **hyper, **TORCH_IMPLS[impl])
+    # Not in torch.optim: its reference implementation takes the "forloop" column.
+    if impl != "forloop":
+        raise NotApplicable(f"torch.optim has no {name}")
+    return reference_class(name)(params, **hyper)
+
+
+def reference_class(name: str):
+    """The reference implementation of an algorithm torch lacks (PyPI lion-pytorch, the
+    authors' torch-adopt; both in .ci/requirements.txt)."""
+    if name == "Lion":
+        import lion_pytorch
+
+        return lion_pytorch.Lion
+    import adopt
+
+    if not hasattr(adopt.ADOPT, "_cuda_graph_capture_health_check"):
+        # torch-adopt 0.1.0 calls a torch.optim helper torch 2.11 no longer has (a CUDA-graph
+        # check; a no-op on the CPU).
+        adopt.ADOPT._cuda_graph_capture_health_check = lambda self: None
+    return adopt.ADOPT
 
 
 def prepare(impl, name, case, dtype, device, sync, optional, warmup):
