@@ -5,7 +5,7 @@
 //! AMSGrad: Reddi et al., "On the Convergence of Adam and Beyond", ICLR 2018.
 //! The order of operations matches `torch.optim.adam._single_tensor_adam` (torch 2.11).
 
-use super::ops::{add_scaled, ema_sq, lerp};
+use super::ops::AdamMoments;
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -62,17 +62,11 @@ impl Adam {
 /// Per-parameter, per-step scalars of [`Adam`].
 #[derive(Debug, Clone, Copy)]
 pub struct AdamScalars {
-    lerp_weight: f64,
-    beta2: f64,
-    one_minus_beta2: f64,
-    weight_decay: f64,
-    decay_factor: f64,
+    moments: AdamMoments,
     neg_step_size: f64,
     bias_correction2_sqrt: f64,
     eps: f64,
     amsgrad: bool,
-    maximize: bool,
-    decoupled: bool,
 }
 
 impl Rule for Adam {
@@ -91,36 +85,24 @@ impl Rule for Adam {
         let bias_correction1 = 1.0 - self.beta1.powf(step);
         let bias_correction2 = 1.0 - self.beta2.powf(step);
         AdamScalars {
-            lerp_weight: 1.0 - self.beta1,
-            beta2: self.beta2,
-            one_minus_beta2: 1.0 - self.beta2,
-            weight_decay: self.weight_decay,
-            decay_factor: 1.0 - self.lr * self.weight_decay,
+            moments: AdamMoments::new(
+                self.lr,
+                (self.beta1, self.beta2),
+                self.weight_decay,
+                self.decoupled_weight_decay,
+                self.maximize,
+            ),
             neg_step_size: -(self.lr / bias_correction1),
             bias_correction2_sqrt: bias_correction2.powf(0.5),
             eps: self.eps,
             amsgrad: self.amsgrad,
-            maximize: self.maximize,
-            decoupled: self.decoupled_weight_decay,
         }
     }
 
     #[inline(always)]
     fn update<F: Float>(s: &AdamScalars, param: F, grad: F, state: &mut [F]) -> F {
-        let mut p = param;
-        let mut g = if s.maximize { -grad } else { grad };
-        if s.weight_decay != 0.0 {
-            if s.decoupled {
-                p = p * F::from_f64(s.decay_factor);
-            } else {
-                g = add_scaled(g, s.weight_decay, p);
-            }
-        }
         // m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
-        let m = lerp(state[0], g, F::from_f64(s.lerp_weight));
-        let v = ema_sq(state[1], g, s.beta2, s.one_minus_beta2);
-        state[0] = m;
-        state[1] = v;
+        let (p, _, m, v) = s.moments.update(param, grad, state);
         let v_hat = if s.amsgrad {
             let v_max = state[2].max_nan(v);
             state[2] = v_max;

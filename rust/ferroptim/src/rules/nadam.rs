@@ -5,7 +5,7 @@
 //! `torch.optim.nadam._single_tensor_nadam` (torch 2.11), including the running product of the
 //! momentum coefficients kept in the `mu_product` scalar state.
 
-use super::ops::{add_scaled, ema_sq, lerp};
+use super::ops::AdamMoments;
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -49,17 +49,11 @@ impl Default for NAdam {
 /// Per-parameter, per-step scalars of [`NAdam`].
 #[derive(Debug, Clone, Copy)]
 pub struct NAdamScalars {
-    lerp_weight: f64,
-    beta2: f64,
-    one_minus_beta2: f64,
+    moments: AdamMoments,
     bias_correction2: f64,
     eps: f64,
     grad_coef: f64,
     exp_avg_coef: f64,
-    weight_decay: f64,
-    decay_factor: f64,
-    decoupled: bool,
-    maximize: bool,
 }
 
 impl NAdam {
@@ -87,35 +81,23 @@ impl Rule for NAdam {
         let mu_product = scalar_state[1].mul(mu);
         let mu_product_next = mu_product * mu_next;
         NAdamScalars {
-            lerp_weight: 1.0 - self.beta1,
-            beta2: self.beta2,
-            one_minus_beta2: 1.0 - self.beta2,
+            moments: AdamMoments::new(
+                self.lr,
+                (self.beta1, self.beta2),
+                self.weight_decay,
+                self.decoupled_weight_decay,
+                self.maximize,
+            ),
             bias_correction2: 1.0 - self.beta2.powf(step),
             eps: self.eps,
             grad_coef: -self.lr * (1.0 - mu) / (1.0 - mu_product),
             exp_avg_coef: (-self.lr * mu_next) / (1.0 - mu_product_next),
-            weight_decay: self.weight_decay,
-            decay_factor: 1.0 - self.lr * self.weight_decay,
-            decoupled: self.decoupled_weight_decay,
-            maximize: self.maximize,
         }
     }
 
     #[inline(always)]
     fn update<F: Float>(s: &NAdamScalars, param: F, grad: F, state: &mut [F]) -> F {
-        let mut p = param;
-        let mut g = if s.maximize { -grad } else { grad };
-        if s.weight_decay != 0.0 {
-            if s.decoupled {
-                p = p * F::from_f64(s.decay_factor);
-            } else {
-                g = add_scaled(g, s.weight_decay, p);
-            }
-        }
-        let m = lerp(state[0], g, F::from_f64(s.lerp_weight));
-        let v = ema_sq(state[1], g, s.beta2, s.one_minus_beta2);
-        state[0] = m;
-        state[1] = v;
+        let (p, g, m, v) = s.moments.update(param, grad, state);
         // θ ← θ − γ(1 − μ_t)/(1 − ∏μ) · g/d − γμ_{t+1}/(1 − ∏μ·μ_{t+1}) · m/d,
         // d = √(v/(1 − β₂ᵗ)) + ε
         let denom = (v / F::from_f64(s.bias_correction2)).sqrt() + F::from_f64(s.eps);

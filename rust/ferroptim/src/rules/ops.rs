@@ -75,6 +75,60 @@ pub(crate) fn l2_grad<F: Float>(grad: F, param: F, maximize: bool, weight_decay:
     }
 }
 
+/// The part Adam, NAdam and RAdam share: weight decay (coupled `g ← g + λθ`, or decoupled
+/// `θ ← θ(1 − γλ)`), `maximize`, and the two moments `m ← lerp(m, g, 1 − β₁)`,
+/// `v ← β₂v + (1 − β₂)g²` kept in `state[0]`, `state[1]`, in torch's order of operations.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamMoments {
+    lerp_weight: f64,
+    beta2: f64,
+    one_minus_beta2: f64,
+    weight_decay: f64,
+    decay_factor: f64,
+    decoupled: bool,
+    maximize: bool,
+}
+
+impl AdamMoments {
+    pub(crate) fn new(
+        lr: f64,
+        (beta1, beta2): (f64, f64),
+        weight_decay: f64,
+        decoupled: bool,
+        maximize: bool,
+    ) -> Self {
+        AdamMoments {
+            lerp_weight: 1.0 - beta1,
+            beta2,
+            one_minus_beta2: 1.0 - beta2,
+            weight_decay,
+            decay_factor: 1.0 - lr * weight_decay,
+            decoupled,
+            maximize,
+        }
+    }
+
+    /// Applies weight decay and updates `state[0]` (m) and `state[1]` (v); returns the
+    /// (possibly decayed) parameter, the gradient used, m and v.
+    #[inline(always)]
+    pub(crate) fn update<F: Float>(&self, param: F, grad: F, state: &mut [F]) -> (F, F, F, F) {
+        let mut p = param;
+        let mut g = if self.maximize { -grad } else { grad };
+        if self.weight_decay != 0.0 {
+            if self.decoupled {
+                p = p * F::from_f64(self.decay_factor);
+            } else {
+                g = add_scaled(g, self.weight_decay, p);
+            }
+        }
+        let m = lerp(state[0], g, F::from_f64(self.lerp_weight));
+        let v = ema_sq(state[1], g, self.beta2, self.one_minus_beta2);
+        state[0] = m;
+        state[1] = v;
+        (p, g, m, v)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020. The order
 //! of operations matches `torch.optim.radam._single_tensor_radam` (torch 2.11).
 
-use super::ops::{add_scaled, ema_sq, lerp};
+use super::ops::AdamMoments;
 use crate::element::Float;
 use crate::rule::{Rule, ScalarState};
 
@@ -44,18 +44,12 @@ impl Default for RAdam {
 /// Per-parameter, per-step scalars of [`RAdam`].
 #[derive(Debug, Clone, Copy)]
 pub struct RAdamScalars {
-    lerp_weight: f64,
-    beta2: f64,
-    one_minus_beta2: f64,
+    moments: AdamMoments,
     bias_correction1: f64,
     lr: f64,
     /// `Some((√(1 − β₂ᵗ), r_t))` when the variance is tractable (ρ_t > 5).
     rectified: Option<(f64, f64)>,
     eps: f64,
-    weight_decay: f64,
-    decay_factor: f64,
-    decoupled: bool,
-    maximize: bool,
 }
 
 impl Rule for RAdam {
@@ -79,35 +73,23 @@ impl Rule for RAdam {
             (bias_correction2.powf(0.5), rect)
         });
         RAdamScalars {
-            lerp_weight: 1.0 - self.beta1,
-            beta2: self.beta2,
-            one_minus_beta2: 1.0 - self.beta2,
+            moments: AdamMoments::new(
+                self.lr,
+                (self.beta1, self.beta2),
+                self.weight_decay,
+                self.decoupled_weight_decay,
+                self.maximize,
+            ),
             bias_correction1,
             lr: self.lr,
             rectified,
             eps: self.eps,
-            weight_decay: self.weight_decay,
-            decay_factor: 1.0 - self.lr * self.weight_decay,
-            decoupled: self.decoupled_weight_decay,
-            maximize: self.maximize,
         }
     }
 
     #[inline(always)]
     fn update<F: Float>(s: &RAdamScalars, param: F, grad: F, state: &mut [F]) -> F {
-        let mut p = param;
-        let mut g = if s.maximize { -grad } else { grad };
-        if s.weight_decay != 0.0 {
-            if s.decoupled {
-                p = p * F::from_f64(s.decay_factor);
-            } else {
-                g = add_scaled(g, s.weight_decay, p);
-            }
-        }
-        let m = lerp(state[0], g, F::from_f64(s.lerp_weight));
-        let v = ema_sq(state[1], g, s.beta2, s.one_minus_beta2);
-        state[0] = m;
-        state[1] = v;
+        let (p, _, m, v) = s.moments.update(param, grad, state);
         let step = m / F::from_f64(s.bias_correction1) * F::from_f64(s.lr);
         match s.rectified {
             // θ ← θ − γ m̂ · √(1 − β₂ᵗ)/(√v + ε) · r_t  (torch: (1/(√v + ε))·√(1 − β₂ᵗ))
