@@ -56,6 +56,20 @@ def scalar(value: float | torch.Tensor) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
+def hyper(
+    group: dict[str, Any], floats: tuple[str, ...] = (), flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A group's hyperparameters for the native rule: ``floats`` as Python floats, ``flags`` as
+    bools (missing flags are False, e.g. in groups of a state_dict from another
+    implementation), and ``betas`` (if the group has them) split into ``beta1``/``beta2``."""
+    out: dict[str, Any] = {name: scalar(group[name]) for name in floats}
+    out.update({name: bool(group.get(name, False)) for name in flags})
+    if "betas" in group:
+        beta1, beta2 = group["betas"]
+        out["beta1"], out["beta2"] = scalar(beta1), scalar(beta2)
+    return out
+
+
 def scalar_tensor(value: float, device: torch.device | None = None) -> torch.Tensor:
     """A 0-d scalar state tensor (``step``, …) as torch.optim creates it: float32 (float64 when
     that is torch's default dtype), on the CPU unless ``device`` is given."""

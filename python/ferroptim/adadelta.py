@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 @native(torch.optim.Adadelta)
@@ -42,13 +49,7 @@ class Adadelta(NativeStep, torch.optim.Adadelta):
     _native_step = staticmethod(_core.adadelta_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": scalar(group["lr"]),
-            "rho": scalar(group["rho"]),
-            "eps": scalar(group["eps"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(group, ("lr", "rho", "eps", "weight_decay"), ("maximize",))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("square_avg", "acc_delta"), ("step",)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor
+from ferroptim._base import NATIVE_NOTES, NativeStep, hyper, native, scalar_tensor
 
 
 @native(torch.optim.Adagrad)
@@ -45,13 +45,7 @@ class Adagrad(NativeStep, torch.optim.Adagrad):
     _native_step = staticmethod(_core.adagrad_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": scalar(group["lr"]),
-            "lr_decay": scalar(group["lr_decay"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "eps": scalar(group["eps"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(group, ("lr", "lr_decay", "weight_decay", "eps"), ("maximize",))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("sum",), ("step",)

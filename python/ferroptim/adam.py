@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar_tensor,
+    zeros_like,
+)
 
 _ADAM_DOC = r"""
     Algorithm: Kingma & Ba, "Adam: A Method for Stochastic Optimization" (ICLR 2015); AMSGrad
@@ -44,17 +51,9 @@ class _NativeAdam(NativeStep):
     _native_step = staticmethod(_core.adam_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": scalar(group["lr"]),
-            "beta1": scalar(beta1),
-            "beta2": scalar(beta2),
-            "eps": scalar(group["eps"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "amsgrad": bool(group["amsgrad"]),
-            "maximize": bool(group["maximize"]),
-            "decoupled_weight_decay": bool(group.get("decoupled_weight_decay", False)),
-        }
+        return hyper(
+            group, ("lr", "eps", "weight_decay"), ("amsgrad", "maximize", "decoupled_weight_decay")
+        )
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         if group["amsgrad"]:

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 @native(torch.optim.Adamax)
@@ -43,15 +50,7 @@ class Adamax(NativeStep, torch.optim.Adamax):
     _native_step = staticmethod(_core.adamax_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": scalar(group["lr"]),
-            "beta1": scalar(beta1),
-            "beta2": scalar(beta2),
-            "eps": scalar(group["eps"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(group, ("lr", "eps", "weight_decay"), ("maximize",))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("exp_avg", "exp_inf"), ("step",)

@@ -7,7 +7,14 @@ from typing import Any, Callable
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, check_range, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    check_range,
+    hyper,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 def default_clip_lambda(step: float) -> float:
@@ -97,16 +104,10 @@ class ADOPT(NativeStep, torch.optim.Optimizer):
         self._check_supported()
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
+        clip_exponent = None if self.clip_lambda is None else 0.25
         return {
-            "lr": scalar(group["lr"]),
-            "beta1": scalar(beta1),
-            "beta2": scalar(beta2),
-            "eps": scalar(group["eps"]),
-            "clip_exponent": None if self.clip_lambda is None else 0.25,
-            "weight_decay": scalar(group["weight_decay"]),
-            "decouple": bool(group["decouple"]),
-            "maximize": bool(group["maximize"]),
+            **hyper(group, ("lr", "eps", "weight_decay"), ("decouple", "maximize")),
+            "clip_exponent": clip_exponent,
         }
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

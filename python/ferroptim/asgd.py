@@ -7,7 +7,15 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 @native(torch.optim.ASGD)
@@ -45,14 +53,7 @@ class ASGD(NativeStep, torch.optim.ASGD):
     _native_step = staticmethod(_core.asgd_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": scalar(group["lr"]),
-            "lambd": scalar(group["lambd"]),
-            "alpha": scalar(group["alpha"]),
-            "t0": scalar(group["t0"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(group, ("lr", "lambd", "alpha", "t0", "weight_decay"), ("maximize",))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("ax",), ("step", "eta", "mu")

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, check_range, scalar, zeros_like
+from ferroptim._base import NATIVE_NOTES, NativeStep, check_range, hyper, zeros_like
 
 
 class Lion(NativeStep, torch.optim.Optimizer):
@@ -60,15 +60,7 @@ class Lion(NativeStep, torch.optim.Optimizer):
         self._check_supported()
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        return {
-            "lr": scalar(group["lr"]),
-            "beta1": scalar(beta1),
-            "beta2": scalar(beta2),
-            "weight_decay": scalar(group["weight_decay"]),
-            # lion-pytorch's groups (e.g. a loaded state_dict) have no "maximize"
-            "maximize": bool(group.get("maximize", False)),
-        }
+        return hyper(group, ("lr", "weight_decay"), ("maximize",))
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("exp_avg",), ()

@@ -7,7 +7,14 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 @native(torch.optim.RMSprop)
@@ -47,15 +54,9 @@ class RMSprop(NativeStep, torch.optim.RMSprop):
     _native_step = staticmethod(_core.rmsprop_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": scalar(group["lr"]),
-            "alpha": scalar(group["alpha"]),
-            "eps": scalar(group["eps"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "momentum": scalar(group["momentum"]),
-            "centered": bool(group["centered"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(
+            group, ("lr", "alpha", "eps", "weight_decay", "momentum"), ("centered", "maximize")
+        )
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         names = ("square_avg",)

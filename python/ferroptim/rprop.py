@@ -7,7 +7,15 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, scalar_tensor, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    hyper,
+    native,
+    scalar,
+    scalar_tensor,
+    zeros_like,
+)
 
 
 @native(torch.optim.Rprop)
@@ -49,11 +57,11 @@ class Rprop(NativeStep, torch.optim.Rprop):
         etaminus, etaplus = group["etas"]
         step_size_min, step_size_max = group["step_sizes"]
         return {
+            **hyper(group, flags=("maximize",)),
             "etaminus": scalar(etaminus),
             "etaplus": scalar(etaplus),
             "step_size_min": scalar(step_size_min),
             "step_size_max": scalar(step_size_max),
-            "maximize": bool(group["maximize"]),
         }
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:

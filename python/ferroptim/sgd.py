@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, native, scalar, zeros_like
+from ferroptim._base import NATIVE_NOTES, NativeStep, hyper, native, zeros_like
 
 
 @native(torch.optim.SGD)
@@ -47,14 +47,9 @@ class SGD(NativeStep, torch.optim.SGD):
     _native_step = staticmethod(_core.sgd_step)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "lr": scalar(group["lr"]),
-            "momentum": scalar(group["momentum"]),
-            "dampening": scalar(group["dampening"]),
-            "weight_decay": scalar(group["weight_decay"]),
-            "nesterov": bool(group["nesterov"]),
-            "maximize": bool(group["maximize"]),
-        }
+        return hyper(
+            group, ("lr", "momentum", "dampening", "weight_decay"), ("nesterov", "maximize")
+        )
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return (("momentum_buffer",) if group["momentum"] != 0 else ()), ()
