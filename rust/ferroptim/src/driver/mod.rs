@@ -114,18 +114,16 @@ fn run<R: Rule>(groups: &mut [Group<R>], grad_scale: Option<f64>) -> Result<()> 
     // Stage what the kernel cannot update in place. Still nothing has been modified, so an
     // allocation failure here leaves every input untouched.
     let mut staged: Vec<Option<Staged>> = Vec::with_capacity(metas.len());
-    let mut meta = metas.iter();
-    for group in groups.iter() {
-        for pt in &group.params {
-            let direct = meta.next().is_some_and(ParamMeta::is_direct);
-            staged.push(if direct { None } else { Some(Staged::new(pt)?) });
-        }
-    }
     let mut scalar_states = Vec::with_capacity(metas.len());
     let mut meta = metas.iter();
     for group in groups.iter() {
         for pt in &group.params {
             let Some(m) = meta.next() else { break };
+            staged.push(if m.is_direct() {
+                None
+            } else {
+                Some(Staged::new(pt)?)
+            });
             scalar_states.push(read_scalar_state(pt, m)?);
         }
     }
