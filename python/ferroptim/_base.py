@@ -92,7 +92,8 @@ def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...
 class NativeStep:
     """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively (see :func:`native`).
 
-    Subclasses define ``_native_step`` (the ``ferroptim._core`` function), ``_hyper(group)``
+    Subclasses define ``_native_step`` (the ``ferroptim._core`` function) and optionally
+    ``_native_plan`` (its cached-plan constructor), ``_hyper(group)``
     (the rule's hyperparameters as floats/bools, keyed by the Rust rule's field names),
     ``_state_names(group)`` (the names of the state tensors and of the scalar state tensors, in
     the rule's order) and ``_init_state(p, group)`` (a parameter's new state, as torch.optim
@@ -100,6 +101,9 @@ class NativeStep:
     """
 
     _native_step: Callable[..., None]
+    #: ``ferroptim._core.<rule>_plan``, or None: no cached plans, every step takes the
+    #: general path.
+    _native_plan: Callable[..., Any] | None = None
 
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
@@ -183,20 +187,40 @@ class NativeStep:
             # Non-finite gradients: skip the whole step, as torch's fused kernels do
             # (parameters, gradients, state and step counts unchanged).
             return loss
+        scale = None if grad_scale is None else scalar(grad_scale)
+        groups = self.param_groups  # type: ignore[attr-defined]
+        hypers, names = [], []
+        for group in groups:
+            check_differentiable(self, group)
+            hypers.append(self._hyper(group))
+            names.append(self._state_names(group))
+        # The cached plan steps without any per-parameter work here; it declines (changing
+        # nothing) if parameters or state changed since it was made.
+        plan = self.__dict__.get("_ferroptim_plan")
+        state = self.state  # type: ignore[attr-defined]
+        if plan is not None and plan[1] == names and plan[0].step(state, groups, hypers, scale):
+            return loss
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
-        for group in self.param_groups:  # type: ignore[attr-defined]
-            check_differentiable(self, group)
+        for group, hyper_values in zip(groups, hypers):
             tensors = self._collect(group, created)
             if tensors["params"]:
-                tensors.update(self._hyper(group))
+                tensors.update(hyper_values)
                 calls.append(tensors)
         if calls:
-            scale = None if grad_scale is None else scalar(grad_scale)
             type(self)._native_step(calls, scale)
         for p, new in created:
             self.state[p].update(new)  # type: ignore[attr-defined]
+        make_plan = type(self)._native_plan
+        if make_plan is not None:
+            self._ferroptim_plan = (make_plan(self.state, groups, names), names)  # type: ignore[attr-defined]
         return loss
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # `load_state_dict` replaces the state through here: drop the plan, which holds the
+        # old state tensors, so they are freed now rather than at the next step.
+        self.__dict__.pop("_ferroptim_plan", None)
+        super().__setstate__(state)  # type: ignore[misc]
 
 
 def check_range(

@@ -5,14 +5,36 @@ Every ``*_step`` function takes a list of group dicts (the keys below) and an op
 in one call with the GIL released; with ``grad_scale`` it also divides each gradient by it and
 writes the unscaled gradient back (loss scaling, as torch's fused kernels). The hyperparameter
 keys are the fields of the Rust rule (``rust/ferroptim/src/rules/``).
+
+Every ``*_plan`` function makes a :class:`Plan`: the optimizer's parameters and state converted
+once, so that later steps convert nothing per parameter (see ``rust/ferroptim-python/src/plan.rs``).
 """
 
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 import torch
 
 __version__: str
+
+class Plan:
+    """A cached plan of one optimizer's steps."""
+
+    def step(
+        self,
+        state: Mapping[torch.Tensor, Mapping[str, Any]],
+        param_groups: Sequence[Mapping[str, Any]],
+        hypers: Sequence[Mapping[str, float | bool | None]],
+        grad_scale: float | None = None,
+    ) -> bool:
+        """Steps and returns True if ``state`` and ``param_groups`` hold the same objects as
+        when the plan was made (and no parameter without state has a gradient); otherwise
+        returns False having changed nothing. ``hypers``: one dict per group, keyed like the
+        ``*_step`` group dicts' hyperparameters."""
+
+_Names = Sequence[tuple[Sequence[str], Sequence[str]]]
+_State = Mapping[torch.Tensor, Mapping[str, Any]]
+_Groups = Sequence[Mapping[str, Any]]
 
 class _Tensors(TypedDict):
     params: Sequence[torch.Tensor]
@@ -133,3 +155,15 @@ def adadelta_step(groups: Sequence[AdadeltaGroup], grad_scale: float | None = No
 def asgd_step(groups: Sequence[AsgdGroup], grad_scale: float | None = None) -> None: ...
 def lion_step(groups: Sequence[LionGroup], grad_scale: float | None = None) -> None: ...
 def adopt_step(groups: Sequence[AdoptGroup], grad_scale: float | None = None) -> None: ...
+def sgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adam_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adagrad_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adamax_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def nadam_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def radam_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def rmsprop_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def rprop_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adadelta_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def asgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def lion_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adopt_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...

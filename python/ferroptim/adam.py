@@ -49,6 +49,7 @@ _ADAM_DOC = r"""
 
 class _NativeAdam(NativeStep):
     _native_step = staticmethod(_core.adam_step)
+    _native_plan = staticmethod(_core.adam_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

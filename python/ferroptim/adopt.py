@@ -61,6 +61,8 @@ class ADOPT(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.adopt_step)
 
+    _native_plan = staticmethod(_core.adopt_plan)
+
     def __init__(
         self,
         params: Any,

@@ -42,6 +42,8 @@ class Lion(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.lion_step)
 
+    _native_plan = staticmethod(_core.lion_plan)
+
     def __init__(
         self,
         params: Any,

@@ -51,6 +51,8 @@ class RAdam(NativeStep, torch.optim.RAdam):
 
     _native_step = staticmethod(_core.radam_step)
 
+    _native_plan = staticmethod(_core.radam_plan)
+
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(group, ("lr", "eps", "weight_decay"), ("decoupled_weight_decay", "maximize"))
 

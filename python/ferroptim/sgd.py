@@ -46,6 +46,8 @@ class SGD(NativeStep, torch.optim.SGD):
 
     _native_step = staticmethod(_core.sgd_step)
 
+    _native_plan = staticmethod(_core.sgd_plan)
+
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(
             group, ("lr", "momentum", "dampening", "weight_decay"), ("nesterov", "maximize")

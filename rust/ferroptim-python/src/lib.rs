@@ -6,6 +6,7 @@
 
 mod error;
 mod groups;
+mod plan;
 mod rules;
 mod tensor;
 

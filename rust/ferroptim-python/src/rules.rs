@@ -4,24 +4,21 @@
 
 use crate::error::CoreError;
 use crate::groups::TensorArgs;
+use crate::plan::{FromGroup, Plan};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 /// One step of rule `R` over all groups (dicts: see `python/ferroptim/_core.pyi`): extract
 /// everything with the GIL held, then release it for the whole update. With `grad_scale`,
 /// gradients are unscaled in the fused pass and written back (torch's fused `grad_scale`).
-fn run<R>(
+fn run<R: FromGroup>(
     py: Python<'_>,
     groups: Vec<Bound<'_, PyDict>>,
     grad_scale: Option<f64>,
-    rule: impl Fn(&Bound<'_, PyDict>) -> PyResult<R>,
-) -> PyResult<()>
-where
-    R: ferroptim::Rule + Send,
-{
+) -> PyResult<()> {
     let mut core = Vec::with_capacity(groups.len());
     for d in &groups {
-        let r = rule(d)?;
+        let r = R::from_group(d)?;
         let tensors = d.extract::<TensorArgs>()?;
         core.push(tensors.into_group(r).map_err(PyErr::from)?);
     }
@@ -40,10 +37,19 @@ fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str)
     }
 }
 
-/// Defines `#[pyfunction] $fn(groups, grad_scale=None)` stepping the core rule `$rule`, built
-/// from the group dict's `$field` entries.
+/// For the core rule `$rule`, built from a group dict's `$field` entries, defines
+/// `#[pyfunction] $fn(groups, grad_scale=None)` (one step) and `#[pyfunction] $plan(state,
+/// param_groups, names)` (a cached [`Plan`] of the optimizer's steps).
 macro_rules! step_fn {
-    ($fn:ident, $rule:ident, $doc:literal, { $($field:ident),* $(,)? }) => {
+    ($fn:ident, $plan:ident, $rule:ident, $doc:literal, { $($field:ident),* $(,)? }) => {
+        impl FromGroup for ferroptim::$rule {
+            fn from_group(d: &Bound<'_, PyDict>) -> PyResult<Self> {
+                Ok(ferroptim::$rule {
+                    $($field: get(d, stringify!($field))?,)*
+                })
+            }
+        }
+
         #[doc = $doc]
         #[pyfunction]
         #[pyo3(signature = (groups, grad_scale = None))]
@@ -52,65 +58,86 @@ macro_rules! step_fn {
             groups: Vec<Bound<'_, PyDict>>,
             grad_scale: Option<f64>,
         ) -> PyResult<()> {
-            run(py, groups, grad_scale, |d| {
-                Ok(ferroptim::$rule {
-                    $($field: get(d, stringify!($field))?,)*
-                })
-            })
+            run::<ferroptim::$rule>(py, groups, grad_scale)
+        }
+
+        /// A cached plan of this rule's steps over an optimizer's `state` and `param_groups`
+        /// (`names[i]`: group i's state names and scalar state names).
+        #[pyfunction]
+        pub fn $plan(
+            py: Python<'_>,
+            state: &Bound<'_, PyDict>,
+            param_groups: &Bound<'_, PyList>,
+            names: Vec<(Vec<String>, Vec<String>)>,
+        ) -> PyResult<Plan> {
+            Plan::new::<ferroptim::$rule>(py, state, param_groups, names)
         }
     };
 }
 
-step_fn!(sgd_step, Sgd, "One SGD step over all groups.", {
+step_fn!(sgd_step, sgd_plan, Sgd, "One SGD step over all groups.", {
     lr, momentum, dampening, weight_decay, nesterov, maximize
 });
-step_fn!(adam_step, Adam, "One Adam/AdamW step over all groups.", {
+step_fn!(adam_step, adam_plan, Adam, "One Adam/AdamW step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
 });
-step_fn!(adagrad_step, Adagrad, "One Adagrad step over all groups.", {
+step_fn!(adagrad_step, adagrad_plan, Adagrad, "One Adagrad step over all groups.", {
     lr, lr_decay, weight_decay, eps, maximize
 });
-step_fn!(adamax_step, Adamax, "One Adamax step over all groups.", {
+step_fn!(adamax_step, adamax_plan, Adamax, "One Adamax step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, maximize
 });
-step_fn!(nadam_step, NAdam, "One NAdam step over all groups.", {
+step_fn!(nadam_step, nadam_plan, NAdam, "One NAdam step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize
 });
-step_fn!(radam_step, RAdam, "One RAdam step over all groups.", {
+step_fn!(radam_step, radam_plan, RAdam, "One RAdam step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, maximize
 });
-step_fn!(rmsprop_step, RMSprop, "One RMSprop step over all groups.", {
+step_fn!(rmsprop_step, rmsprop_plan, RMSprop, "One RMSprop step over all groups.", {
     lr, alpha, eps, weight_decay, momentum, centered, maximize
 });
-step_fn!(rprop_step, Rprop, "One Rprop step over all groups.", {
+step_fn!(rprop_step, rprop_plan, Rprop, "One Rprop step over all groups.", {
     etaminus, etaplus, step_size_min, step_size_max, maximize
 });
-step_fn!(adadelta_step, Adadelta, "One Adadelta step over all groups.", {
+step_fn!(adadelta_step, adadelta_plan, Adadelta, "One Adadelta step over all groups.", {
     lr, rho, eps, weight_decay, maximize
 });
-step_fn!(asgd_step, Asgd, "One ASGD step over all groups.", {
+step_fn!(asgd_step, asgd_plan, Asgd, "One ASGD step over all groups.", {
     lr, lambd, alpha, t0, weight_decay, maximize
 });
-step_fn!(lion_step, Lion, "One Lion step over all groups.", {
+step_fn!(lion_step, lion_plan, Lion, "One Lion step over all groups.", {
     lr, beta1, beta2, weight_decay, maximize
 });
-step_fn!(adopt_step, Adopt, "One ADOPT step over all groups.", {
+step_fn!(adopt_step, adopt_plan, Adopt, "One ADOPT step over all groups.", {
     lr, beta1, beta2, eps, clip_exponent, weight_decay, decouple, maximize
 });
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Plan>()?;
     m.add_function(wrap_pyfunction!(sgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(sgd_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adam_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adagrad_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adagrad_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adamax_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adamax_plan, m)?)?;
     m.add_function(wrap_pyfunction!(nadam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(nadam_plan, m)?)?;
     m.add_function(wrap_pyfunction!(radam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(radam_plan, m)?)?;
     m.add_function(wrap_pyfunction!(rmsprop_step, m)?)?;
+    m.add_function(wrap_pyfunction!(rmsprop_plan, m)?)?;
     m.add_function(wrap_pyfunction!(rprop_step, m)?)?;
+    m.add_function(wrap_pyfunction!(rprop_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adadelta_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adadelta_plan, m)?)?;
     m.add_function(wrap_pyfunction!(asgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(asgd_plan, m)?)?;
     m.add_function(wrap_pyfunction!(lion_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lion_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adopt_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adopt_plan, m)?)?;
     Ok(())
 }

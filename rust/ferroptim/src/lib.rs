@@ -43,7 +43,9 @@ mod error;
 mod rule;
 pub mod rules;
 
-pub use driver::{step, step_unscaling, Group, ParamTensors};
+pub use driver::{
+    step, step_params, step_unscaling, step_with_grads, Group, ParamState, ParamTensors, StepCache,
+};
 pub use error::{Error, Result};
 pub use rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 use kernel::Job;
 use tch::{Device, Kind, Tensor};
+pub use validate::StepCache;
 use validate::{check_overlaps, check_param, Extent, Meta, ParamMeta, Who};
 
 /// One parameter and the tensors a step reads and writes for it.
@@ -65,7 +66,7 @@ pub struct Group<R> {
 /// [`Error::StateMismatch`]: crate::Error::StateMismatch
 /// [`Error::Overlap`]: crate::Error::Overlap
 pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
-    run(groups, None)
+    run(&views(groups), None, &mut StepCache::default())
 }
 
 /// [`step`] with gradients scaled by `grad_scale` (mixed precision with a loss scaler, e.g.
@@ -80,78 +81,219 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
 ///
 /// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 pub fn step_unscaling<R: Rule>(groups: &mut [Group<R>], grad_scale: f64) -> Result<()> {
+    check_grad_scale(grad_scale)?;
+    run(&views(groups), Some(grad_scale), &mut StepCache::default())
+}
+
+/// The groups as the driver reads them: rule and parameters.
+fn views<R: Rule>(groups: &[Group<R>]) -> Vec<(&R, &[ParamTensors])> {
+    groups.iter().map(|g| (&g.rule, &g.params[..])).collect()
+}
+
+/// A parameter and its state, kept by the caller across steps (a stateful optimizer, the Python
+/// binding's cached plans). Its gradient is not stored here: [`step_params`] reads it from the
+/// parameter (`param.grad()`, as autograd left it) at each step.
+#[derive(Debug)]
+pub struct ParamState {
+    /// The parameter θ (see [`ParamTensors::param`]); usually a leaf with `requires_grad`.
+    pub param: Tensor,
+    /// The rule's state tensors (see [`ParamTensors::state`]).
+    pub state: Vec<Tensor>,
+    /// The rule's scalar state tensors (see [`ParamTensors::scalar_state`]).
+    pub scalar_state: Vec<Tensor>,
+}
+
+/// [`step`] (or, with `grad_scale`, [`step_unscaling`]) over parameters whose state already
+/// exists, taking each gradient from the parameter itself (`param.grad()`, as autograd left
+/// it): parameters without a gradient (undefined `grad`) are skipped. Each group is its rule
+/// and its parameters.
+///
+/// This is the cheap way to step the same parameters again and again: nothing per parameter
+/// is allocated or converted by the caller, only the gradients are looked up, and `cache`
+/// (pass the same one at every step) spares re-checking that the parameters and state do not
+/// share memory when they have not moved.
+///
+/// # Errors
+/// As [`step_unscaling`] (or [`step`] when `grad_scale` is `None`); on error no tensor has
+/// changed.
+pub fn step_params<R: Rule>(
+    groups: &[(R, &[ParamState])],
+    grad_scale: Option<f64>,
+    cache: &mut StepCache,
+) -> Result<()> {
+    let grads = groups
+        .iter()
+        .map(|(_, params)| params.iter().map(|ps| ps.param.f_grad()).collect())
+        .collect::<std::result::Result<Vec<Vec<Tensor>>, _>>()?;
+    let with: Vec<_> = groups
+        .iter()
+        .zip(&grads)
+        .map(|((rule, params), grads)| (rule, &params[..], &grads[..]))
+        .collect();
+    step_with_grads(&with, grad_scale, cache)
+}
+
+/// [`step_params`] with the gradients given: `grads[i]` is the gradient of `params[i]`, and
+/// parameters whose gradient is undefined ([`Tensor::defined`] false) are skipped. For callers
+/// that must read the gradients themselves, e.g. under a lock.
+///
+/// # Errors
+/// As [`step_params`]; also [`Error::StateMismatch`] if a group has not one gradient per
+/// parameter.
+///
+/// [`Error::StateMismatch`]: crate::Error::StateMismatch
+pub fn step_with_grads<R: Rule>(
+    groups: &[(&R, &[ParamState], &[Tensor])],
+    grad_scale: Option<f64>,
+    cache: &mut StepCache,
+) -> Result<()> {
+    if let Some(scale) = grad_scale {
+        check_grad_scale(scale)?;
+    }
+    let mut with_grads = Vec::with_capacity(groups.len());
+    for (gi, (rule, params, grads)) in groups.iter().enumerate() {
+        if grads.len() != params.len() {
+            return Err(Error::StateMismatch {
+                what: format!("gradients of group {gi}"),
+                expected: format!("{} gradients", params.len()),
+                got: grads.len().to_string(),
+            });
+        }
+        let entries: Vec<WithGrad<'_>> = params
+            .iter()
+            .zip(grads.iter())
+            .filter(|(_, grad)| grad.defined())
+            .map(|(ps, grad)| WithGrad { ps, grad })
+            .collect();
+        with_grads.push((*rule, entries));
+    }
+    let views: Vec<(&R, &[WithGrad<'_>])> = with_grads.iter().map(|(r, e)| (*r, &e[..])).collect();
+    run(&views, grad_scale, cache)
+}
+
+fn check_grad_scale(grad_scale: f64) -> Result<()> {
     if !grad_scale.is_finite() || grad_scale == 0.0 {
         return Err(Error::InvalidArgument {
             name: "grad_scale",
             value: grad_scale.to_string(),
         });
     }
-    run(groups, Some(grad_scale))
+    Ok(())
 }
 
-fn run<R: Rule>(groups: &mut [Group<R>], grad_scale: Option<f64>) -> Result<()> {
+/// What the driver reads of one parameter, however the caller holds it.
+pub(crate) trait Entry {
+    fn param(&self) -> &Tensor;
+    fn grad(&self) -> &Tensor;
+    fn state(&self) -> &[Tensor];
+    fn scalar_state(&self) -> &[Tensor];
+    fn fresh(&self) -> bool;
+}
+
+impl Entry for ParamTensors {
+    fn param(&self) -> &Tensor {
+        &self.param
+    }
+    fn grad(&self) -> &Tensor {
+        &self.grad
+    }
+    fn state(&self) -> &[Tensor] {
+        &self.state
+    }
+    fn scalar_state(&self) -> &[Tensor] {
+        &self.scalar_state
+    }
+    fn fresh(&self) -> bool {
+        self.fresh
+    }
+}
+
+/// A [`ParamState`] and the gradient read from its parameter for this step.
+struct WithGrad<'a> {
+    ps: &'a ParamState,
+    grad: &'a Tensor,
+}
+
+impl Entry for WithGrad<'_> {
+    fn param(&self) -> &Tensor {
+        &self.ps.param
+    }
+    fn grad(&self) -> &Tensor {
+        self.grad
+    }
+    fn state(&self) -> &[Tensor] {
+        &self.ps.state
+    }
+    fn scalar_state(&self) -> &[Tensor] {
+        &self.ps.scalar_state
+    }
+    fn fresh(&self) -> bool {
+        false
+    }
+}
+
+fn run<R: Rule, E: Entry>(
+    groups: &[(&R, &[E])],
+    grad_scale: Option<f64>,
+    cache: &mut StepCache,
+) -> Result<()> {
     let unscale = grad_scale.is_some();
     let mut metas = Vec::new();
-    let mut extents = Vec::new();
-    for (gi, group) in groups.iter().enumerate() {
-        for (pi, pt) in group.params.iter().enumerate() {
-            let meta = check_param(&group.rule, pt, gi, pi, unscale)?;
+    let mut written = Vec::new();
+    let mut read = Vec::new();
+    for (gi, (rule, params)) in groups.iter().enumerate() {
+        for (pi, pt) in params.iter().enumerate() {
+            let meta = check_param(*rule, pt, gi, pi, unscale)?;
             let at = |what| Who {
                 what,
                 group: gi,
                 index: pi,
             };
-            extents.extend(Extent::of(&meta.param, true, at("")));
-            extents.extend(Extent::of(&meta.grad, unscale, at("grad")));
-            for (m, name) in meta.state.iter().zip(group.rule.state_names()) {
-                extents.extend(Extent::of(m, true, at(name)));
+            written.extend(Extent::of(&meta.param, at("")));
+            let grads = if unscale { &mut written } else { &mut read };
+            grads.extend(Extent::of(&meta.grad, at("grad")));
+            for (m, name) in meta.state().iter().zip(rule.state_names()) {
+                written.extend(Extent::of(m, at(name)));
             }
             metas.push(meta);
         }
     }
-    check_overlaps(extents)?;
+    check_overlaps(written, &read, cache)?;
 
     // Stage what the kernel cannot update in place. Still nothing has been modified, so an
     // allocation failure here leaves every input untouched.
     let mut staged: Vec<Option<Staged>> = Vec::with_capacity(metas.len());
     let mut scalar_states = Vec::with_capacity(metas.len());
-    let mut meta = metas.iter();
-    for group in groups.iter() {
-        for pt in &group.params {
-            let Some(m) = meta.next() else { break };
-            staged.push(if m.is_direct() {
-                None
-            } else {
-                Some(Staged::new(pt)?)
-            });
-            scalar_states.push(read_scalar_state(pt, m)?);
-        }
+    let entries = || {
+        groups
+            .iter()
+            .flat_map(|(rule, params)| params.iter().map(move |pt| (*rule, pt)))
+    };
+    for ((_, pt), m) in entries().zip(&metas) {
+        staged.push(if m.is_direct() {
+            None
+        } else {
+            Some(Staged::new(pt)?)
+        });
+        scalar_states.push(read_scalar_state(pt, m)?);
     }
 
     // From here on, tensors are modified.
     let mut jobs = Vec::with_capacity(staged.len());
-    let mut slots = staged.iter().zip(&metas).zip(scalar_states.iter_mut());
-    for group in groups.iter_mut() {
-        for pt in group.params.iter_mut() {
-            let Some(((staged, meta), values)) = slots.next() else {
-                break;
-            };
-            let n = pt.scalar_state.len();
-            let scalars = group.rule.scalars(&mut values[..n], pt.fresh);
-            write_scalar_state(pt, meta, &values[..n])?;
-            let m = staged.as_ref().map_or(meta, |s| &s.meta);
-            jobs.push(job(scalars, m, grad_scale));
-        }
+    let slots = staged.iter().zip(&metas).zip(scalar_states.iter_mut());
+    for ((rule, pt), ((staged, meta), values)) in entries().zip(slots) {
+        let n = pt.scalar_state().len();
+        let scalars = rule.scalars(&mut values[..n], pt.fresh());
+        write_scalar_state(pt, meta, &values[..n])?;
+        let m = staged.as_ref().map_or(meta, |s| &s.meta);
+        jobs.push(job(scalars, m, grad_scale));
     }
     kernel::run::<R>(&jobs, tch::get_num_threads().max(1) as usize)?;
     drop(jobs);
 
-    let mut slot = staged.iter();
-    for group in groups.iter_mut() {
-        for pt in group.params.iter_mut() {
-            if let Some(Some(s)) = slot.next() {
-                s.copy_back(pt, unscale)?;
-            }
+    for ((_, pt), staged) in entries().zip(&staged) {
+        if let Some(s) = staged {
+            s.copy_back(pt, unscale)?;
         }
     }
     Ok(())
@@ -159,14 +301,14 @@ fn run<R: Rule>(groups: &mut [Group<R>], grad_scale: Option<f64>) -> Result<()> 
 
 fn job<S>(scalars: S, m: &ParamMeta, grad_scale: Option<f64>) -> Job<S> {
     let mut state = [std::ptr::null_mut(); MAX_STATE];
-    for (ptr, s) in state.iter_mut().zip(&m.state) {
+    for (ptr, s) in state.iter_mut().zip(m.state()) {
         *ptr = s.ptr as *mut u8;
     }
     Job {
         scalars,
         kind: m.param.kind,
         numel: m.param.numel,
-        n_state: m.state.len(),
+        n_state: m.state().len(),
         param: m.param.ptr as *mut u8,
         grad: m.grad.ptr as *mut u8,
         grad_scale,
@@ -175,9 +317,13 @@ fn job<S>(scalars: S, m: &ParamMeta, grad_scale: Option<f64>) -> Job<S> {
 }
 
 /// Reads a parameter's scalar state tensors (validated one-element real tensors).
-fn read_scalar_state(pt: &ParamTensors, m: &ParamMeta) -> Result<[ScalarState; MAX_SCALAR_STATE]> {
+fn read_scalar_state(pt: &impl Entry, m: &ParamMeta) -> Result<[ScalarState; MAX_SCALAR_STATE]> {
     let mut values = [ScalarState::new(0.0, Kind::Double); MAX_SCALAR_STATE];
-    for ((v, t), meta) in values.iter_mut().zip(&pt.scalar_state).zip(&m.scalar_state) {
+    for ((v, t), meta) in values
+        .iter_mut()
+        .zip(pt.scalar_state())
+        .zip(&m.scalar_state)
+    {
         *v = match meta.filter(|m| m.device == Device::Cpu && m.kind == Kind::Float) {
             // SAFETY: validation found the tensor to be a dense one-element float32 CPU tensor
             // whose element is at `m.ptr`; the tensor is alive (borrowed by the caller).
@@ -189,14 +335,15 @@ fn read_scalar_state(pt: &ParamTensors, m: &ParamMeta) -> Result<[ScalarState; M
 }
 
 /// Writes the scalar state back, each in its own dtype.
-fn write_scalar_state(pt: &mut ParamTensors, m: &ParamMeta, values: &[ScalarState]) -> Result<()> {
-    for ((t, meta), v) in pt.scalar_state.iter_mut().zip(&m.scalar_state).zip(values) {
+fn write_scalar_state(pt: &impl Entry, m: &ParamMeta, values: &[ScalarState]) -> Result<()> {
+    for ((t, meta), v) in pt.scalar_state().iter().zip(&m.scalar_state).zip(values) {
         match meta.filter(|m| m.device == Device::Cpu && m.kind == Kind::Float) {
             // SAFETY: as in `read_scalar_state`; the element address is mutable (copy-on-write
             // materialised by validation) and no other tensor of this step overlaps it.
             Some(m) => unsafe { *(m.ptr as *mut f32) = v.get() as f32 },
+            // A second handle to the same tensor: tch's in-place ops take `&mut`.
             None => {
-                let _ = t.f_fill_(v.get())?;
+                let _ = t.shallow_clone().f_fill_(v.get())?;
             }
         }
     }
@@ -214,19 +361,19 @@ struct Staged {
 }
 
 impl Staged {
-    fn new(pt: &ParamTensors) -> Result<Staged> {
-        let any_f64 = std::iter::once(&pt.param)
-            .chain(&pt.state)
-            .chain(std::iter::once(&pt.grad))
+    fn new(pt: &impl Entry) -> Result<Staged> {
+        let any_f64 = std::iter::once(pt.param())
+            .chain(pt.state())
+            .chain(std::iter::once(pt.grad()))
             .any(|t| t.kind() == Kind::Double);
         let kind = if any_f64 { Kind::Double } else { Kind::Float };
         let stage = |t: &Tensor| -> Result<Tensor> {
             Ok(t.f_to_device_(Device::Cpu, kind, false, false)?
                 .f_contiguous()?)
         };
-        let param = stage(&pt.param)?;
-        let grad = stage(&pt.grad)?;
-        let state: Vec<Tensor> = pt.state.iter().map(stage).collect::<Result<_>>()?;
+        let param = stage(pt.param())?;
+        let grad = stage(pt.grad())?;
+        let state: Vec<Tensor> = pt.state().iter().map(stage).collect::<Result<_>>()?;
         let meta = |t: &Tensor| Meta {
             kind,
             device: Device::Cpu,
@@ -235,12 +382,8 @@ impl Staged {
             numel: t.numel(),
             span: t.numel() * kind.elt_size_in_bytes(),
         };
-        let meta = ParamMeta {
-            param: meta(&param),
-            grad: meta(&grad),
-            state: state.iter().map(meta).collect(),
-            scalar_state: [None; MAX_SCALAR_STATE], // never staged: see `read_scalar_state`
-        };
+        // Scalar state is never staged: see `read_scalar_state`.
+        let meta = ParamMeta::staged(meta(&param), meta(&grad), state.iter().map(meta));
         Ok(Staged {
             param,
             grad,
@@ -249,13 +392,14 @@ impl Staged {
         })
     }
 
-    fn copy_back(&self, pt: &mut ParamTensors, grad: bool) -> Result<()> {
-        let pairs = std::iter::once((&mut pt.param, &self.param))
-            .chain(pt.state.iter_mut().zip(&self.state))
-            .chain(grad.then_some((&mut pt.grad, &self.grad)));
+    fn copy_back(&self, pt: &impl Entry, grad: bool) -> Result<()> {
+        let pairs = std::iter::once((pt.param(), &self.param))
+            .chain(pt.state().iter().zip(&self.state))
+            .chain(grad.then_some((pt.grad(), &self.grad)));
         for (dst, src) in pairs {
             if dst.data_ptr() != src.data_ptr() {
-                dst.f_copy_(src)?;
+                // A second handle to the caller's tensor: tch's in-place ops take `&mut`.
+                dst.shallow_clone().f_copy_(src)?;
             }
         }
         Ok(())

@@ -257,3 +257,36 @@ fn scalar_state_of_other_dtypes_is_updated_in_its_dtype() {
     assert_eq!(counter.kind(), Kind::Int64);
     assert_eq!(counter.int64_value(&[]), 42);
 }
+
+#[test]
+fn step_params_reads_gradients_from_the_parameters_and_skips_those_without() {
+    let opts = (Kind::Double, Device::Cpu);
+    let with_grad = Tensor::randn([6], opts).set_requires_grad(true);
+    let without = Tensor::randn([3], opts).set_requires_grad(true);
+    (&with_grad * 2.0).sum(Kind::Double).backward(); // grad = 2
+    let plain = with_grad.detach().copy();
+    let untouched = without.detach().copy();
+    let planned: Vec<ParamState> = [&with_grad, &without]
+        .into_iter()
+        .map(|p| ParamState {
+            param: p.shallow_clone(),
+            state: vec![p.zeros_like(), p.zeros_like()],
+            scalar_state: vec![Tensor::zeros([], (Kind::Float, Device::Cpu))],
+        })
+        .collect();
+    let rule = Adam::adamw();
+    let mut cache = StepCache::default();
+    let mut reference = [Group {
+        rule,
+        params: vec![adam_params(&plain, &plain.full_like(2.0), false)],
+    }];
+    for _ in 0..3 {
+        tch::no_grad(|| step_params(&[(rule, &planned[..])], None, &mut cache))
+            .expect("planned step");
+        step(&mut reference).expect("reference step");
+    }
+    assert!(with_grad.detach().equal(&plain));
+    assert!(without.detach().equal(&untouched));
+    assert_eq!(planned[0].scalar_state[0].double_value(&[]), 3.0);
+    assert_eq!(planned[1].scalar_state[0].double_value(&[]), 0.0);
+}

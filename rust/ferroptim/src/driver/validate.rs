@@ -1,10 +1,10 @@
 //! Checks run on every input before the driver mutates anything.
 
 use super::fast;
-use super::ParamTensors;
+use super::Entry;
 use crate::element::is_supported;
 use crate::error::{Error, Result};
-use crate::rule::{Rule, MAX_SCALAR_STATE};
+use crate::rule::{Rule, MAX_SCALAR_STATE, MAX_STATE};
 use tch::{Device, Kind, Tensor};
 
 /// Which tensor of which parameter; formatted only when an error names it, so the checks of
@@ -42,11 +42,25 @@ pub(crate) struct Meta {
     pub span: usize,
 }
 
+impl Meta {
+    /// Fills unused slots.
+    const UNUSED: Meta = Meta {
+        kind: Kind::Float,
+        device: Device::Cpu,
+        contiguous: true,
+        ptr: 0,
+        numel: 0,
+        span: 0,
+    };
+}
+
 /// The metadata of a parameter's tensors, in the driver's order.
 pub(crate) struct ParamMeta {
     pub param: Meta,
     pub grad: Meta,
-    pub state: Vec<Meta>,
+    /// The state tensors' metadata: the first `n_state` entries (no allocation per parameter).
+    state: [Meta; MAX_STATE],
+    n_state: usize,
     /// The scalar state's metadata (see [`Rule::scalar_state_names`]), for those that are
     /// dense one-element tensors of a float dtype; `None` entries are read and written
     /// through tch.
@@ -54,12 +68,35 @@ pub(crate) struct ParamMeta {
 }
 
 impl ParamMeta {
+    /// The metadata of staged copies (at most [`MAX_STATE`] state tensors, as validated), with
+    /// no scalar state metadata.
+    pub(crate) fn staged(param: Meta, grad: Meta, states: impl Iterator<Item = Meta>) -> Self {
+        let mut state = [Meta::UNUSED; MAX_STATE];
+        let mut n_state = 0;
+        for (slot, m) in state.iter_mut().zip(states) {
+            *slot = m;
+            n_state += 1;
+        }
+        ParamMeta {
+            param,
+            grad,
+            state,
+            n_state,
+            scalar_state: [None; MAX_SCALAR_STATE],
+        }
+    }
+
+    /// The state tensors' metadata, in the rule's order.
+    pub(crate) fn state(&self) -> &[Meta] {
+        &self.state[..self.n_state]
+    }
+
     /// True when the fused kernel can update the parameter in place: every tensor is a
     /// contiguous CPU tensor of the parameter's dtype.
     pub(crate) fn is_direct(&self) -> bool {
         let kind = self.param.kind;
         std::iter::once(&self.grad)
-            .chain(&self.state)
+            .chain(self.state())
             .chain(std::iter::once(&self.param))
             .all(|m| m.device == Device::Cpu && m.kind == kind && m.contiguous)
     }
@@ -68,40 +105,40 @@ impl ParamMeta {
 /// Validates one parameter's tensors against the rule: presence, layout, shape, device, dtype.
 pub(crate) fn check_param<R: Rule>(
     rule: &R,
-    pt: &ParamTensors,
+    pt: &impl Entry,
     group: usize,
     index: usize,
     grad_writable: bool,
 ) -> Result<ParamMeta> {
     let at = |what| Who { what, group, index };
     let names = rule.state_names();
-    if pt.state.len() != names.len() {
+    if pt.state().len() != names.len() || names.len() > MAX_STATE {
         return Err(Error::StateMismatch {
             what: at("").label(),
             expected: format!("{} state tensors {names:?}", names.len()),
-            got: format!("{} state tensors", pt.state.len()),
+            got: format!("{} state tensors", pt.state().len()),
         });
     }
     let scalar_names = rule.scalar_state_names();
-    if pt.scalar_state.len() != scalar_names.len() {
+    if pt.scalar_state().len() != scalar_names.len() {
         return Err(Error::StateMismatch {
             what: at("").label(),
             expected: format!(
                 "{} scalar state tensors {scalar_names:?}",
                 scalar_names.len()
             ),
-            got: format!("{} scalar state tensors", pt.scalar_state.len()),
+            got: format!("{} scalar state tensors", pt.scalar_state().len()),
         });
     }
     let mut scalar_state = [None; MAX_SCALAR_STATE];
-    for (m, t) in scalar_state.iter_mut().zip(&pt.scalar_state) {
+    for (m, t) in scalar_state.iter_mut().zip(pt.scalar_state()) {
         *m = fast::meta(t, None, true).filter(|m| m.numel == 1);
     }
     if let Some(meta) = fast_param(pt, scalar_state, grad_writable) {
         return Ok(meta);
     }
     // The slow path: one tch call per property, and the precise error.
-    let (param, shape) = inspect(&pt.param, at(""))?;
+    let (param, shape) = inspect(pt.param(), at(""))?;
     let like_param = |t: &Tensor, who: Who| -> Result<Meta> {
         let (meta, got) = inspect(t, who)?;
         if got != shape {
@@ -120,20 +157,19 @@ pub(crate) fn check_param<R: Rule>(
         }
         Ok(meta)
     };
-    let grad = like_param(&pt.grad, at("grad"))?;
-    let state = pt
-        .state
-        .iter()
-        .zip(names)
-        .map(|(t, name)| like_param(t, at(name)))
-        .collect::<Result<Vec<_>>>()?;
-    for (t, name) in pt.scalar_state.iter().zip(scalar_names) {
+    let grad = like_param(pt.grad(), at("grad"))?;
+    let mut state = [Meta::UNUSED; MAX_STATE];
+    for ((m, t), name) in state.iter_mut().zip(pt.state()).zip(names) {
+        *m = like_param(t, at(name))?;
+    }
+    for (t, name) in pt.scalar_state().iter().zip(scalar_names) {
         check_scalar_state(t, at(name))?;
     }
     Ok(ParamMeta {
         param,
         grad,
         state,
+        n_state: names.len(),
         scalar_state,
     })
 }
@@ -142,28 +178,32 @@ pub(crate) fn check_param<R: Rule>(
 /// of a supported dtype, shaped and placed like the parameter, and every scalar state tensor
 /// is a one-element float tensor: then there is nothing to report.
 fn fast_param(
-    pt: &ParamTensors,
+    pt: &impl Entry,
     scalar_state: [Option<Meta>; MAX_SCALAR_STATE],
     grad_writable: bool,
 ) -> Option<ParamMeta> {
     if scalar_state
         .iter()
-        .take(pt.scalar_state.len())
+        .take(pt.scalar_state().len())
         .any(Option::is_none)
     {
         return None;
     }
-    let param = fast::meta(&pt.param, None, true)?;
-    let grad = fast::meta(&pt.grad, Some(&pt.param), grad_writable)?;
-    let state = pt
-        .state
-        .iter()
-        .map(|t| fast::meta(t, Some(&pt.param), true))
-        .collect::<Option<Vec<_>>>()?;
+    let param = fast::meta(pt.param(), None, true)?;
+    let grad = fast::meta(pt.grad(), Some(pt.param()), grad_writable)?;
+    let n_state = pt.state().len();
+    if n_state > MAX_STATE {
+        return None;
+    }
+    let mut state = [Meta::UNUSED; MAX_STATE];
+    for (m, t) in state.iter_mut().zip(pt.state()) {
+        *m = fast::meta(t, Some(pt.param()), true)?;
+    }
     Some(ParamMeta {
         param,
         grad,
         state,
+        n_state,
         scalar_state,
     })
 }
@@ -248,51 +288,79 @@ fn is_contiguous(shape: &[i64], strides: &[i64]) -> bool {
 }
 
 /// A CPU tensor's byte range, for the overlap check.
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Extent {
     start: usize,
     end: usize,
-    writable: bool,
     who: Who,
 }
 
 impl Extent {
     /// The bytes a tensor can address (a superset for strided tensors); `None` if it has no
     /// elements or is not on the CPU.
-    pub(crate) fn of(m: &Meta, writable: bool, who: Who) -> Option<Extent> {
+    pub(crate) fn of(m: &Meta, who: Who) -> Option<Extent> {
         if m.device != Device::Cpu || m.span == 0 {
             return None;
         }
         Some(Extent {
             start: m.ptr,
             end: m.ptr + m.span,
-            writable,
             who,
         })
     }
 }
 
-/// Fails if any written tensor shares memory with any other tensor.
-pub(crate) fn check_overlaps(mut extents: Vec<Extent>) -> Result<()> {
-    extents.sort_unstable_by_key(|e| e.start);
-    let mut widest_any: Option<&Extent> = None;
-    let mut widest_written: Option<&Extent> = None;
-    for e in &extents {
-        for prev in [widest_written, widest_any.filter(|_| e.writable)]
-            .into_iter()
-            .flatten()
-        {
-            if e.start < prev.end {
+/// What the overlap check of the last step found, so that a step over the same tensors
+/// (the usual case: parameters and state stay put, only gradients are new) does not sort
+/// them again. Create it with [`StepCache::default`] and pass the same one to every step of
+/// the same parameters; a cache from other tensors is harmless (it just misses).
+#[derive(Debug, Default)]
+pub struct StepCache {
+    /// The written extents of the last successful check, in the driver's order.
+    keys: Vec<(usize, usize)>,
+    /// The same extents sorted by address (pairwise disjoint).
+    sorted: Vec<Extent>,
+}
+
+/// Fails unless the `written` extents are pairwise disjoint and no `read` extent overlaps a
+/// written one (read-only tensors may share memory with each other).
+pub(crate) fn check_overlaps(
+    written: Vec<Extent>,
+    read: &[Extent],
+    cache: &mut StepCache,
+) -> Result<()> {
+    let same = cache.keys.len() == written.len()
+        && cache
+            .keys
+            .iter()
+            .zip(&written)
+            .all(|(&(start, end), e)| start == e.start && end == e.end);
+    if !same {
+        cache.keys.clear();
+        let keys = written.iter().map(|e| (e.start, e.end)).collect();
+        let mut sorted = written;
+        sorted.sort_unstable_by_key(|e| e.start);
+        // Sorted by start, the extents are disjoint iff each one ends before the next starts.
+        if let Some(pair) = sorted.windows(2).find(|w| w[1].start < w[0].end) {
+            return Err(Error::Overlap {
+                first: pair[0].who.label(),
+                second: pair[1].who.label(),
+            });
+        }
+        cache.sorted = sorted;
+        cache.keys = keys;
+    }
+    for r in read {
+        // Written extents are sorted and disjoint, so their ends increase too: of those that
+        // start before `r` ends, only the last can reach into `r`.
+        let i = cache.sorted.partition_point(|w| w.start < r.end);
+        if let Some(w) = i.checked_sub(1).map(|i| &cache.sorted[i]) {
+            if w.end > r.start {
                 return Err(Error::Overlap {
-                    first: prev.who.label(),
-                    second: e.who.label(),
+                    first: w.who.label(),
+                    second: r.who.label(),
                 });
             }
-        }
-        if widest_any.is_none_or(|w| e.end > w.end) {
-            widest_any = Some(e);
-        }
-        if e.writable && widest_written.is_none_or(|w| e.end > w.end) {
-            widest_written = Some(e);
         }
     }
     Ok(())
@@ -302,17 +370,28 @@ pub(crate) fn check_overlaps(mut extents: Vec<Extent>) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn ext(start: usize, end: usize, writable: bool) -> Extent {
+    fn ext(start: usize, end: usize) -> Extent {
         Extent {
             start,
             end,
-            writable,
             who: Who {
                 what: "x",
                 group: start,
                 index: end,
             },
         }
+    }
+
+    /// `(start, end, written)` extents through a fresh cache.
+    fn check(extents: &[(usize, usize, bool)]) -> Result<()> {
+        let pick = |w: bool| -> Vec<Extent> {
+            extents
+                .iter()
+                .filter(|e| e.2 == w)
+                .map(|&(s, e, _)| ext(s, e))
+                .collect()
+        };
+        check_overlaps(pick(true), &pick(false), &mut StepCache::default())
     }
 
     #[test]
@@ -326,17 +405,29 @@ mod tests {
 
     #[test]
     fn read_only_tensors_may_share_memory() {
-        assert!(check_overlaps(vec![ext(0, 10, false), ext(5, 15, false)]).is_ok());
-        assert!(check_overlaps(vec![ext(0, 10, true), ext(10, 20, true)]).is_ok());
+        assert!(check(&[(0, 10, false), (5, 15, false)]).is_ok());
+        assert!(check(&[(0, 10, true), (10, 20, true)]).is_ok());
     }
 
     #[test]
     fn a_written_tensor_may_not_overlap_anything() {
-        assert!(check_overlaps(vec![ext(0, 10, false), ext(5, 15, true)]).is_err());
-        assert!(check_overlaps(vec![ext(0, 100, true), ext(20, 30, false)]).is_err());
-        // hidden behind a wide read-only extent that ends first
-        assert!(
-            check_overlaps(vec![ext(0, 50, true), ext(1, 2, false), ext(40, 45, false)]).is_err()
-        );
+        assert!(check(&[(0, 10, false), (5, 15, true)]).is_err());
+        assert!(check(&[(0, 100, true), (20, 30, false)]).is_err());
+        assert!(check(&[(0, 100, true), (20, 30, true)]).is_err());
+        // a read extent spanning a gap between written ones
+        assert!(check(&[(0, 10, true), (20, 30, true), (5, 25, false)]).is_err());
+        assert!(check(&[(0, 10, true), (20, 30, true), (10, 20, false)]).is_ok());
+    }
+
+    #[test]
+    fn the_cache_skips_the_sort_but_still_checks_what_is_read() {
+        let mut cache = StepCache::default();
+        let written = || vec![ext(100, 200), ext(0, 50)];
+        assert!(check_overlaps(written(), &[ext(50, 100)], &mut cache).is_ok());
+        assert_eq!(cache.keys, vec![(100, 200), (0, 50)]);
+        assert!(check_overlaps(written(), &[ext(40, 60)], &mut cache).is_err());
+        // other written extents: checked afresh, and a failed check leaves no cache behind
+        assert!(check_overlaps(vec![ext(0, 50), ext(49, 60)], &[], &mut cache).is_err());
+        assert!(cache.keys.is_empty());
     }
 }

@@ -1,0 +1,323 @@
+//! Cached step plans: an optimizer's parameters and state converted to tch handles once, with a
+//! snapshot of the Python containers they came from.
+//!
+//! A planned step converts nothing per parameter: it checks, by object identity, that
+//! `optimizer.state`, every per-parameter state dict and every group's `params` list still
+//! hold exactly the objects they held when the plan was made, reads the gradients from the
+//! parameters, and steps. If anything changed — a state tensor replaced, a parameter added, a
+//! parameter that has no state yet got a gradient — the step does nothing and reports it, and
+//! the Python class takes its general path and makes a new plan (DESIGN.md §3: per-step Python
+//! work O(groups), not O(params)).
+//!
+//! The identity checks are sound because the plan holds a reference to every object it
+//! compares, so none of their addresses can be reused by a new object while the plan lives.
+//! Tensor *contents and metadata* (`.data =`, `resize_`, a move to another device) are not
+//! cached: the core driver inspects every tensor at every step.
+
+use crate::error::CoreError;
+use crate::tensor::PyTensor;
+use ferroptim::{ParamState, Rule, StepCache};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use std::sync::Mutex;
+
+/// Builds a rule from a group dict of hyperparameters (see `rules.rs`).
+pub trait FromGroup: Rule + Send + Sized {
+    /// The rule with the hyperparameters of `d` (keys: the rule's field names).
+    fn from_group(d: &Bound<'_, PyDict>) -> PyResult<Self>;
+}
+
+/// A dict's entries as they were: `(key, value)` objects, in iteration order.
+struct DictSnapshot {
+    dict: Py<PyDict>,
+    items: Vec<(Py<PyAny>, Py<PyAny>)>,
+}
+
+impl DictSnapshot {
+    fn take(dict: &Bound<'_, PyDict>) -> DictSnapshot {
+        DictSnapshot {
+            dict: dict.clone().unbind(),
+            items: dict.iter().map(|(k, v)| (k.unbind(), v.unbind())).collect(),
+        }
+    }
+
+    /// True if `dict` is the snapshot's dict and holds the same objects in the same order.
+    fn holds(&self, py: Python<'_>, dict: &Bound<'_, PyAny>) -> bool {
+        if !dict.is(&self.dict) {
+            return false;
+        }
+        self.same_items(py)
+    }
+
+    /// True if the snapshot's dict still holds the same objects in the same order.
+    fn same_items(&self, py: Python<'_>) -> bool {
+        let dict = self.dict.bind(py);
+        dict.len() == self.items.len()
+            && dict
+                .iter()
+                .zip(&self.items)
+                .all(|((k, v), (k0, v0))| k.is(k0) && v.is(v0))
+    }
+}
+
+/// One param group as planned.
+struct PlannedGroup {
+    /// The `param_groups` entry.
+    group: Py<PyDict>,
+    /// Its `params` list and the parameters it held.
+    params_list: Py<PyList>,
+    params: Vec<Py<PyAny>>,
+    /// The parameters that had state, with their state dicts' snapshots and tch handles.
+    state_dicts: Vec<DictSnapshot>,
+    planned: Vec<ParamState>,
+    /// The parameters that had no state: they must still have no gradient.
+    stateless: Vec<tch::Tensor>,
+}
+
+impl PlannedGroup {
+    fn new(
+        group: &Bound<'_, PyDict>,
+        state: &Bound<'_, PyDict>,
+        names: &[String],
+        scalar_names: &[String],
+    ) -> PyResult<PlannedGroup> {
+        let params_list = group
+            .get_item("params")?
+            .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("params"))?
+            .cast_into::<PyList>()?;
+        let mut planned = PlannedGroup {
+            group: group.clone().unbind(),
+            params_list: params_list.clone().unbind(),
+            params: Vec::with_capacity(params_list.len()),
+            state_dicts: Vec::new(),
+            planned: Vec::new(),
+            stateless: Vec::new(),
+        };
+        // A rule without state (e.g. SGD without momentum) needs no state dict.
+        let stateless_rule = names.is_empty() && scalar_names.is_empty();
+        for p in params_list.iter() {
+            let param = p.extract::<PyTensor>()?.0;
+            if stateless_rule {
+                planned.planned.push(ParamState {
+                    param,
+                    state: Vec::new(),
+                    scalar_state: Vec::new(),
+                });
+                planned.params.push(p.unbind());
+                continue;
+            }
+            let tensors = match state.get_item(&p)? {
+                Some(d) => match d.cast_into::<PyDict>() {
+                    Ok(d) => state_tensors(&d, names, scalar_names)?.map(|t| (d, t)),
+                    Err(_) => None,
+                },
+                None => None,
+            };
+            match tensors {
+                Some((d, (state, scalar_state))) => {
+                    planned.state_dicts.push(DictSnapshot::take(&d));
+                    planned.planned.push(ParamState {
+                        param,
+                        state,
+                        scalar_state,
+                    });
+                }
+                None => planned.stateless.push(param),
+            }
+            planned.params.push(p.unbind());
+        }
+        Ok(planned)
+    }
+
+    /// True if the group is the same dict with the same `params` list holding the same
+    /// parameters, whose state dicts hold the same objects, and no stateless parameter has a
+    /// gradient.
+    fn unchanged(
+        &self,
+        py: Python<'_>,
+        group: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyString>,
+    ) -> bool {
+        if !group.is(&self.group) {
+            return false;
+        }
+        let list = match self.group.bind(py).get_item(key) {
+            Ok(Some(list)) if list.is(&self.params_list) => self.params_list.bind(py),
+            _ => return false,
+        };
+        list.len() == self.params.len()
+            && list.iter().zip(&self.params).all(|(p, p0)| p.is(p0))
+            && self.state_dicts.iter().all(|d| d.same_items(py))
+            && self
+                .stateless
+                .iter()
+                .all(|p| p.f_grad().is_ok_and(|g| !g.defined()))
+    }
+}
+
+/// The state tensors of one parameter, in the rule's order, if its state dict has them all.
+fn state_tensors(
+    d: &Bound<'_, PyDict>,
+    names: &[String],
+    scalar_names: &[String],
+) -> PyResult<Option<(Vec<tch::Tensor>, Vec<tch::Tensor>)>> {
+    let get = |names: &[String]| -> PyResult<Option<Vec<tch::Tensor>>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match d.get_item(name)?.map(|t| t.extract::<PyTensor>()) {
+                Some(Ok(t)) => out.push(t.0),
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    };
+    Ok(get(names)?.zip(get(scalar_names)?))
+}
+
+/// The step of one rule type over planned groups (a monomorphised function, so that `Plan`
+/// needs no type parameter).
+type StepFn = fn(Python<'_>, &mut Planned, &[Bound<'_, PyDict>], Option<f64>) -> PyResult<()>;
+
+/// What a step locks: the groups and the driver's cache of their overlap check.
+struct Planned {
+    groups: Vec<PlannedGroup>,
+    cache: StepCache,
+}
+
+fn step_planned<R: FromGroup>(
+    py: Python<'_>,
+    planned: &mut Planned,
+    hypers: &[Bound<'_, PyDict>],
+    grad_scale: Option<f64>,
+) -> PyResult<()> {
+    let Planned { groups, cache } = planned;
+    let mut rules = Vec::with_capacity(groups.len());
+    let mut grads = Vec::with_capacity(groups.len());
+    for (group, d) in groups.iter().zip(hypers) {
+        rules.push(R::from_group(d)?);
+        // Read the gradients with the GIL held: Python code may reassign `.grad` otherwise.
+        let g = group
+            .planned
+            .iter()
+            .map(|ps| ps.param.f_grad())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PyErr::from(CoreError::from(ferroptim::Error::from(e))))?;
+        grads.push(g);
+    }
+    // Exclusive borrows of `Send` data only, so the closure is `Send` as `detach` requires.
+    let (rules, groups, grads) = (&mut rules, &mut *groups, &mut grads);
+    py.detach(move || {
+        let with: Vec<(&R, &[ParamState], &[tch::Tensor])> = rules
+            .iter()
+            .zip(groups.iter())
+            .zip(grads.iter())
+            .map(|((r, g), grads)| (r, &g.planned[..], &grads[..]))
+            .collect();
+        ferroptim::step_with_grads(&with, grad_scale, cache)
+    })
+    .map_err(|e| PyErr::from(CoreError::from(e)))
+}
+
+/// A cached plan of one optimizer's step (see the module docs). Made by `<rule>_plan(state,
+/// param_groups, names)` after a step of the general path.
+#[pyclass(module = "ferroptim._core", frozen)]
+pub struct Plan {
+    state: DictSnapshot,
+    param_groups: Py<PyList>,
+    /// Locked for a step (tch tensors are `Send`, not `Sync`); never waited for: see `step`.
+    planned: Mutex<Planned>,
+    params_key: Py<PyString>,
+    step: StepFn,
+}
+
+impl Plan {
+    /// Plans rule `R` over `param_groups`, whose group `i` has the state names `names[i]`
+    /// (state tensors, scalar state tensors).
+    pub fn new<R: FromGroup>(
+        py: Python<'_>,
+        state: &Bound<'_, PyDict>,
+        param_groups: &Bound<'_, PyList>,
+        names: Vec<(Vec<String>, Vec<String>)>,
+    ) -> PyResult<Plan> {
+        if names.len() != param_groups.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "names: expected {} entries (one per param group), got {}",
+                param_groups.len(),
+                names.len()
+            )));
+        }
+        let groups = param_groups
+            .iter()
+            .zip(&names)
+            .map(|(g, (n, s))| PlannedGroup::new(&g.cast_into::<PyDict>()?, state, n, s))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(Plan {
+            state: DictSnapshot::take(state),
+            param_groups: param_groups.clone().unbind(),
+            planned: Mutex::new(Planned {
+                groups,
+                cache: StepCache::default(),
+            }),
+            params_key: PyString::intern(py, "params").unbind(),
+            step: step_planned::<R>,
+        })
+    }
+}
+
+#[pymethods]
+impl Plan {
+    /// Steps every planned parameter that has a gradient, with the groups' hyperparameters
+    /// `hypers` (one dict per group, keyed by the rule's field names), and returns True — if
+    /// `state` and `param_groups` still hold what they held when the plan was made. Otherwise
+    /// returns False having changed nothing. Raises as `<rule>_step` does, also having changed
+    /// nothing.
+    #[pyo3(signature = (state, param_groups, hypers, grad_scale = None))]
+    fn step(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
+        param_groups: &Bound<'_, PyAny>,
+        hypers: Vec<Bound<'_, PyDict>>,
+        grad_scale: Option<f64>,
+    ) -> PyResult<bool> {
+        // Another thread stepping this optimizer right now holds the lock while the GIL is
+        // released; waiting for it here, with the GIL held, could deadlock. Take the general
+        // path instead.
+        let Ok(mut planned) = self.planned.try_lock() else {
+            return Ok(false);
+        };
+        if !self.unchanged(py, &planned.groups, state, param_groups) {
+            return Ok(false);
+        }
+        if hypers.len() != planned.groups.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "hypers: expected {} dicts (one per param group), got {}",
+                planned.groups.len(),
+                hypers.len()
+            )));
+        }
+        (self.step)(py, &mut planned, &hypers, grad_scale)?;
+        Ok(true)
+    }
+}
+
+impl Plan {
+    fn unchanged(
+        &self,
+        py: Python<'_>,
+        groups: &[PlannedGroup],
+        state: &Bound<'_, PyAny>,
+        param_groups: &Bound<'_, PyAny>,
+    ) -> bool {
+        if !param_groups.is(&self.param_groups) || !self.state.holds(py, state) {
+            return false;
+        }
+        let list = self.param_groups.bind(py);
+        let key = self.params_key.bind(py);
+        list.len() == groups.len()
+            && list
+                .iter()
+                .zip(groups)
+                .all(|(g, planned)| planned.unchanged(py, &g, key))
+    }
+}

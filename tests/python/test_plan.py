@@ -1,0 +1,192 @@
+"""Cached step plans: after a first step, ``step()`` reuses a native plan of the optimizer's
+parameters and state, which must notice every change a user can make between steps.
+
+Each scenario runs the same manipulations on ferroptim and on torch.optim and compares the
+trajectories exactly (float64, elementwise algorithms that match torch to rounding)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import ferroptim
+import pytest
+import torch
+
+Scenario = Callable[[torch.optim.Optimizer, list[torch.nn.Parameter], int], None]
+
+
+def _params(seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(3, 4), (5,), (), (2, 2)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
+
+
+def _grads(params: list[torch.nn.Parameter], step: int) -> None:
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+
+
+def _run(
+    cls_name: str, scenario: Scenario, steps: int = 6, **kwargs: object
+) -> tuple[list[torch.Tensor], list[torch.Tensor], ferroptim.AdamW]:
+    results = []
+    for module in (ferroptim, torch.optim):
+        params = _params()
+        opt = getattr(module, cls_name)(params, **kwargs)
+        for t in range(steps):
+            _grads(params, t)
+            scenario(opt, params, t)
+            opt.step()
+        results.append((params, opt))
+    (ours, ours_opt), (ref, ref_opt) = results
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=0)
+    for p, q in zip(ours, ref):
+        assert ours_opt.state[p].keys() == ref_opt.state[q].keys()
+        for key, value in ours_opt.state[p].items():
+            torch.testing.assert_close(value, ref_opt.state[q][key], rtol=1e-12, atol=0)
+    return ours, ref, ours_opt
+
+
+def _nothing(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+    pass
+
+
+def test_the_plan_is_made_and_used() -> None:
+    params = _params()
+    opt = ferroptim.AdamW(params, lr=0.1)
+    _grads(params, 0)
+    opt.step()
+    plan, names = opt._ferroptim_plan  # type: ignore[attr-defined]
+    hypers = [opt._hyper(g) for g in opt.param_groups]
+    before = [p.detach().clone() for p in params]
+    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+    assert all(not torch.equal(p, q) for p, q in zip(params, before))
+    # another optimizer's state is not this plan's
+    assert plan.step({}, opt.param_groups, hypers, None) is False
+
+
+@pytest.mark.parametrize(
+    "cls_name, kwargs",
+    [
+        ("AdamW", {"lr": 0.1, "weight_decay": 0.1}),
+        ("Adam", {"lr": 0.1, "amsgrad": True}),
+        ("SGD", {"lr": 0.1}),  # no state at all
+        ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+        ("ASGD", {"lr": 0.1, "t0": 2}),  # three scalar state tensors
+        ("NAdam", {"lr": 0.1}),
+    ],
+)
+def test_repeated_steps_match_torch(cls_name: str, kwargs: dict[str, object]) -> None:
+    _, _, opt = _run(cls_name, _nothing, **kwargs)
+    plan, _ = opt._ferroptim_plan  # type: ignore[attr-defined]
+    hypers = [opt._hyper(g) for g in opt.param_groups]
+    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+
+
+def test_a_replaced_state_tensor_is_used() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t == 3:
+            # e.g. moving state to a device: new tensor objects under the same keys
+            for state in opt.state.values():
+                for key, value in state.items():
+                    state[key] = value.clone() * 0.5
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_deleted_state_is_created_again() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t == 3:
+            del opt.state[params[1]]
+            opt.state[params[2]] = {}  # torch re-creates empty state too
+
+    _run("Adam", scenario, lr=0.1)
+
+
+def test_a_parameter_getting_its_first_gradient_late_gets_state() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t < 3:
+            params[0].grad = None
+
+    _, _, opt = _run("AdamW", scenario, lr=0.1)
+    assert opt.state[opt.param_groups[0]["params"][0]]["step"].item() == 3
+
+
+def test_missing_gradients_skip_parameters() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t in (2, 4):
+            opt.zero_grad(set_to_none=True)
+        if t == 5:
+            params[3].grad = None
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_groups_and_params_changed_in_place_are_followed() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t == 2:
+            # move the last parameter into a new group with another lr
+            last = opt.param_groups[0]["params"].pop()
+            opt.add_param_group({"params": [last], "lr": 0.01})
+        if t == 4:
+            # swap two parameters' places within the group's list
+            ps = opt.param_groups[0]["params"]
+            ps[0], ps[1] = ps[1], ps[0]
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_new_parameter_storage_is_followed() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t == 3:
+            # what `module.to(...)` does: new storage under the same Parameter object
+            for p in params:
+                p.data = p.data.clone() + 1.0
+            state = opt.state[params[0]]
+            state["exp_avg"].data = state["exp_avg"].data.clone()
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_load_state_dict_between_steps() -> None:
+    snapshot: dict[int, dict[str, object]] = {}
+
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        if t == 2:
+            snapshot[id(opt)] = opt.state_dict()
+        if t == 4:
+            import copy
+
+            opt.load_state_dict(copy.deepcopy(snapshot[id(opt)]))
+            assert "_ferroptim_plan" not in opt.__dict__
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_hyperparameter_changes_are_read_at_every_step() -> None:
+    def scenario(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], t: int) -> None:
+        opt.param_groups[0]["lr"] = 0.1 / (t + 1)
+        opt.param_groups[0]["betas"] = (0.9 - 0.01 * t, 0.99)
+        if t == 3:
+            opt.param_groups[0]["maximize"] = True
+
+    _run("AdamW", scenario, lr=0.1)
+
+
+def test_a_failing_planned_step_changes_nothing() -> None:
+    params = _params()
+    opt = ferroptim.AdamW(params, lr=0.1)
+    for t in range(2):
+        _grads(params, t)
+        opt.step()
+    before = [p.detach().clone() for p in params]
+    state = {k: v.clone() for k, v in opt.state[params[1]].items()}
+    # same tensor object (so the plan holds), new shape: caught by the driver's checks
+    opt.state[params[2]]["exp_avg"].data = torch.zeros(7, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="shape"):
+        opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    for key, value in state.items():
+        assert torch.equal(opt.state[params[1]][key], value)
