@@ -1,9 +1,9 @@
 """ferroptim: fused native optimizer steps as drop-in replacements for ``torch.optim``.
 
 Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
-``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion`` and ``ADOPT`` follow their
-reference implementations. Each updates every parameter of every group in one native,
-multi-threaded call per ``step()``.
+``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion``, ``ADOPT``, ``Adan``,
+``AdEMAMix`` and ``ScheduleFreeAdamW`` follow their reference implementations. Each updates
+every parameter of every group in one native, multi-threaded call per ``step()``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
@@ -13,6 +13,8 @@ from ferroptim.adadelta import Adadelta
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
+from ferroptim.adan import Adan
+from ferroptim.ademamix import AdEMAMix
 from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
 from ferroptim.lion import Lion
@@ -20,6 +22,7 @@ from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
 from ferroptim.rmsprop import RMSprop
 from ferroptim.rprop import Rprop
+from ferroptim.schedule_free import ScheduleFreeAdamW
 from ferroptim.sgd import SGD
 
 __version__ = _core.__version__
@@ -31,11 +34,14 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "AdEMAMix",
     "Adamax",
+    "Adan",
     "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
+    "ScheduleFreeAdamW",
     "__version__",
 ]

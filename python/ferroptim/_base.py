@@ -61,12 +61,13 @@ def hyper(
 ) -> dict[str, Any]:
     """A group's hyperparameters for the native rule: ``floats`` as Python floats, ``flags`` as
     bools (missing flags are False, e.g. in groups of a state_dict from another
-    implementation), and ``betas`` (if the group has them) split into ``beta1``/``beta2``."""
+    implementation), and ``betas`` (if the group has them) split into ``beta1``/``beta2``
+    (and ``beta3`` when there are three)."""
     out: dict[str, Any] = {name: scalar(group[name]) for name in floats}
     out.update({name: bool(group.get(name, False)) for name in flags})
     if "betas" in group:
-        beta1, beta2 = group["betas"]
-        out["beta1"], out["beta2"] = scalar(beta1), scalar(beta2)
+        for i, beta in enumerate(group["betas"]):
+            out[f"beta{i + 1}"] = scalar(beta)
     return out
 
 

@@ -97,6 +97,15 @@ step_fn!(lion_step, Lion, "One Lion step over all groups.", {
 step_fn!(adopt_step, Adopt, "One ADOPT step over all groups.", {
     lr, beta1, beta2, eps, clip_exponent, weight_decay, decouple, maximize
 });
+step_fn!(adan_step, Adan, "One Adan step over all groups.", {
+    lr, beta1, beta2, beta3, eps, weight_decay, no_prox, maximize
+});
+step_fn!(ademamix_step, AdEMAMix, "One AdEMAMix step over all groups.", {
+    lr, beta1, beta2, beta3, alpha, beta3_warmup, alpha_warmup, eps, weight_decay, maximize
+});
+step_fn!(schedule_free_adamw_step, ScheduleFreeAdamW, "One Schedule-Free AdamW step over all groups.", {
+    lr, beta1, beta2, eps, weight_decay, ckp1, step, maximize
+});
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -112,5 +121,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(asgd_step, m)?)?;
     m.add_function(wrap_pyfunction!(lion_step, m)?)?;
     m.add_function(wrap_pyfunction!(adopt_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adan_step, m)?)?;
+    m.add_function(wrap_pyfunction!(ademamix_step, m)?)?;
+    m.add_function(wrap_pyfunction!(schedule_free_adamw_step, m)?)?;
     Ok(())
 }
