@@ -310,3 +310,37 @@ def test_defaults_are_the_reference_implementations(name):
     }[name]
     defaults = getattr(OURS, name)([torch.zeros(2, requires_grad=True)]).defaults
     assert {k: defaults[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("Adan", {"lr": 0.01, "weight_decay": 0.1}),
+        ("AdEMAMix", {"lr": 0.01, "alpha_warmup": 3, "beta3_warmup": 3, "weight_decay": 0.1}),
+        ("ScheduleFreeAdamW", {"lr": 0.01, "warmup_steps": 2, "weight_decay": 0.1}),
+    ],
+)
+def test_half_precision_computes_in_float32_and_rounds_once(name, kwargs, dtype):
+    """Half-precision parameters and state: each step equals the float32 step from the same
+    (widened) values, rounded once to ``dtype``, bit for bit."""
+    g = torch.Generator().manual_seed(6)
+    half = torch.randn(5000, generator=g).to(dtype).requires_grad_(True)
+    shadow = half.detach().float().requires_grad_(True)
+    opt_half = getattr(OURS, name)([half], **kwargs)
+    opt_f32 = getattr(OURS, name)([shadow], **kwargs)
+    for _ in range(5):
+        grad = torch.randn(5000, generator=g).to(dtype)
+        half.grad, shadow.grad = grad, grad.float()
+        opt_half.step()
+        opt_f32.step()
+        with torch.no_grad():  # round the float32 step's results once, as stored in `dtype`
+            shadow.copy_(shadow.to(dtype).float())
+            for value in opt_f32.state[shadow].values():
+                if value.shape == shadow.shape:
+                    value.copy_(value.to(dtype).float())
+        assert torch.equal(half.detach().float(), shadow.detach())
+        for key, value in opt_half.state[half].items():
+            if value.shape == half.shape:
+                assert value.dtype == dtype
+                assert torch.equal(value.float(), opt_f32.state[shadow][key]), key
