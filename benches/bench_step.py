@@ -2,7 +2,7 @@
 
 For every optimizer (SGD with momentum 0.9, Adam, AdamW, and with torch's defaults Adadelta,
 Adagrad, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop, Lion, ADOPT, Adan, AdEMAMix,
-ScheduleFreeAdamW), parameter layout (one
+ScheduleFreeAdamW, Lamb, LARS), parameter layout (one
 tensor of 25M elements, or 500 tensors of 4096 elements) and dtype (float32, or bfloat16
 parameters, gradients and state), the script times ``optimizer.step()`` for
 
@@ -101,6 +101,8 @@ OPTIMIZERS = {
     "Adan": {},
     "AdEMAMix": {},
     "ScheduleFreeAdamW": {},
+    "Lamb": {},
+    "LARS": {},
 }
 # Tensors of the element size read or written per parameter element by one step (with the
 # settings above): parameter and gradient, plus each state tensor read and written.
@@ -121,6 +123,8 @@ TRAFFIC = {
     "Adan": 11,  # four state tensors: exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad
     "AdEMAMix": 9,
     "ScheduleFreeAdamW": 7,
+    "Lamb": 11,  # two passes: norms (p, g, m, v read), then the update (7)
+    "LARS": 7,  # two passes: norms (p, g read), then the update (5)
 }
 # name -> (number of tensors, elements per tensor)
 CASES = {"1x25M": (1, 25_000_000), "500x4096": (500, 4096)}
@@ -295,9 +299,9 @@ def make_optimizer(impl: str, name: str, params, optional: dict):
 
 def reference_class(name: str):
     """The reference implementation of an algorithm torch lacks (PyPI lion-pytorch, the
-    authors' torch-adopt, and pytorch-optimizer's Adan, AdEMAMix, ScheduleFreeAdamW; all in
-    .ci/requirements.txt)."""
-    if name in ("Adan", "AdEMAMix", "ScheduleFreeAdamW"):
+    authors' torch-adopt, and pytorch-optimizer's Adan, AdEMAMix, ScheduleFreeAdamW, Lamb,
+    LARS; all in .ci/requirements.txt)."""
+    if name in ("Adan", "AdEMAMix", "ScheduleFreeAdamW", "Lamb", "LARS"):
         import pytorch_optimizer
 
         return getattr(pytorch_optimizer, name)

@@ -2,8 +2,9 @@
 
 Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
 ``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion``, ``ADOPT``, ``Adan``,
-``AdEMAMix`` and ``ScheduleFreeAdamW`` follow their reference implementations. Each updates
-every parameter of every group in one native, multi-threaded call per ``step()``.
+``AdEMAMix``, ``ScheduleFreeAdamW``, ``Lamb`` and ``LARS`` follow their reference
+implementations. Each updates every parameter of every group in one native, multi-threaded
+call per ``step()``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
@@ -17,6 +18,8 @@ from ferroptim.adan import Adan
 from ferroptim.ademamix import AdEMAMix
 from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
+from ferroptim.lamb import Lamb
+from ferroptim.lars import LARS
 from ferroptim.lion import Lion
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
@@ -29,6 +32,7 @@ __version__ = _core.__version__
 __all__ = [
     "ADOPT",
     "ASGD",
+    "LARS",
     "SGD",
     "Adadelta",
     "Adagrad",
@@ -37,6 +41,7 @@ __all__ = [
     "AdEMAMix",
     "Adamax",
     "Adan",
+    "Lamb",
     "Lion",
     "NAdam",
     "RAdam",

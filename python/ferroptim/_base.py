@@ -118,6 +118,12 @@ class NativeStep:
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def _native_calls(self, group: dict[str, Any], tensors: dict[str, Any]) -> list[dict[str, Any]]:
+        """The native step's group dicts for one parameter group (its tensors, see `_collect`,
+        with hyperparameters): one, with `_hyper(group)`, unless a class splits the group
+        (e.g. LARS, whose rule treats one-dimensional parameters differently)."""
+        return [{**tensors, **self._hyper(group)}]
+
     def _collect(
         self, group: dict[str, Any], created: list[tuple[torch.Tensor, dict[str, Any]]]
     ) -> dict[str, Any]:
@@ -190,8 +196,7 @@ class NativeStep:
             check_differentiable(self, group)
             tensors = self._collect(group, created)
             if tensors["params"]:
-                tensors.update(self._hyper(group))
-                calls.append(tensors)
+                calls.extend(self._native_calls(group, tensors))
         if calls:
             scale = None if grad_scale is None else scalar(grad_scale)
             type(self)._native_step(calls, scale)

@@ -153,6 +153,27 @@ class ScheduleFreeAdamWGroup(_Tensors):
     step: float  # 1-based step number (bias correction)
     maximize: bool
 
+class LambGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    weight_decouple: bool
+    grad_averaging: bool
+    adam: bool
+    maximize: bool
+
+class LarsGroup(_Tensors):
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    trust_coefficient: float
+    nesterov: bool
+    trust: bool  # apply weight decay and the trust ratio (LARS: parameters of 2+ dimensions)
+    maximize: bool
+
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...
 def adagrad_step(groups: Sequence[AdagradGroup], grad_scale: float | None = None) -> None: ...
@@ -170,3 +191,5 @@ def ademamix_step(groups: Sequence[AdEMAMixGroup], grad_scale: float | None = No
 def schedule_free_adamw_step(
     groups: Sequence[ScheduleFreeAdamWGroup], grad_scale: float | None = None
 ) -> None: ...
+def lamb_step(groups: Sequence[LambGroup], grad_scale: float | None = None) -> None: ...
+def lars_step(groups: Sequence[LarsGroup], grad_scale: float | None = None) -> None: ...

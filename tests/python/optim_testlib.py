@@ -59,7 +59,7 @@ def reference_class(name: str) -> type:
 
 
 # ----------------------------------------------------------------------------------------
-# pytorch_optimizer 4.1.0 as the oracle of Adan, AdEMAMix, ScheduleFreeAdamW
+# pytorch_optimizer 4.1.0 as the oracle of Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS
 # ----------------------------------------------------------------------------------------
 
 #: name -> (pytorch_optimizer class, {our state key: theirs}, theirs keeps `step` per group)
@@ -67,7 +67,11 @@ PYTORCH_OPTIMIZER = {
     "Adan": ("Adan", {"neg_pre_grad": "previous_grad"}, True),
     "AdEMAMix": ("AdEMAMix", {"exp_avg_fast": "exp_avg"}, True),
     "ScheduleFreeAdamW": ("ScheduleFreeAdamW", {}, False),
+    "Lamb": ("Lamb", {}, True),
+    "LARS": ("LARS", {}, False),
 }
+# pytorch_optimizer.Lamb's logging entries, which ferroptim does not keep.
+LAMB_LOG_KEYS = ("weight_norm", "adam_norm", "trust_ratio")
 
 
 def _ademamix_alpha(t_warmup: float | None, step: int, alpha: float) -> float:
@@ -97,10 +101,11 @@ def pytorch_optimizer_reference(name: str) -> type:
     """``pytorch_optimizer``'s class for ``name``, adapted to take ferroptim's arguments and to
     keep ferroptim's state layout between steps (so that snapshots and state_dicts compare):
     per-parameter state keys renamed, the per-group ``step`` kept as a per-parameter float32
-    ``step`` (Adan, AdEMAMix) or as the group's ``k`` (ScheduleFreeAdamW, as the authors'
-    reference names it). The arithmetic is pytorch_optimizer's, except where it departs from
-    the paper's reference code, replaced here by the reference's formulas: AdEMAMix's warmup
-    schedules, and no ``1e-15`` under ScheduleFreeAdamW's square root."""
+    ``step`` (Adan, AdEMAMix, Lamb) or as the group's ``k`` (ScheduleFreeAdamW, as the
+    authors' reference names it), Lamb's logging entries dropped. The arithmetic is
+    pytorch_optimizer's, except where it departs from the paper's reference code, replaced
+    here by the reference's formulas: AdEMAMix's warmup schedules, and no ``1e-15`` under
+    ScheduleFreeAdamW's square root."""
     import pytorch_optimizer
 
     cls_name, keys, per_param_step = PYTORCH_OPTIMIZER[name]
@@ -145,6 +150,9 @@ def pytorch_optimizer_reference(name: str) -> type:
                 elif name == "AdEMAMix":
                     group.update(weight_decouple=True, fixed_decay=False)
                     group["t_alpha_beta3"] = group.get("alpha_warmup")
+                elif name == "Lamb":
+                    group.setdefault("rectify", False)
+                    group.setdefault("fixed_decay", False)
                 elif name == "ScheduleFreeAdamW":
                     group["step"] = group["k"]
                     group.setdefault("decoupling_c", 0)
@@ -169,6 +177,8 @@ def pytorch_optimizer_reference(name: str) -> type:
                     for ours, theirs in keys.items():
                         if theirs in state:
                             state[ours] = state.pop(theirs)
+                    for key in LAMB_LOG_KEYS if name == "Lamb" else ():
+                        state.pop(key, None)
                     if per_param_step:
                         state["step"] = torch.tensor(float(group["step"]))
             return loss

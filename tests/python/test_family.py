@@ -41,10 +41,13 @@ CONFIGS = {
     "Adan": {"lr": 0.01, "betas": (0.9, 0.9, 0.99), "weight_decay": 0.02},
     "AdEMAMix": {"lr": 0.01, "weight_decay": 0.01, "alpha_warmup": 5, "beta3_warmup": 5},
     "ScheduleFreeAdamW": {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 3},
+    "Lamb": {"lr": 0.01, "weight_decay": 0.01},
+    "LARS": {"lr": 0.5, "weight_decay": 0.01, "nesterov": True},
 }
 # Their references (pytorch_optimizer's for-loops) overwrite p.grad in place (Adan negates it,
-# ScheduleFreeAdamW divides it by the denominator); ferroptim leaves the unscaled gradient.
-REFERENCE_OVERWRITES_GRAD = {"Adan", "ScheduleFreeAdamW"}
+# ScheduleFreeAdamW divides it by the denominator, LARS scales it and adds weight decay and
+# momentum); ferroptim leaves the unscaled gradient.
+REFERENCE_OVERWRITES_GRAD = {"Adan", "ScheduleFreeAdamW", "LARS"}
 NAMES = [n for n in OURS.__all__ if n != "__version__"]
 TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]
 F64_RTOL, F64_ATOL = TOLERANCES[torch.float64]

@@ -1,4 +1,4 @@
-"""Adan, AdEMAMix and ScheduleFreeAdamW against ``pytorch_optimizer`` 4.1.0 (PyPI
+"""Adan, AdEMAMix, ScheduleFreeAdamW, Lamb and LARS against ``pytorch_optimizer`` 4.1.0 (PyPI
 ``pytorch-optimizer``), adapted by ``optim_testlib.pytorch_optimizer_reference`` to the
 authors' reference code where the two differ (AdEMAMix's warmup schedules; no ``1e-15`` under
 ScheduleFreeAdamW's square root): float64 trajectories over 50 steps match to rtol 1e-10 /
@@ -57,6 +57,25 @@ CASES = [
         id="SF-r-betas",
     ),
     pytest.param("ScheduleFreeAdamW", {"lr": 0.01, "maximize": True}, id="SF-maximize"),
+    pytest.param("Lamb", {}, id="Lamb-default"),
+    pytest.param("Lamb", {"lr": 0.01, "weight_decay": 0.1}, id="Lamb-decoupled"),
+    pytest.param(
+        "Lamb", {"lr": 0.01, "weight_decay": 0.1, "weight_decouple": False}, id="Lamb-coupled"
+    ),
+    pytest.param(
+        "Lamb", {"lr": 0.01, "grad_averaging": False, "betas": (0.8, 0.99)}, id="Lamb-no-avg"
+    ),
+    pytest.param("Lamb", {"lr": 0.01, "adam": True}, id="Lamb-adam"),
+    pytest.param("Lamb", {"lr": 0.01, "maximize": True}, id="Lamb-maximize"),
+    pytest.param("LARS", {"lr": 0.5}, id="LARS-default"),
+    pytest.param("LARS", {"lr": 0.5, "weight_decay": 0.1}, id="LARS-weight_decay"),
+    pytest.param(
+        "LARS", {"lr": 0.5, "nesterov": True, "dampening": 0.1}, id="LARS-nesterov-dampening"
+    ),
+    pytest.param("LARS", {"lr": 1.0, "momentum": 0.0}, id="LARS-no-momentum"),
+    pytest.param(
+        "LARS", {"lr": 0.5, "trust_coefficient": 0.02, "maximize": True}, id="LARS-maximize"
+    ),
 ]
 
 
@@ -75,7 +94,7 @@ def test_float32_trajectory_is_as_accurate_as_reference(name, kwargs):
     assert snapshot_max_diff(ours, exact) <= 2 * snapshot_max_diff(ref, exact) + 1e-6
 
 
-@pytest.mark.parametrize(("name", "kwargs"), [CASES[2], CASES[6], CASES[11]])
+@pytest.mark.parametrize(("name", "kwargs"), [CASES[2], CASES[6], CASES[11], CASES[16], CASES[22]])
 def test_two_groups_match_reference(name, kwargs):
     lr = kwargs.get("lr", 1e-3)
     groups = ({}, {"lr": 0.5 * lr})
@@ -84,7 +103,7 @@ def test_two_groups_match_reference(name, kwargs):
     assert_snapshots_close(ours, ref, *F64, what=f"{name} two groups")
 
 
-@pytest.mark.parametrize("name", ["Adan", "AdEMAMix", "ScheduleFreeAdamW"])
+@pytest.mark.parametrize("name", ["Adan", "AdEMAMix", "ScheduleFreeAdamW", "Lamb", "LARS"])
 def test_maximize_is_minimizing_the_negated_gradient(name):
     """maximize=True with gradients g steps exactly as maximize=False with −g. (Adan's oracle
     is left out for maximize: pytorch_optimizer 4.1.0 initialises ``previous_grad`` from the
@@ -240,6 +259,8 @@ def test_schedule_free_state_dict_round_trip():
         ("Adan", {"lr": 0.01, "weight_decay": 0.1}),
         ("AdEMAMix", {"lr": 0.01, "alpha_warmup": 3, "beta3_warmup": 3, "weight_decay": 0.1}),
         ("ScheduleFreeAdamW", {"lr": 0.01, "warmup_steps": 2, "weight_decay": 0.1}),
+        ("Lamb", {"lr": 0.01, "weight_decay": 0.1}),
+        ("LARS", {"lr": 0.5, "weight_decay": 0.1}),
     ],
 )
 def test_thread_count_does_not_change_results(name, kwargs):
@@ -273,6 +294,10 @@ def test_thread_count_does_not_change_results(name, kwargs):
         ("AdEMAMix", {"eps": -1e-3}, ValueError, "Invalid eps value: -0.001"),
         ("ScheduleFreeAdamW", {"betas": (0.0, 0.9)}, ValueError, "Invalid betas[0] value: 0.0"),
         ("ScheduleFreeAdamW", {"weight_decay": -1}, ValueError, "Invalid weight_decay value: -1"),
+        ("Lamb", {"betas": (0.9, 1.0)}, ValueError, "Invalid betas[1] value: 1.0"),
+        ("Lamb", {"eps": -1.0}, ValueError, "Invalid eps value: -1.0"),
+        ("LARS", {"momentum": 1.0}, ValueError, "Invalid momentum value: 1.0"),
+        ("LARS", {"trust_coefficient": -1.0}, ValueError, "Invalid trust_coefficient value: -1.0"),
     ],
 )
 def test_bad_hyperparameters_raise(name, kwargs, error, text):
@@ -319,6 +344,8 @@ def test_defaults_are_the_reference_implementations(name):
         ("Adan", {"lr": 0.01, "weight_decay": 0.1}),
         ("AdEMAMix", {"lr": 0.01, "alpha_warmup": 3, "beta3_warmup": 3, "weight_decay": 0.1}),
         ("ScheduleFreeAdamW", {"lr": 0.01, "warmup_steps": 2, "weight_decay": 0.1}),
+        ("Lamb", {"lr": 0.01, "weight_decay": 0.1}),
+        ("LARS", {"lr": 0.5, "weight_decay": 0.1}),
     ],
 )
 def test_half_precision_computes_in_float32_and_rounds_once(name, kwargs, dtype):

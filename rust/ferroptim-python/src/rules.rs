@@ -106,6 +106,12 @@ step_fn!(ademamix_step, AdEMAMix, "One AdEMAMix step over all groups.", {
 step_fn!(schedule_free_adamw_step, ScheduleFreeAdamW, "One Schedule-Free AdamW step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, ckp1, step, maximize
 });
+step_fn!(lamb_step, Lamb, "One LAMB step over all groups.", {
+    lr, beta1, beta2, eps, weight_decay, weight_decouple, grad_averaging, adam, maximize
+});
+step_fn!(lars_step, Lars, "One LARS step over all groups.", {
+    lr, momentum, dampening, weight_decay, trust_coefficient, nesterov, trust, maximize
+});
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -124,5 +130,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adan_step, m)?)?;
     m.add_function(wrap_pyfunction!(ademamix_step, m)?)?;
     m.add_function(wrap_pyfunction!(schedule_free_adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lamb_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lars_step, m)?)?;
     Ok(())
 }

@@ -45,8 +45,8 @@ pub mod rules;
 
 pub use driver::{step, step_unscaling, Group, ParamTensors};
 pub use error::{Error, Result};
-pub use rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
-pub use rules::{AdEMAMix, Adan, ScheduleFreeAdamW};
+pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
+pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{
     Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
 };

@@ -229,7 +229,7 @@ fn update_element<R: Rule, S: Storage, const N: usize>(
 /// the cores (measured: 1.15–1.35x the bandwidth floor with a separate pool, 1.0x with
 /// `OMP_WAIT_POLICY=passive`).
 #[cfg(target_os = "linux")]
-fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
+pub(super) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
     use std::ffi::{c_int, c_uint, c_void};
 
     #[link(name = "gomp")]
@@ -280,7 +280,7 @@ fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
 
 /// Portable fallback: scoped OS threads (other platforms' torch builds use other runtimes).
 #[cfg(not(target_os = "linux"))]
-fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
+pub(super) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
     std::thread::scope(|s| {
         for range in 1..n {
             s.spawn(move || body(range));

@@ -2,6 +2,7 @@
 
 mod fast;
 mod kernel;
+mod norms;
 mod validate;
 
 use crate::error::{Error, Result};
@@ -143,7 +144,9 @@ fn run<R: Rule>(groups: &mut [Group<R>], grad_scale: Option<f64>) -> Result<()> 
             jobs.push(job(scalars, m, grad_scale));
         }
     }
-    kernel::run::<R>(&jobs, tch::get_num_threads().max(1) as usize)?;
+    let threads = tch::get_num_threads().max(1) as usize;
+    norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
+    kernel::run::<R>(&jobs, threads)?;
     drop(jobs);
 
     let mut slot = staged.iter();
