@@ -371,3 +371,31 @@ def test_half_precision_computes_in_float32_and_rounds_once(name, kwargs, dtype)
             if value.shape == half.shape:
                 assert value.dtype == dtype
                 assert torch.equal(value.float(), opt_f32.state[shadow][key]), key
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("Adan", {"lr": 0.01, "weight_decay": 0.1}),
+        ("AdEMAMix", {"lr": 0.01, "weight_decay": 0.1}),
+        ("ScheduleFreeAdamW", {"lr": 0.01, "weight_decay": 0.1}),
+        ("Lamb", {"lr": 0.01, "weight_decay": 0.1}),
+        ("LARS", {"lr": 0.5, "weight_decay": 0.1}),
+    ],
+)
+def test_empty_zero_dim_and_strided_tensors_match_reference(name, kwargs):
+    """Empty tensors (norm 0: trust ratio 1), a 0-d tensor, a transposed matrix and a
+    strided gradient, in float64, against the oracle."""
+    g = torch.Generator().manual_seed(9)
+    init = [
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+        torch.empty(0, 4, dtype=torch.float64),
+        torch.tensor(1.5, dtype=torch.float64),
+        torch.randn(7, 3, generator=g, dtype=torch.float64).t(),
+        torch.randn(9, generator=g, dtype=torch.float64),
+    ]
+    layouts = ["contiguous", "contiguous", "contiguous", "transposed", "strided"]
+    noise = make_noise(init, 6)
+    ours = run_manual("ours", name, kwargs, init, 6, layouts, noise)
+    ref = run_manual("forloop", name, kwargs, init, 6, layouts, noise)
+    assert_snapshots_close(ours, ref, *F64, what=name)
