@@ -97,7 +97,7 @@ fn run_piece<R: Rule>(job: &Job<R::Scalars>, start: usize, len: usize) {
 
 /// Instruction sets the fused loop is compiled for; the best one the CPU has is chosen once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
+pub(super) enum Isa {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -105,7 +105,7 @@ enum Isa {
     Avx512,
 }
 
-fn isa() -> Isa {
+pub(super) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]

@@ -5,7 +5,7 @@
 //! `f64`, and a tensor's block sums are added in block order. Threads only decide who computes
 //! which block, so the sums, and the step, are bit-identical for any thread count.
 
-use super::kernel::{parallel, Job};
+use super::kernel::{isa, parallel, Isa, Job};
 use crate::element::{Float, Storage};
 use crate::error::Result;
 use crate::rule::{Rule, MAX_NORMS, MAX_STATE};
@@ -96,7 +96,51 @@ fn block_sums<R: Rule>(job: &Job<R::Scalars>, start: usize, len: usize) -> [f64;
     }
 }
 
+/// One block's sums, compiled for the best instruction set available (as the update pass).
+/// Every variant does the same IEEE operations in the same order: the sums do not depend on
+/// which runs.
 fn block<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) -> [f64; MAX_NORMS] {
+    match isa() {
+        // SAFETY: `isa()` returned this variant only after detecting the features it enables.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { block_avx512::<R, S, N>(job, start, len) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { block_avx2::<R, S, N>(job, start, len) },
+        Isa::Baseline => block_loop::<R, S, N>(job, start, len),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn block_avx512<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) -> [f64; MAX_NORMS] {
+    block_loop::<R, S, N>(job, start, len)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2<R: Rule, S: Storage, const N: usize>(
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) -> [f64; MAX_NORMS] {
+    block_loop::<R, S, N>(job, start, len)
+}
+
+/// Independent partial sums per norm (element `i` of a block goes to lane `i % LANES`), so
+/// that the loop vectorises; the lanes are added in order at the end of the block.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn block_loop<R: Rule, S: Storage, const N: usize>(
     job: &Job<R::Scalars>,
     start: usize,
     len: usize,
@@ -113,22 +157,34 @@ fn block<R: Rule, S: Storage, const N: usize>(
         });
         (param, grad, state)
     };
-    let count = R::norms(&job.scalars).min(MAX_NORMS);
     let scale = job.grad_scale.map(<S::Compute as Float>::from_f64);
-    let mut acc = [0.0f64; MAX_NORMS];
-    for i in 0..len {
+    let mut lanes = [[0.0f64; LANES]; MAX_NORMS];
+    let mut add = |i: usize, lane: usize| {
         let mut g = grad[i].load();
         if let Some(scale) = scale {
             g = g / scale; // as the update pass unscales it
         }
         let s: [S::Compute; N] = std::array::from_fn(|k| state[k][i].load());
         let terms = R::norm_terms(&job.scalars, param[i].load(), g, &s);
-        for (a, t) in acc.iter_mut().zip(terms).take(count) {
+        for (acc, t) in lanes.iter_mut().zip(terms) {
             let t = t.to_f64();
-            *a += t * t;
+            acc[lane] += t * t;
+        }
+    };
+    let full = len - len % LANES;
+    for base in (0..full).step_by(LANES) {
+        for lane in 0..LANES {
+            add(base + lane, lane);
         }
     }
-    acc
+    for i in full..len {
+        add(i, i - full);
+    }
+    let mut sums = [0.0f64; MAX_NORMS];
+    for (sum, acc) in sums.iter_mut().zip(&lanes) {
+        *sum = acc.iter().sum();
+    }
+    sums
 }
 
 #[cfg(test)]
