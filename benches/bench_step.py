@@ -1,13 +1,15 @@
 """Median ``step()`` time of ferroptim's optimizers against torch.optim's.
 
 For every optimizer (SGD with momentum 0.9, Adam, AdamW, and with torch's defaults Adadelta,
-Adagrad, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop, Lion, ADOPT), parameter layout (one
+Adagrad, Adamax, ASGD, NAdam, RAdam, RMSprop, Rprop, Lion, ADOPT, Adan, AdEMAMix,
+ScheduleFreeAdamW, Lamb, LARS), parameter layout (one
 tensor of 25M elements, or 500 tensors of 4096 elements) and dtype (float32, or bfloat16
 parameters, gradients and state), the script times ``optimizer.step()`` for
 
 * torch.optim with ``foreach=False`` (the per-tensor for-loop), ``foreach=True`` and
-  ``fused=True`` (where torch has them; for Lion and ADOPT, which torch lacks, the reference
-  implementations ``lion-pytorch`` and ``torch-adopt`` take the for-loop column);
+  ``fused=True`` (where torch has them; for the algorithms torch lacks, the reference
+  implementations ``lion-pytorch``, ``torch-adopt`` and ``pytorch-optimizer`` take the
+  for-loop column);
 * ferroptim (the column is skipped, with a message, when ``import ferroptim`` fails);
 * DeepSpeed's ``DeepSpeedCPUAdam`` (Adam and AdamW only, CPU only), when ``import deepspeed``
   works and its ``cpu_adam`` op builds or loads; otherwise the column is skipped with a
@@ -96,6 +98,11 @@ OPTIMIZERS = {
     "Rprop": {},
     "Lion": {},
     "ADOPT": {},
+    "Adan": {},
+    "AdEMAMix": {},
+    "ScheduleFreeAdamW": {},
+    "Lamb": {},
+    "LARS": {},
 }
 # Tensors of the element size read or written per parameter element by one step (with the
 # settings above): parameter and gradient, plus each state tensor read and written.
@@ -113,6 +120,11 @@ TRAFFIC = {
     "Rprop": 7,
     "Lion": 5,
     "ADOPT": 7,
+    "Adan": 11,  # four state tensors: exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad
+    "AdEMAMix": 9,
+    "ScheduleFreeAdamW": 7,
+    "Lamb": 11,  # two passes: norms (p, g, m, v read), then the update (7)
+    "LARS": 7,  # two passes: norms (p, g read), then the update (5)
 }
 # name -> (number of tensors, elements per tensor)
 CASES = {"1x25M": (1, 25_000_000), "500x4096": (500, 4096)}
@@ -287,7 +299,12 @@ def make_optimizer(impl: str, name: str, params, optional: dict):
 
 def reference_class(name: str):
     """The reference implementation of an algorithm torch lacks (PyPI lion-pytorch, the
-    authors' torch-adopt; both in .ci/requirements.txt)."""
+    authors' torch-adopt, and pytorch-optimizer's Adan, AdEMAMix, ScheduleFreeAdamW, Lamb,
+    LARS; all in .ci/requirements.txt)."""
+    if name in ("Adan", "AdEMAMix", "ScheduleFreeAdamW", "Lamb", "LARS"):
+        import pytorch_optimizer
+
+        return getattr(pytorch_optimizer, name)
     if name == "Lion":
         import lion_pytorch
 

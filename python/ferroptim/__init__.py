@@ -1,9 +1,10 @@
 """ferroptim: fused native optimizer steps as drop-in replacements for ``torch.optim``.
 
 Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
-``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion`` and ``ADOPT`` follow their
-reference implementations. Each updates every parameter of every group in one native,
-multi-threaded call per ``step()``.
+``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion``, ``ADOPT``, ``Adan``,
+``AdEMAMix``, ``ScheduleFreeAdamW``, ``Lamb`` and ``LARS`` follow their reference
+implementations. Each updates every parameter of every group in one native, multi-threaded
+call per ``step()``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
@@ -13,29 +14,39 @@ from ferroptim.adadelta import Adadelta
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
+from ferroptim.adan import Adan
+from ferroptim.ademamix import AdEMAMix
 from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
+from ferroptim.lamb import Lamb
+from ferroptim.lars import LARS
 from ferroptim.lion import Lion
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
 from ferroptim.rmsprop import RMSprop
 from ferroptim.rprop import Rprop
+from ferroptim.schedule_free import ScheduleFreeAdamW
 from ferroptim.sgd import SGD
 
 __version__ = _core.__version__
 __all__ = [
     "ADOPT",
     "ASGD",
+    "LARS",
     "SGD",
     "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
+    "AdEMAMix",
     "Adamax",
+    "Adan",
+    "Lamb",
     "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
+    "ScheduleFreeAdamW",
     "__version__",
 ]

@@ -61,12 +61,13 @@ def hyper(
 ) -> dict[str, Any]:
     """A group's hyperparameters for the native rule: ``floats`` as Python floats, ``flags`` as
     bools (missing flags are False, e.g. in groups of a state_dict from another
-    implementation), and ``betas`` (if the group has them) split into ``beta1``/``beta2``."""
+    implementation), and ``betas`` (if the group has them) split into ``beta1``/``beta2``
+    (and ``beta3`` when there are three)."""
     out: dict[str, Any] = {name: scalar(group[name]) for name in floats}
     out.update({name: bool(group.get(name, False)) for name in flags})
     if "betas" in group:
-        beta1, beta2 = group["betas"]
-        out["beta1"], out["beta2"] = scalar(beta1), scalar(beta2)
+        for i, beta in enumerate(group["betas"]):
+            out[f"beta{i + 1}"] = scalar(beta)
     return out
 
 
@@ -120,6 +121,12 @@ class NativeStep:
 
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def _native_calls(self, group: dict[str, Any], tensors: dict[str, Any]) -> list[dict[str, Any]]:
+        """The native step's group dicts for one parameter group (its tensors, see `_collect`,
+        with hyperparameters): one, with `_hyper(group)`, unless a class splits the group
+        (e.g. LARS, whose rule treats one-dimensional parameters differently)."""
+        return [{**tensors, **self._hyper(group)}]
 
     def _collect(
         self, group: dict[str, Any], created: list[tuple[torch.Tensor, dict[str, Any]]]
@@ -202,11 +209,10 @@ class NativeStep:
             return loss
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
-        for group, hyper_values in zip(groups, hypers):
+        for group in groups:
             tensors = self._collect(group, created)
             if tensors["params"]:
-                tensors.update(hyper_values)
-                calls.append(tensors)
+                calls.extend(self._native_calls(group, tensors))
         if calls:
             type(self)._native_step(calls, scale)
         for p, new in created:

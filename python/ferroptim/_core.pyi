@@ -143,6 +143,59 @@ class AdoptGroup(_Tensors):
     decouple: bool
     maximize: bool
 
+class AdanGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    beta3: float
+    eps: float
+    weight_decay: float
+    no_prox: bool
+    maximize: bool
+
+class AdEMAMixGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    beta3: float
+    alpha: float
+    beta3_warmup: float | None
+    alpha_warmup: float | None
+    eps: float
+    weight_decay: float
+    maximize: bool
+
+class ScheduleFreeAdamWGroup(_Tensors):
+    lr: float  # this step's warmed-up learning rate
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    ckp1: float  # weight of z in the average x at this step
+    step: float  # 1-based step number (bias correction)
+    maximize: bool
+
+class LambGroup(_Tensors):
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    weight_decay: float
+    weight_decouple: bool
+    grad_averaging: bool
+    adam: bool
+    maximize: bool
+
+class LarsGroup(_Tensors):
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    trust_coefficient: float
+    nesterov: bool
+    trust: bool  # apply weight decay and the trust ratio (LARS: parameters of 2+ dimensions)
+    maximize: bool
+
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...
 def adagrad_step(groups: Sequence[AdagradGroup], grad_scale: float | None = None) -> None: ...
@@ -155,6 +208,13 @@ def adadelta_step(groups: Sequence[AdadeltaGroup], grad_scale: float | None = No
 def asgd_step(groups: Sequence[AsgdGroup], grad_scale: float | None = None) -> None: ...
 def lion_step(groups: Sequence[LionGroup], grad_scale: float | None = None) -> None: ...
 def adopt_step(groups: Sequence[AdoptGroup], grad_scale: float | None = None) -> None: ...
+def adan_step(groups: Sequence[AdanGroup], grad_scale: float | None = None) -> None: ...
+def ademamix_step(groups: Sequence[AdEMAMixGroup], grad_scale: float | None = None) -> None: ...
+def schedule_free_adamw_step(
+    groups: Sequence[ScheduleFreeAdamWGroup], grad_scale: float | None = None
+) -> None: ...
+def lamb_step(groups: Sequence[LambGroup], grad_scale: float | None = None) -> None: ...
+def lars_step(groups: Sequence[LarsGroup], grad_scale: float | None = None) -> None: ...
 def sgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adam_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adagrad_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...

@@ -38,8 +38,9 @@ def describe_implementation() -> str:
 
 def reference_class(name: str) -> type:
     """The reference implementation of ``name``: torch.optim's class, or for the algorithms
-    torch lacks, the authors' reference implementation (PyPI ``lion-pytorch``, ``torch-adopt``;
-    both installed by .ci/requirements.txt)."""
+    torch lacks, the authors' reference implementation (PyPI ``lion-pytorch``, ``torch-adopt``)
+    or ``pytorch_optimizer`` (:func:`pytorch_optimizer_reference`); all installed by
+    .ci/requirements.txt."""
     if name == "Lion":
         import lion_pytorch
 
@@ -52,7 +53,138 @@ def reference_class(name: str) -> type:
             # longer has; on the CPU it only checked CUDA-graph capture: a no-op here.
             adopt.ADOPT._cuda_graph_capture_health_check = lambda self: None
         return adopt.ADOPT
+    if name in PYTORCH_OPTIMIZER:
+        return pytorch_optimizer_reference(name)
     return getattr(torch.optim, name)
+
+
+# ----------------------------------------------------------------------------------------
+# pytorch_optimizer 4.1.0 as the oracle of Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS
+# ----------------------------------------------------------------------------------------
+
+#: name -> (pytorch_optimizer class, {our state key: theirs}, theirs keeps `step` per group)
+PYTORCH_OPTIMIZER = {
+    "Adan": ("Adan", {"neg_pre_grad": "previous_grad"}, True),
+    "AdEMAMix": ("AdEMAMix", {"exp_avg_fast": "exp_avg"}, True),
+    "ScheduleFreeAdamW": ("ScheduleFreeAdamW", {}, False),
+    "Lamb": ("Lamb", {}, True),
+    "LARS": ("LARS", {}, False),
+}
+# pytorch_optimizer.Lamb's logging entries, which ferroptim does not keep.
+LAMB_LOG_KEYS = ("weight_norm", "adam_norm", "trust_ratio")
+
+
+def _ademamix_alpha(t_warmup: float | None, step: int, alpha: float) -> float:
+    """The α warmup of the paper's reference code (apple/ml-ademamix), written from the
+    paper: linear from 0."""
+    if t_warmup is None or step >= t_warmup:
+        return alpha
+    a = step / float(t_warmup)
+    return (1.0 - a) * 0.0 + a * alpha
+
+
+def _ademamix_beta3(t_warmup: float | None, step: int, beta1: float, beta3: float) -> float:
+    """The β₃ warmup of the paper's reference code: the half-life ln ½ / ln(β + 1e-8) − 1
+    interpolated linearly from β₁'s to β₃'s."""
+    if t_warmup is None or step >= t_warmup:
+        return beta3
+    import math
+
+    def half_life(beta: float) -> float:
+        return math.log(0.5) / math.log(beta + 1e-8) - 1
+
+    a = step / float(t_warmup)
+    return math.pow(0.5, 1 / ((1.0 - a) * half_life(beta1) + a * half_life(beta3) + 1))
+
+
+def pytorch_optimizer_reference(name: str) -> type:
+    """``pytorch_optimizer``'s class for ``name``, adapted to take ferroptim's arguments and to
+    keep ferroptim's state layout between steps (so that snapshots and state_dicts compare):
+    per-parameter state keys renamed, the per-group ``step`` kept as a per-parameter float32
+    ``step`` (Adan, AdEMAMix, Lamb) or as the group's ``k`` (ScheduleFreeAdamW, as the
+    authors' reference names it), Lamb's logging entries dropped. The arithmetic is
+    pytorch_optimizer's, except where it departs from the paper's reference code, replaced
+    here by the reference's formulas: AdEMAMix's warmup schedules, and no ``1e-15`` under
+    ScheduleFreeAdamW's square root."""
+    import pytorch_optimizer
+
+    cls_name, keys, per_param_step = PYTORCH_OPTIMIZER[name]
+    base = getattr(pytorch_optimizer, cls_name)
+
+    class Reference(base):  # type: ignore[misc, valid-type]
+        def __init__(self, params: Any, **kwargs: Any) -> None:
+            ours = dict(kwargs)
+            kwargs["foreach"] = False  # the for-loop implementation is the oracle
+            if name == "Adan":
+                kwargs["weight_decouple"] = kwargs.pop("no_prox", False)
+            elif name == "AdEMAMix":
+                warmups = {kwargs.pop("alpha_warmup", None), kwargs.pop("beta3_warmup", None)}
+                assert len(warmups) == 1, "the oracle has one warmup for alpha and beta3"
+                kwargs.update(weight_decouple=True, t_alpha_beta3=warmups.pop())
+                kwargs.setdefault("alpha", 2.0)
+            super().__init__(params, **kwargs)
+            for group in self.param_groups:  # ferroptim's group entries, for hand-overs
+                for key, value in ours.items():
+                    group.setdefault(key, value)
+                if name == "ScheduleFreeAdamW":
+                    group.setdefault("k", 0)
+
+        @staticmethod
+        def schedule_alpha(t: float | None, step: int, alpha: float) -> float:
+            return _ademamix_alpha(t, step, alpha)
+
+        @staticmethod
+        def schedule_beta3(t: float | None, step: int, beta1: float, beta3: float) -> float:
+            return _ademamix_beta3(t, step, beta1, beta3)
+
+        @staticmethod
+        def apply_ams_bound(ams_bound, exp_avg_sq, max_exp_avg_sq, eps, exp_avg_sq_eps=0.0):
+            return base.apply_ams_bound(ams_bound, exp_avg_sq, max_exp_avg_sq, eps, 0.0)
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            for group in self.param_groups:
+                group["foreach"] = False  # also in groups loaded from ferroptim's state_dict
+                if name == "Adan":
+                    group["weight_decouple"] = group.get("no_prox", False)
+                elif name == "AdEMAMix":
+                    group.update(weight_decouple=True, fixed_decay=False)
+                    group["t_alpha_beta3"] = group.get("alpha_warmup")
+                elif name == "Lamb":
+                    group.setdefault("rectify", False)
+                    group.setdefault("fixed_decay", False)
+                elif name == "ScheduleFreeAdamW":
+                    group["step"] = group["k"]
+                    group.setdefault("decoupling_c", 0)
+                    group.setdefault("ams_bound", False)
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if not state:
+                        continue
+                    if per_param_step and "step" in state:
+                        group["step"] = int(state.pop("step").item())
+                    for ours, theirs in keys.items():
+                        if ours in state:
+                            state[theirs] = state.pop(ours)
+            loss = super().step(closure)
+            for group in self.param_groups:
+                if name == "ScheduleFreeAdamW":
+                    group["k"] = group["step"]
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if not state:
+                        continue
+                    for ours, theirs in keys.items():
+                        if theirs in state:
+                            state[ours] = state.pop(theirs)
+                    for key in LAMB_LOG_KEYS if name == "Lamb" else ():
+                        state.pop(key, None)
+                    if per_param_step:
+                        state["step"] = torch.tensor(float(group["step"]))
+            return loss
+
+    Reference.__name__ = Reference.__qualname__ = f"Reference{cls_name}"
+    return Reference
 
 
 def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:

@@ -111,6 +111,21 @@ step_fn!(lion_step, lion_plan, Lion, "One Lion step over all groups.", {
 step_fn!(adopt_step, adopt_plan, Adopt, "One ADOPT step over all groups.", {
     lr, beta1, beta2, eps, clip_exponent, weight_decay, decouple, maximize
 });
+step_fn!(adan_step, adan_plan, Adan, "One Adan step over all groups.", {
+    lr, beta1, beta2, beta3, eps, weight_decay, no_prox, maximize
+});
+step_fn!(ademamix_step, ademamix_plan, AdEMAMix, "One AdEMAMix step over all groups.", {
+    lr, beta1, beta2, beta3, alpha, beta3_warmup, alpha_warmup, eps, weight_decay, maximize
+});
+step_fn!(schedule_free_adamw_step, schedule_free_adamw_plan, ScheduleFreeAdamW, "One Schedule-Free AdamW step over all groups.", {
+    lr, beta1, beta2, eps, weight_decay, ckp1, step, maximize
+});
+step_fn!(lamb_step, lamb_plan, Lamb, "One LAMB step over all groups.", {
+    lr, beta1, beta2, eps, weight_decay, weight_decouple, grad_averaging, adam, maximize
+});
+step_fn!(lars_step, lars_plan, Lars, "One LARS step over all groups.", {
+    lr, momentum, dampening, weight_decay, trust_coefficient, nesterov, trust, maximize
+});
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -139,5 +154,15 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lion_plan, m)?)?;
     m.add_function(wrap_pyfunction!(adopt_step, m)?)?;
     m.add_function(wrap_pyfunction!(adopt_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(adan_step, m)?)?;
+    m.add_function(wrap_pyfunction!(adan_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(ademamix_step, m)?)?;
+    m.add_function(wrap_pyfunction!(ademamix_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(schedule_free_adamw_step, m)?)?;
+    m.add_function(wrap_pyfunction!(schedule_free_adamw_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(lamb_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lamb_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(lars_step, m)?)?;
+    m.add_function(wrap_pyfunction!(lars_plan, m)?)?;
     Ok(())
 }

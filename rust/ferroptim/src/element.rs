@@ -35,6 +35,8 @@ pub trait Float:
     /// `self · a + b` with one rounding (IEEE fused multiply-add): ATen's CPU kernels compute
     /// `x + α·y` (`add` with `alpha`, `addcmul`, `lerp`) this way on FMA hardware.
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// The value as `f64` (exact).
+    fn to_f64(self) -> f64;
 }
 
 macro_rules! impl_float {
@@ -66,6 +68,10 @@ macro_rules! impl_float {
             #[inline(always)]
             fn mul_add(self, a: Self, b: Self) -> Self {
                 <$t>::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                f64::from(self)
             }
         }
     };

@@ -47,7 +47,8 @@ pub use driver::{
     step, step_params, step_unscaling, step_with_grads, Group, ParamState, ParamTensors, StepCache,
 };
 pub use error::{Error, Result};
-pub use rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
+pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
+pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{
     Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
 };

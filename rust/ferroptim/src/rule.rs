@@ -47,7 +47,36 @@ pub trait Rule: Sync {
     /// Updates one element: returns the new parameter value and updates `state` in place.
     /// `state.len()` equals `self.state_names().len()`.
     fn update<F: Float>(s: &Self::Scalars, param: F, grad: F, state: &mut [F]) -> F;
+
+    /// How many per-tensor sums of squares the parameter's update needs (at most
+    /// [`MAX_NORMS`]; e.g. LAMB's and LARS's trust ratios need two norms). The default, 0,
+    /// is a purely elementwise rule. When nonzero, the driver first reduces
+    /// [`Rule::norm_terms`] over the whole tensor, then calls [`Rule::with_norms`], then runs
+    /// [`Rule::update`] (see `driver/norms.rs`).
+    fn norms(_s: &Self::Scalars) -> usize {
+        0
+    }
+
+    /// The values whose squares the driver sums over the tensor (the first [`Rule::norms`] of
+    /// them), computed from the element's current parameter, gradient and state without
+    /// changing anything (e.g. the decayed parameter and the update direction). Pure, like
+    /// [`Rule::update`].
+    fn norm_terms<F: Float>(
+        _s: &Self::Scalars,
+        _param: F,
+        _grad: F,
+        _state: &[F],
+    ) -> [F; MAX_NORMS] {
+        [F::ZERO; MAX_NORMS]
+    }
+
+    /// Completes the parameter's scalars from the sums of squares (`sums[k]` = Σ
+    /// `norm_terms[k]²`, accumulated in `f64` in a fixed order whatever the thread count).
+    fn with_norms(_s: &mut Self::Scalars, _sums: [f64; MAX_NORMS]) {}
 }
+
+/// Largest number of per-tensor sums of squares a rule may ask for (see [`Rule::norms`]).
+pub const MAX_NORMS: usize = 2;
 
 /// The value of a one-element scalar state tensor, read as `f64` and written back in the
 /// tensor's own dtype, so that rules round exactly as torch's in-place tensor arithmetic does.

@@ -2,6 +2,7 @@
 
 mod fast;
 mod kernel;
+mod norms;
 mod validate;
 
 use crate::error::{Error, Result};
@@ -288,7 +289,9 @@ fn run<R: Rule, E: Entry>(
         let m = staged.as_ref().map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
     }
-    kernel::run::<R>(&jobs, tch::get_num_threads().max(1) as usize)?;
+    let threads = tch::get_num_threads().max(1) as usize;
+    norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
+    kernel::run::<R>(&jobs, threads)?;
     drop(jobs);
 
     for ((_, pt), staged) in entries().zip(&staged) {
