@@ -10,17 +10,20 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from ferroptim import _core
 from ferroptim.adadelta import Adadelta
+from ferroptim.adafactor import Adafactor
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
 from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
 from ferroptim.lion import Lion
+from ferroptim.muon import Muon
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
 from ferroptim.rmsprop import RMSprop
 from ferroptim.rprop import Rprop
 from ferroptim.sgd import SGD
+from ferroptim.sparse_adam import SparseAdam
 
 __version__ = _core.__version__
 __all__ = [
@@ -28,14 +31,17 @@ __all__ = [
     "ASGD",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
     "Adamax",
     "Lion",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
+    "SparseAdam",
     "__version__",
 ]

@@ -133,3 +133,51 @@ def adadelta_step(groups: Sequence[AdadeltaGroup], grad_scale: float | None = No
 def asgd_step(groups: Sequence[AsgdGroup], grad_scale: float | None = None) -> None: ...
 def lion_step(groups: Sequence[LionGroup], grad_scale: float | None = None) -> None: ...
 def adopt_step(groups: Sequence[AdoptGroup], grad_scale: float | None = None) -> None: ...
+
+# Tensor rules (rust/ferroptim/src/tensor_rules/): ATen operations in torch's order, one call
+# for all groups, GIL released; no grad_scale (GradScaler unscales before the step). Each list
+# has one entry per parameter with a gradient.
+
+class AdafactorGroup(TypedDict):
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]
+    steps: Sequence[torch.Tensor]  # `step` (0-d), incremented in place
+    row_vars: Sequence[torch.Tensor | None]  # factored (dim > 1) parameters only
+    col_vars: Sequence[torch.Tensor | None]
+    variances: Sequence[torch.Tensor | None]  # dim <= 1 parameters only
+    lr: float
+    beta2_decay: float
+    eps1: float | None
+    eps2: float
+    d: float
+    weight_decay: float
+    maximize: bool
+
+class MuonGroup(TypedDict):
+    params: Sequence[torch.Tensor]  # 2-D
+    grads: Sequence[torch.Tensor]
+    momentum_buffers: Sequence[torch.Tensor]
+    lr: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    ns_coefficients: tuple[float, float, float]
+    eps: float
+    ns_steps: int
+    adjust_lr_fn: str | None
+
+class SparseAdamGroup(TypedDict):
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]  # sparse COO
+    exp_avgs: Sequence[torch.Tensor]
+    exp_avg_sqs: Sequence[torch.Tensor]
+    steps: Sequence[int]  # step counts including this step
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    maximize: bool
+
+def adafactor_step(groups: Sequence[AdafactorGroup]) -> None: ...
+def muon_step(groups: Sequence[MuonGroup]) -> None: ...
+def sparse_adam_step(groups: Sequence[SparseAdamGroup]) -> None: ...

@@ -17,6 +17,7 @@ from typing import Any
 import ferroptim
 import torch
 from torch import nn
+from torch.testing._internal.common_optimizers import optim_db
 
 # (rtol, atol) for "ours vs torch for-loop" on full-precision trajectories.
 TOLERANCES = {
@@ -55,11 +56,51 @@ def reference_class(name: str) -> type:
     return getattr(torch.optim, name)
 
 
+# Classes written with ATen operations rather than the fused driver (``tensor_rules/``): torch's
+# numbers bit for bit, GradScaler unscales before their step (no ``grad_scale`` hand-over).
+TENSOR_RULES = ("Adafactor", "Muon", "SparseAdam")
+# What torch's optim_db says these classes need of a problem: sparse gradients, or (Muon,
+# which rejects other parameters in its constructor) only 2-D parameters.
+SPARSE_GRAD_CLASSES = frozenset(
+    info.optim_cls.__name__ for info in optim_db if info.only_supports_sparse_grads
+)
+MATRIX_ONLY_CLASSES = frozenset({"Muon"})
+
+
+def adapt_params(name: str, params: Any) -> Any:
+    """``params`` (tensors or group dicts) restricted to what class ``name`` accepts: only
+    the 2-D parameters for the Muon family; unchanged otherwise."""
+    if name not in MATRIX_ONLY_CLASSES:
+        return params
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            out.append({**item, "params": [p for p in item["params"] if p.ndim == 2]})
+        elif item.ndim == 2:
+            out.append(item)
+    return out
+
+
+def sparsify_grads(params: Any, step: int) -> None:
+    """Replace each gradient by a sparse COO tensor holding about two thirds of its rows
+    (which rows changes with ``step``), as SparseAdam needs: the dropped rows exercise its
+    masking."""
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad
+        rows = torch.arange(g.shape[0]) if g.dim() else torch.zeros(())
+        keep = ((rows + step) % 3 != 0).reshape(-1, *([1] * max(g.dim() - 1, 0)))
+        p.grad = torch.where(keep, g, torch.zeros_like(g)).to_sparse()
+
+
 def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """Build optimizer ``name`` from ``impl``: 'ours' (ferroptim), 'forloop' / 'fused'
     (torch.optim's for-loop / fused CPU implementation) or 'fp32ref' (:class:`Fp32Reference`).
+    Parameters the class does not accept are left out (:func:`adapt_params`).
     """
     kwargs = copy.deepcopy(kwargs)  # tensor hyperparameters must not be shared
+    params = adapt_params(name, params)
     if impl == "ours":
         return getattr(OURS, name)(params, **kwargs)
     cls = reference_class(name)
@@ -121,22 +162,28 @@ def train(
     loss_sign: float = 1.0,
 ) -> list[list[float]]:
     """Run ``steps`` optimizer steps on ``loss_sign * mlp_loss``; returns the lr of every
-    group before each step."""
+    group before each step. Optimizers that take only sparse gradients get them
+    (:func:`sparsify_grads`)."""
     lrs = []
-    for _ in range(steps):
+    sparse = any(c.__name__ in SPARSE_GRAD_CLASSES for c in type(opt).__mro__)
+    for k in range(steps):
         lrs.append([float(g["lr"]) for g in opt.param_groups])
         if use_closure:
 
-            def closure() -> torch.Tensor:
+            def closure(k: int = k) -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
                 loss = loss_sign * mlp_loss(model, data)
                 loss.backward()
+                if sparse:
+                    sparsify_grads(model.parameters(), k)
                 return loss
 
             opt.step(closure)
         else:
             opt.zero_grad(set_to_none=True)
             (loss_sign * mlp_loss(model, data)).backward()
+            if sparse:
+                sparsify_grads(model.parameters(), k)
             opt.step()
         if scheduler is not None:
             scheduler.step()
@@ -165,7 +212,7 @@ def snapshot(params: Any, opt: Any) -> Snapshot:
 
 
 def _check_step_format(key: str, value: Any, where: str) -> None:
-    if key == "step":
+    if key == "step" and not isinstance(value, int):  # SparseAdam counts in a Python int
         assert torch.is_tensor(value), f"{where}: state['step'] is {type(value)}, not a tensor"
         assert value.dtype == torch.float32 and value.dim() == 0 and value.device.type == "cpu", (
             f"{where}: state['step'] must be a float32 0-d CPU tensor, got "
@@ -204,6 +251,9 @@ def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "")
         assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)}, {sorted(se)}"
         for key in se:
             a, e = sa[key], se[key]
+            if not torch.is_tensor(e):  # e.g. SparseAdam's int step
+                assert type(a) is type(e) and a == e, f"{what} param {i} state[{key!r}]: {a}, {e}"
+                continue
             assert a.dtype == e.dtype, f"{what} param {i} state[{key!r}]: {a.dtype} != {e.dtype}"
             assert torch.equal(a, e), (
                 f"{what} param {i} state[{key!r}] differs: max abs diff {max_abs_diff(a, e)}"

@@ -42,6 +42,7 @@ pub mod element;
 mod error;
 mod rule;
 pub mod rules;
+pub mod tensor_rules;
 
 pub use driver::{step, step_unscaling, Group, ParamTensors};
 pub use error::{Error, Result};
