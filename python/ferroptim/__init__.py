@@ -16,6 +16,7 @@ from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
 from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
+from ferroptim.lbfgs import LBFGS
 from ferroptim.lion import Lion
 from ferroptim.muon import Muon
 from ferroptim.nadam import NAdam
@@ -29,6 +30,7 @@ __version__ = _core.__version__
 __all__ = [
     "ADOPT",
     "ASGD",
+    "LBFGS",
     "SGD",
     "Adadelta",
     "Adafactor",

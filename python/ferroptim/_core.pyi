@@ -7,8 +7,8 @@ writes the unscaled gradient back (loss scaling, as torch's fused kernels). The 
 keys are the fields of the Rust rule (``rust/ferroptim/src/rules/``).
 """
 
-from collections.abc import Sequence
-from typing import TypedDict
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
 
 import torch
 
@@ -181,3 +181,12 @@ class SparseAdamGroup(TypedDict):
 def adafactor_step(groups: Sequence[AdafactorGroup]) -> None: ...
 def muon_step(groups: Sequence[MuonGroup]) -> None: ...
 def sparse_adam_step(groups: Sequence[SparseAdamGroup]) -> None: ...
+def lbfgs_step(
+    params: Sequence[torch.Tensor],
+    closure: Callable[[], tuple[float, list[torch.Tensor | None]]],
+    state: dict[str, Any],
+    group: dict[str, Any],
+) -> dict[str, Any]:
+    """One torch.optim.LBFGS step; ``state`` is torch's ``state[params[0]]`` (read), the
+    entries to store are returned. ``group``: lr (float or 0-d tensor), max_iter, max_eval,
+    tolerance_grad, tolerance_change, history_size, strong_wolfe (bool). GIL held."""

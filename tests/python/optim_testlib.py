@@ -58,13 +58,16 @@ def reference_class(name: str) -> type:
 
 # Classes written with ATen operations rather than the fused driver (``tensor_rules/``): torch's
 # numbers bit for bit, GradScaler unscales before their step (no ``grad_scale`` hand-over).
-TENSOR_RULES = ("Adafactor", "Muon", "SparseAdam")
+TENSOR_RULES = ("Adafactor", "LBFGS", "Muon", "SparseAdam")
 # What torch's optim_db says these classes need of a problem: sparse gradients, or (Muon,
 # which rejects other parameters in its constructor) only 2-D parameters.
 SPARSE_GRAD_CLASSES = frozenset(
     info.optim_cls.__name__ for info in optim_db if info.only_supports_sparse_grads
 )
 MATRIX_ONLY_CLASSES = frozenset({"Muon"})
+CLOSURE_CLASSES = frozenset(
+    info.optim_cls.__name__ for info in optim_db if info.step_requires_closure
+)
 
 
 def adapt_params(name: str, params: Any) -> Any:
@@ -163,9 +166,11 @@ def train(
 ) -> list[list[float]]:
     """Run ``steps`` optimizer steps on ``loss_sign * mlp_loss``; returns the lr of every
     group before each step. Optimizers that take only sparse gradients get them
-    (:func:`sparsify_grads`)."""
+    (:func:`sparsify_grads`); those whose step needs a closure (LBFGS) get one."""
     lrs = []
-    sparse = any(c.__name__ in SPARSE_GRAD_CLASSES for c in type(opt).__mro__)
+    names = {c.__name__ for c in type(opt).__mro__}
+    sparse = bool(names & SPARSE_GRAD_CLASSES)
+    use_closure = use_closure or bool(names & CLOSURE_CLASSES)
     for k in range(steps):
         lrs.append([float(g["lr"]) for g in opt.param_groups])
         if use_closure:
@@ -232,13 +237,37 @@ def assert_snapshots_close(
         assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)}, {sorted(se)}"
         for key in se:
             _check_step_format(key, sa[key], f"{what} param {i}")
-            torch.testing.assert_close(
-                sa[key],
-                se[key],
-                rtol=rtol,
-                atol=atol,
-                msg=lambda m, i=i, key=key: f"{what} param {i} state[{key!r}]: {m}",
-            )
+            _assert_value_close(sa[key], se[key], rtol, atol, f"{what} param {i} state[{key!r}]")
+
+
+def _assert_value_close(a: Any, e: Any, rtol: float, atol: float, where: str) -> None:
+    """Tensors close; Python numbers of the same type and close; lists (LBFGS's history)
+    element by element; None only as None."""
+    if isinstance(e, (list, tuple)):
+        assert type(a) is type(e) and len(a) == len(e), f"{where}: {type(a)} vs {type(e)}"
+        for k, (x, y) in enumerate(zip(a, e)):
+            _assert_value_close(x, y, rtol, atol, f"{where}[{k}]")
+        return
+    if e is None or not torch.is_tensor(e):
+        assert type(a) is type(e), f"{where}: {type(a).__name__} vs {type(e).__name__}"
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
+        return
+    torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
+
+
+def _assert_value_equal(a: Any, e: Any, where: str) -> None:
+    """As :func:`_assert_value_close`, bit for bit (dtype included)."""
+    if isinstance(e, (list, tuple)):
+        assert type(a) is type(e) and len(a) == len(e), f"{where}: {type(a)} vs {type(e)}"
+        for k, (x, y) in enumerate(zip(a, e)):
+            _assert_value_equal(x, y, f"{where}[{k}]")
+        return
+    if not torch.is_tensor(e):
+        assert type(a) is type(e) and a == e, f"{where}: {a!r} vs {e!r}"
+        return
+    assert torch.is_tensor(a) and a.dtype == e.dtype, f"{where}: {a!r} vs dtype {e.dtype}"
+    assert torch.equal(a, e), f"{where} differs: max abs diff {max_abs_diff(a, e)}"
 
 
 def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "") -> None:
@@ -250,14 +279,7 @@ def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "")
     for i, (sa, se) in enumerate(zip(actual.state, expected.state)):
         assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)}, {sorted(se)}"
         for key in se:
-            a, e = sa[key], se[key]
-            if not torch.is_tensor(e):  # e.g. SparseAdam's int step
-                assert type(a) is type(e) and a == e, f"{what} param {i} state[{key!r}]: {a}, {e}"
-                continue
-            assert a.dtype == e.dtype, f"{what} param {i} state[{key!r}]: {a.dtype} != {e.dtype}"
-            assert torch.equal(a, e), (
-                f"{what} param {i} state[{key!r}] differs: max abs diff {max_abs_diff(a, e)}"
-            )
+            _assert_value_equal(sa[key], se[key], f"{what} param {i} state[{key!r}]")
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -270,7 +292,17 @@ def snapshot_max_diff(a: Snapshot, b: Snapshot) -> float:
     """Largest absolute difference over parameters and floating-point state tensors."""
     diffs = [max_abs_diff(x, y) for x, y in zip(a.params, b.params)]
     for sa, sb in zip(a.state, b.state):
-        diffs += [max_abs_diff(sa[k], sb[k]) for k in sb if k != "step"]
+        for k in sb:
+            x, y = sa[k], sb[k]
+            pairs = zip(x, y) if isinstance(y, (list, tuple)) else [(x, y)]
+            diffs += [
+                max_abs_diff(u, v)
+                for u, v in pairs
+                if k != "step"
+                and torch.is_tensor(u)
+                and torch.is_tensor(v)
+                and u.is_floating_point()
+            ]
     return max(diffs, default=0.0)
 
 

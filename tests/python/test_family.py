@@ -41,6 +41,7 @@ CONFIGS = {
     "Adafactor": {"lr": 0.02, "beta2_decay": -0.7, "d": 1.2, "weight_decay": 0.05},
     "Muon": {"lr": 0.01, "momentum": 0.9, "nesterov": False, "adjust_lr_fn": "match_rms_adamw"},
     "SparseAdam": {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6},
+    "LBFGS": {"lr": 0.5, "max_iter": 4, "history_size": 3, "line_search_fn": "strong_wolfe"},
 }
 NAMES = [n for n in OURS.__all__ if n != "__version__"]
 TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]

@@ -233,7 +233,7 @@ def test_grad_scaler_unscales_before_the_step_as_for_torch(name):
     assert_snapshots_equal(snaps[0], snaps[1], what=f"{name} GradScaler")
 
 
-@pytest.mark.parametrize("name", ["Adafactor", "Muon", "SparseAdam"])
+@pytest.mark.parametrize("name", ["Adafactor", "LBFGS", "Muon", "SparseAdam"])
 def test_state_dict_round_trip_through_torch_keeps_training_identical(name):
     """ours → torch → ours: after every hand-over the run continues as torch's own run."""
     data = make_data(torch.float64)
@@ -249,3 +249,92 @@ def test_state_dict_round_trip_through_torch_keeps_training_identical(name):
             train(model, opt, data, 5)
         runs.append(snapshot(model.parameters(), opt))
     assert_snapshots_equal(runs[0], runs[1], what=f"{name} round trip")
+
+
+# ----------------------------------------------------------------------------------------
+# LBFGS
+# ----------------------------------------------------------------------------------------
+
+
+def lbfgs_run(impl: str, kwargs: dict, dtype=torch.float64, steps: int = 4):
+    model = make_mlp(dtype)
+    data = make_data(dtype)
+    opt = make_opt(impl, "LBFGS", model.parameters(), **kwargs)
+    losses = []
+    for _ in range(steps):
+
+        def closure():
+            opt.zero_grad()
+            loss = mlp_loss(model, data)
+            loss.backward()
+            return loss
+
+        losses.append(opt.step(closure))
+    return snapshot(model.parameters(), opt), losses, opt.state[opt._params[0]]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_iter": 1},  # no re-evaluation inside a step
+        {"line_search_fn": "strong_wolfe", "max_eval": 6},  # line search runs out of evaluations
+        {"line_search_fn": "strong_wolfe", "history_size": 2, "lr": 0.3},
+        {"history_size": 1, "tolerance_change": 1e-3, "lr": torch.tensor(0.2)},
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lbfgs_matches_torch_bit_for_bit_including_state_types(kwargs, dtype):
+    """Iterates, the returned (first) losses, evaluation counts and every state entry with
+    its Python type (ints, floats, 0-d tensors, lists) equal torch's."""
+    ours, our_losses, our_state = lbfgs_run("ours", kwargs, dtype)
+    ref, ref_losses, ref_state = lbfgs_run("forloop", kwargs, dtype)
+    assert_snapshots_equal(ours, ref, what=f"LBFGS {kwargs} {dtype}")
+    assert [x.item() for x in our_losses] == [x.item() for x in ref_losses]
+    assert all(torch.is_tensor(x) and x.requires_grad for x in our_losses)
+    assert sorted(our_state) == sorted(ref_state)
+    assert our_state["func_evals"] == ref_state["func_evals"] >= 4
+
+
+def test_lbfgs_stops_at_once_when_the_gradient_is_already_small():
+    """torch returns after one evaluation, storing only the counters: so does ferroptim."""
+    states = []
+    for impl in ("ours", "forloop"):
+        p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        opt = make_opt(impl, "LBFGS", [p])
+        opt.step(lambda p=p: ((p - 1e-9) ** 2).sum().backward() or (p**2).sum())
+        states.append(dict(opt.state[p]))
+    assert states[0] == states[1] == {"func_evals": 1, "n_iter": 0}
+
+
+def test_lbfgs_closure_errors_propagate_unchanged():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = OURS.LBFGS([p])
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyError("from the closure")
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    with pytest.raises(KeyError, match="from the closure"):
+        opt.step(closure)
+
+
+def test_lbfgs_rejects_an_unknown_line_search_as_torch_does():
+    messages = []
+    for impl in ("ours", "forloop"):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = make_opt(impl, "LBFGS", [p], line_search_fn="armijo")
+
+        def closure(p=p):
+            p.grad = 2 * p.detach()
+            return (p**2).sum()
+
+        with pytest.raises(RuntimeError) as err:
+            opt.step(closure)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]

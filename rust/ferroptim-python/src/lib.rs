@@ -6,6 +6,7 @@
 
 mod error;
 mod groups;
+mod lbfgs;
 mod rules;
 mod tensor;
 mod tensor_rules;

@@ -197,5 +197,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adafactor_step, m)?)?;
     m.add_function(wrap_pyfunction!(muon_step, m)?)?;
     m.add_function(wrap_pyfunction!(sparse_adam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::lbfgs::lbfgs_step, m)?)?;
     Ok(())
 }

@@ -81,7 +81,7 @@ int32_t ferroptim_vector_norm(const at::Tensor* self, double ord, int64_t dim, i
 
 // Python's `self <op> value` / `self.<op>_(value)` for a Python float `value`: the Tensor
 // overload with a wrapped-number double tensor, as torch's argument parser passes it.
-// op: 0 mul, 1 add, 2 div. In place when `inplace` (then `out` is untouched), else `*out`
+// op: 0 mul, 1 add, 2 div, 3 sub, 4 gt, 5 lt, 6 ge, 7 le (comparisons out of place). In place when `inplace` (then `out` is untouched), else `*out`
 // receives the result. Returns 1 on success.
 int32_t ferroptim_scalar_op(const at::Tensor* self, int32_t op, double value, int32_t inplace,
                             at::Tensor** out, char* err, size_t cap) noexcept {
@@ -92,14 +92,21 @@ int32_t ferroptim_scalar_op(const at::Tensor* self, int32_t op, double value, in
       switch (op) {
         case 0: self->mul_(s); break;
         case 1: self->add_(s); break;
-        default: self->div_(s); break;
+        case 2: self->div_(s); break;
+        case 3: self->sub_(s); break;
+        default: return report("comparison cannot be in place", err, cap);
       }
       return 1;
     }
     switch (op) {
       case 0: *out = new at::Tensor(self->mul(s)); break;
       case 1: *out = new at::Tensor(self->add(s)); break;
-      default: *out = new at::Tensor(self->div(s)); break;
+      case 2: *out = new at::Tensor(self->div(s)); break;
+      case 3: *out = new at::Tensor(self->sub(s)); break;
+      case 4: *out = new at::Tensor(self->gt(s)); break;
+      case 5: *out = new at::Tensor(self->lt(s)); break;
+      case 6: *out = new at::Tensor(self->ge(s)); break;
+      default: *out = new at::Tensor(self->le(s)); break;
     }
     return 1;
   } catch (const std::exception& e) {

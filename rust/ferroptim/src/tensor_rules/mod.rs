@@ -1,5 +1,5 @@
-//! Optimizers that are not elementwise: per-tensor reductions, matrix products or sparse
-//! gradients. Each is written with tch (ATen) operations in exactly the order of
+//! Optimizers that are not elementwise: per-tensor reductions, matrix products, sparse
+//! gradients, or (L-BFGS) a closure evaluated inside the step. Each is written with tch (ATen) operations in exactly the order of
 //! torch.optim's single-tensor (for-loop) implementation, so that its results are
 //! bit-identical to torch's on every dtype and device ATen supports.
 //!
@@ -8,7 +8,10 @@
 //! checked before any tensor is modified.
 
 pub mod adafactor;
+pub mod lbfgs;
+mod line_search;
 pub mod muon;
+mod num;
 pub mod sparse_adam;
 
 use crate::error::{Error, Result};
@@ -16,7 +19,9 @@ use std::ffi::{c_char, c_void, CStr};
 use tch::{Kind, TchError, Tensor};
 
 pub use adafactor::{Adafactor, AdafactorGroup, AdafactorParam};
+pub use lbfgs::{Lbfgs, LbfgsState};
 pub use muon::{Muon, MuonGroup, MuonParam};
+pub use num::Num;
 pub use sparse_adam::{SparseAdam, SparseAdamGroup, SparseAdamParam};
 
 extern "C" {
@@ -94,6 +99,11 @@ pub(crate) enum ScalarOp {
     Mul = 0,
     Add = 1,
     Div = 2,
+    Sub = 3,
+    Gt = 4,
+    Lt = 5,
+    Ge = 6,
+    Le = 7,
 }
 
 /// `t.mul_(value)` / `t.add_(value)` / `t.div_(value)` with a Python float `value`: torch's
