@@ -2,8 +2,9 @@
 
 Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
 ``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion`` and ``ADOPT`` follow their
-reference implementations. Each updates every parameter of every group in one native,
-multi-threaded call per ``step()``.
+reference implementations. Each updates every parameter of every group in one native call per
+``step()``: a fused multi-threaded pass for the elementwise algorithms, torch's own ATen
+operations in torch's order for ``Adafactor``, ``Muon``, ``SparseAdam`` and ``LBFGS``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
