@@ -3,14 +3,17 @@
 Every torch.optim class here takes the same arguments, defaults, ``param_groups`` and
 ``state_dict`` as its ``torch.optim`` namesake (torch 2.11); ``Lion``, ``ADOPT``, ``Adan``,
 ``AdEMAMix``, ``ScheduleFreeAdamW``, ``Lamb`` and ``LARS`` follow their reference
-implementations. Each updates every parameter of every group in one native, multi-threaded
-call per ``step()``.
+implementations. Each updates every parameter of every group in one native call per
+``step()``: a fused multi-threaded pass for the elementwise algorithms (and a per-tensor norm
+pass first for ``Lamb`` and ``LARS``), torch's own ATen operations in torch's order for
+``Adafactor``, ``Muon``, ``SparseAdam`` and ``LBFGS``.
 """
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from ferroptim import _core
 from ferroptim.adadelta import Adadelta
+from ferroptim.adafactor import Adafactor
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
 from ferroptim.adamax import Adamax
@@ -20,21 +23,26 @@ from ferroptim.adopt import ADOPT
 from ferroptim.asgd import ASGD
 from ferroptim.lamb import Lamb
 from ferroptim.lars import LARS
+from ferroptim.lbfgs import LBFGS
 from ferroptim.lion import Lion
+from ferroptim.muon import Muon
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
 from ferroptim.rmsprop import RMSprop
 from ferroptim.rprop import Rprop
 from ferroptim.schedule_free import ScheduleFreeAdamW
 from ferroptim.sgd import SGD
+from ferroptim.sparse_adam import SparseAdam
 
 __version__ = _core.__version__
 __all__ = [
     "ADOPT",
     "ASGD",
     "LARS",
+    "LBFGS",
     "SGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -43,10 +51,12 @@ __all__ = [
     "Adan",
     "Lamb",
     "Lion",
+    "Muon",
     "NAdam",
     "RAdam",
     "RMSprop",
     "Rprop",
     "ScheduleFreeAdamW",
+    "SparseAdam",
     "__version__",
 ]

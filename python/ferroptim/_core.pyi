@@ -10,7 +10,7 @@ Every ``*_plan`` function makes a :class:`Plan`: the optimizer's parameters and 
 once, so that later steps convert nothing per parameter (see ``rust/ferroptim-python/src/plan.rs``).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import torch
@@ -227,3 +227,60 @@ def adadelta_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: 
 def asgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def lion_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adopt_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+
+# Tensor rules (rust/ferroptim/src/tensor_rules/): ATen operations in torch's order, one call
+# for all groups, GIL released; no grad_scale (GradScaler unscales before the step). Each list
+# has one entry per parameter with a gradient.
+
+class AdafactorGroup(TypedDict):
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]
+    steps: Sequence[torch.Tensor]  # `step` (0-d), incremented in place
+    row_vars: Sequence[torch.Tensor | None]  # factored (dim > 1) parameters only
+    col_vars: Sequence[torch.Tensor | None]
+    variances: Sequence[torch.Tensor | None]  # dim <= 1 parameters only
+    lr: float
+    beta2_decay: float
+    eps1: float | None
+    eps2: float
+    d: float
+    weight_decay: float
+    maximize: bool
+
+class MuonGroup(TypedDict):
+    params: Sequence[torch.Tensor]  # 2-D
+    grads: Sequence[torch.Tensor]
+    momentum_buffers: Sequence[torch.Tensor]
+    lr: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    ns_coefficients: tuple[float, float, float]
+    eps: float
+    ns_steps: int
+    adjust_lr_fn: str | None
+
+class SparseAdamGroup(TypedDict):
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]  # sparse COO
+    exp_avgs: Sequence[torch.Tensor]
+    exp_avg_sqs: Sequence[torch.Tensor]
+    steps: Sequence[int]  # step counts including this step
+    lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    maximize: bool
+
+def adafactor_step(groups: Sequence[AdafactorGroup]) -> None: ...
+def muon_step(groups: Sequence[MuonGroup]) -> None: ...
+def sparse_adam_step(groups: Sequence[SparseAdamGroup]) -> None: ...
+def lbfgs_step(
+    params: Sequence[torch.Tensor],
+    closure: Callable[[], tuple[float, list[torch.Tensor | None]]],
+    state: dict[str, Any],
+    group: dict[str, Any],
+) -> dict[str, Any]:
+    """One torch.optim.LBFGS step; ``state`` is torch's ``state[params[0]]`` (read), the
+    entries to store are returned. ``group``: lr (float or 0-d tensor), max_iter, max_eval,
+    tolerance_grad, tolerance_change, history_size, strong_wolfe (bool). GIL held."""

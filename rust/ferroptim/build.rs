@@ -1,10 +1,11 @@
-//! Compiles `csrc/inspect.cpp` against the headers of the libtorch that torch-sys links.
+//! Compiles `csrc/inspect.cpp` and `csrc/ops.cpp` against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/inspect.cpp");
+    println!("cargo:rerun-if-changed=csrc/ops.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -12,9 +13,7 @@ fn main() {
         Ok(dir) => PathBuf::from(dir),
         Err(_) => {
             // doc-only builds of torch-sys report nothing: nothing to compile against.
-            println!(
-                "cargo:warning=torch-sys reported no libtorch directory; skipping inspect.cpp"
-            );
+            println!("cargo:warning=torch-sys reported no libtorch directory; skipping csrc/");
             return;
         }
     };
@@ -32,6 +31,7 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi())
         .file("csrc/inspect.cpp")
+        .file("csrc/ops.cpp")
         .compile("ferroptim_inspect");
 }
 

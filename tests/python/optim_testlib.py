@@ -17,6 +17,7 @@ from typing import Any
 import ferroptim
 import torch
 from torch import nn
+from torch.testing._internal.common_optimizers import optim_db
 
 # (rtol, atol) for "ours vs torch for-loop" on full-precision trajectories.
 TOLERANCES = {
@@ -187,11 +188,54 @@ def pytorch_optimizer_reference(name: str) -> type:
     return Reference
 
 
+# Classes written with ATen operations rather than the fused driver (``tensor_rules/``): torch's
+# numbers bit for bit, GradScaler unscales before their step (no ``grad_scale`` hand-over).
+TENSOR_RULES = ("Adafactor", "LBFGS", "Muon", "SparseAdam")
+# What torch's optim_db says these classes need of a problem: sparse gradients, or (Muon,
+# which rejects other parameters in its constructor) only 2-D parameters.
+SPARSE_GRAD_CLASSES = frozenset(
+    info.optim_cls.__name__ for info in optim_db if info.only_supports_sparse_grads
+)
+MATRIX_ONLY_CLASSES = frozenset({"Muon"})
+CLOSURE_CLASSES = frozenset(
+    info.optim_cls.__name__ for info in optim_db if info.step_requires_closure
+)
+
+
+def adapt_params(name: str, params: Any) -> Any:
+    """``params`` (tensors or group dicts) restricted to what class ``name`` accepts: only
+    the 2-D parameters for the Muon family; unchanged otherwise."""
+    if name not in MATRIX_ONLY_CLASSES:
+        return params
+    out = []
+    for item in params:
+        if isinstance(item, dict):
+            out.append({**item, "params": [p for p in item["params"] if p.ndim == 2]})
+        elif item.ndim == 2:
+            out.append(item)
+    return out
+
+
+def sparsify_grads(params: Any, step: int) -> None:
+    """Replace each gradient by a sparse COO tensor holding about two thirds of its rows
+    (which rows changes with ``step``), as SparseAdam needs: the dropped rows exercise its
+    masking."""
+    for p in params:
+        if p.grad is None:
+            continue
+        g = p.grad
+        rows = torch.arange(g.shape[0]) if g.dim() else torch.zeros(())
+        keep = ((rows + step) % 3 != 0).reshape(-1, *([1] * max(g.dim() - 1, 0)))
+        p.grad = torch.where(keep, g, torch.zeros_like(g)).to_sparse()
+
+
 def make_opt(impl: str, name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """Build optimizer ``name`` from ``impl``: 'ours' (ferroptim), 'forloop' / 'fused'
     (torch.optim's for-loop / fused CPU implementation) or 'fp32ref' (:class:`Fp32Reference`).
+    Parameters the class does not accept are left out (:func:`adapt_params`).
     """
     kwargs = copy.deepcopy(kwargs)  # tensor hyperparameters must not be shared
+    params = adapt_params(name, params)
     if impl == "ours":
         return getattr(OURS, name)(params, **kwargs)
     cls = reference_class(name)
@@ -253,22 +297,30 @@ def train(
     loss_sign: float = 1.0,
 ) -> list[list[float]]:
     """Run ``steps`` optimizer steps on ``loss_sign * mlp_loss``; returns the lr of every
-    group before each step."""
+    group before each step. Optimizers that take only sparse gradients get them
+    (:func:`sparsify_grads`); those whose step needs a closure (LBFGS) get one."""
     lrs = []
-    for _ in range(steps):
+    names = {c.__name__ for c in type(opt).__mro__}
+    sparse = bool(names & SPARSE_GRAD_CLASSES)
+    use_closure = use_closure or bool(names & CLOSURE_CLASSES)
+    for k in range(steps):
         lrs.append([float(g["lr"]) for g in opt.param_groups])
         if use_closure:
 
-            def closure() -> torch.Tensor:
+            def closure(k: int = k) -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
                 loss = loss_sign * mlp_loss(model, data)
                 loss.backward()
+                if sparse:
+                    sparsify_grads(model.parameters(), k)
                 return loss
 
             opt.step(closure)
         else:
             opt.zero_grad(set_to_none=True)
             (loss_sign * mlp_loss(model, data)).backward()
+            if sparse:
+                sparsify_grads(model.parameters(), k)
             opt.step()
         if scheduler is not None:
             scheduler.step()
@@ -297,7 +349,7 @@ def snapshot(params: Any, opt: Any) -> Snapshot:
 
 
 def _check_step_format(key: str, value: Any, where: str) -> None:
-    if key == "step":
+    if key == "step" and not isinstance(value, int):  # SparseAdam counts in a Python int
         assert torch.is_tensor(value), f"{where}: state['step'] is {type(value)}, not a tensor"
         assert value.dtype == torch.float32 and value.dim() == 0 and value.device.type == "cpu", (
             f"{where}: state['step'] must be a float32 0-d CPU tensor, got "
@@ -317,13 +369,37 @@ def assert_snapshots_close(
         assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)}, {sorted(se)}"
         for key in se:
             _check_step_format(key, sa[key], f"{what} param {i}")
-            torch.testing.assert_close(
-                sa[key],
-                se[key],
-                rtol=rtol,
-                atol=atol,
-                msg=lambda m, i=i, key=key: f"{what} param {i} state[{key!r}]: {m}",
-            )
+            _assert_value_close(sa[key], se[key], rtol, atol, f"{what} param {i} state[{key!r}]")
+
+
+def _assert_value_close(a: Any, e: Any, rtol: float, atol: float, where: str) -> None:
+    """Tensors close; Python numbers of the same type and close; lists (LBFGS's history)
+    element by element; None only as None."""
+    if isinstance(e, (list, tuple)):
+        assert type(a) is type(e) and len(a) == len(e), f"{where}: {type(a)} vs {type(e)}"
+        for k, (x, y) in enumerate(zip(a, e)):
+            _assert_value_close(x, y, rtol, atol, f"{where}[{k}]")
+        return
+    if e is None or not torch.is_tensor(e):
+        assert type(a) is type(e), f"{where}: {type(a).__name__} vs {type(e).__name__}"
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
+        return
+    torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
+
+
+def _assert_value_equal(a: Any, e: Any, where: str) -> None:
+    """As :func:`_assert_value_close`, bit for bit (dtype included)."""
+    if isinstance(e, (list, tuple)):
+        assert type(a) is type(e) and len(a) == len(e), f"{where}: {type(a)} vs {type(e)}"
+        for k, (x, y) in enumerate(zip(a, e)):
+            _assert_value_equal(x, y, f"{where}[{k}]")
+        return
+    if not torch.is_tensor(e):
+        assert type(a) is type(e) and a == e, f"{where}: {a!r} vs {e!r}"
+        return
+    assert torch.is_tensor(a) and a.dtype == e.dtype, f"{where}: {a!r} vs dtype {e.dtype}"
+    assert torch.equal(a, e), f"{where} differs: max abs diff {max_abs_diff(a, e)}"
 
 
 def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "") -> None:
@@ -335,11 +411,7 @@ def assert_snapshots_equal(actual: Snapshot, expected: Snapshot, what: str = "")
     for i, (sa, se) in enumerate(zip(actual.state, expected.state)):
         assert sorted(sa) == sorted(se), f"{what} param {i}: state keys {sorted(sa)}, {sorted(se)}"
         for key in se:
-            a, e = sa[key], se[key]
-            assert a.dtype == e.dtype, f"{what} param {i} state[{key!r}]: {a.dtype} != {e.dtype}"
-            assert torch.equal(a, e), (
-                f"{what} param {i} state[{key!r}] differs: max abs diff {max_abs_diff(a, e)}"
-            )
+            _assert_value_equal(sa[key], se[key], f"{what} param {i} state[{key!r}]")
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -352,7 +424,17 @@ def snapshot_max_diff(a: Snapshot, b: Snapshot) -> float:
     """Largest absolute difference over parameters and floating-point state tensors."""
     diffs = [max_abs_diff(x, y) for x, y in zip(a.params, b.params)]
     for sa, sb in zip(a.state, b.state):
-        diffs += [max_abs_diff(sa[k], sb[k]) for k in sb if k != "step"]
+        for k in sb:
+            x, y = sa[k], sb[k]
+            pairs = zip(x, y) if isinstance(y, (list, tuple)) else [(x, y)]
+            diffs += [
+                max_abs_diff(u, v)
+                for u, v in pairs
+                if k != "step"
+                and torch.is_tensor(u)
+                and torch.is_tensor(v)
+                and u.is_floating_point()
+            ]
     return max(diffs, default=0.0)
 
 

@@ -23,12 +23,20 @@ import inspect
 
 import pytest
 import torch
-from optim_testlib import OURS, TOLERANCES, assert_snapshots_close, run_mlp, snapshot_max_diff
+from optim_testlib import (
+    OURS,
+    TENSOR_RULES,
+    TOLERANCES,
+    assert_snapshots_close,
+    assert_snapshots_equal,
+    run_mlp,
+    snapshot_max_diff,
+)
 from torch.testing._internal.common_optimizers import optim_db
 
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 # Classes of torch.optim that ferroptim does not provide yet (issue 5).
-NOT_YET = {"Adafactor", "LBFGS", "Muon", "SparseAdam"}
+NOT_YET: set[str] = set()
 
 
 def torch_inputs(info) -> list:
@@ -81,7 +89,8 @@ def test_float32_trajectory_is_as_accurate_as_torch(name, kwargs):
         assert_snapshots_close(ours, torch_f32, rtol, atol, what=f"{name} {kwargs}")
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES)
+# torch.optim.LBFGS takes one parameter group only (ValueError otherwise).
+@pytest.mark.parametrize(("name", "kwargs"), [c for c in CASES if c.values[0] != "LBFGS"])
 def test_two_groups_match_torch(name, kwargs):
     rtol, atol = TOLERANCES[torch.float64]
     cls = getattr(torch.optim, name)
@@ -91,3 +100,16 @@ def test_two_groups_match_torch(name, kwargs):
     ours = run_mlp("ours", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
     ref = run_mlp("forloop", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
     assert_snapshots_close(ours, ref, rtol, atol, what=f"{name} {kwargs} two groups")
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [c for c in CASES if c.values[0] in TENSOR_RULES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tensor_rules_are_bit_identical_to_torch(name, kwargs, dtype):
+    """The classes written with ATen operations (``tensor_rules/``) call torch's operations
+    in torch's order: parameters and state equal torch's for-loop bit for bit, also in
+    float32 and bfloat16, with one group and with two (LBFGS: one)."""
+    two = ({}, {"lr": 0.5 * float(kwargs.get("lr", 1e-3))})
+    for groups in (None,) if name == "LBFGS" else (None, two):
+        ours = run_mlp("ours", name, kwargs, dtype=dtype, steps=20, groups=groups)
+        ref = run_mlp("forloop", name, kwargs, dtype=dtype, steps=20, groups=groups)
+        assert_snapshots_equal(ours, ref, what=f"{name} {kwargs} {dtype} groups={groups}")

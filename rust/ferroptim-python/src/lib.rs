@@ -6,9 +6,11 @@
 
 mod error;
 mod groups;
+mod lbfgs;
 mod plan;
 mod rules;
 mod tensor;
+mod tensor_rules;
 
 use pyo3::prelude::*;
 
@@ -16,5 +18,6 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    rules::register(m)
+    rules::register(m)?;
+    tensor_rules::register(m)
 }

@@ -30,7 +30,10 @@ fn run<R: FromGroup>(
 }
 
 /// Reads `d[key]` as `T`, naming the key on failure.
-fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+pub(crate) fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<T> {
     match d.get_item(key)? {
         Some(v) => v.extract::<T>().map_err(Into::into),
         None => Err(pyo3::exceptions::PyKeyError::new_err(key.to_string())),

@@ -42,6 +42,7 @@ pub mod element;
 mod error;
 mod rule;
 pub mod rules;
+pub mod tensor_rules;
 
 pub use driver::{
     step, step_params, step_unscaling, step_with_grads, Group, ParamState, ParamTensors, StepCache,
