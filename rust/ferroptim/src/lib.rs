@@ -40,12 +40,17 @@
 mod driver;
 pub mod element;
 mod error;
+pub mod optim;
 mod rule;
 pub mod rules;
+pub mod sched;
 
 pub use driver::{step, step_unscaling, Group, ParamTensors};
 pub use error::{Error, Result};
+pub use optim::{Algorithm, Hyper, Optim, Optimizer};
 pub use rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{
     Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
 };
+/// The tch version this crate is built against (for the [`algorithm!`] macro and users).
+pub use tch;
