@@ -8,7 +8,7 @@ multi-threaded call per ``step()``.
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
-from ferroptim import _core
+from ferroptim import _core, checkpoint
 from ferroptim.adadelta import Adadelta
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW
@@ -38,4 +38,5 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "__version__",
+    "checkpoint",
 ]
