@@ -38,5 +38,4 @@ __all__ = [
     "RMSprop",
     "Rprop",
     "__version__",
-    "checkpoint",
 ]
