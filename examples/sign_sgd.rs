@@ -97,7 +97,13 @@ fn main() -> ferroptim::Result<()> {
     let y = x.matmul(&w_star) + Tensor::randn([1024, 1], opts) * 0.01;
     let w = Tensor::zeros([64, 1], opts).set_requires_grad(true);
 
-    let mut opt = Optim::new(vec![w.shallow_clone()], SignSgd { lr: 0.05, ..Default::default() })?;
+    let mut opt = Optim::new(
+        vec![w.shallow_clone()],
+        SignSgd {
+            lr: 0.05,
+            ..Default::default()
+        },
+    )?;
     let mut sched = StepLR::new(&mut opt, 50, 0.5)?;
     // Invalid hyperparameters are typed errors, not panics.
     if let Err(e) = opt.set_lr(0, -1.0) {
