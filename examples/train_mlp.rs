@@ -20,6 +20,8 @@ use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 type Res<T> = Result<T, Box<dyn Error>>;
+/// What runs after each backward pass; returns the duration of the optimizer step.
+type StepFn = Box<dyn FnMut() -> Res<Duration>>;
 
 const CLASSES: i64 = 3;
 const BATCH: i64 = 250;
@@ -70,7 +72,7 @@ fn train(
     hidden: i64,
     epochs: usize,
     label: &str,
-    make: &dyn Fn(&nn::VarStore) -> Res<Box<dyn FnMut() -> Res<Duration>>>,
+    make: &dyn Fn(&nn::VarStore) -> Res<StepFn>,
 ) -> Res<Run> {
     let (x, y, x_test, y_test) = data;
     tch::manual_seed(42);

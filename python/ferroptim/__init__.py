@@ -8,7 +8,8 @@ multi-threaded call per ``step()``.
 
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
-from ferroptim import _core, checkpoint
+from ferroptim import _core
+from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
 from ferroptim.adadelta import Adadelta
 from ferroptim.adagrad import Adagrad
 from ferroptim.adam import Adam, AdamW

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 import torch
+from ferroptim import checkpoint
 from optim_testlib import TOLERANCES, make_opt
 from safetensors.torch import load_file, save_file
 from test_family import CONFIGS, NAMES
-
-from ferroptim import checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, SAVE_AT = 6, 3
@@ -101,7 +100,9 @@ def rust_steps(interop: Any, tmp: Any, name: str, params, grads, ckpt, save=None
     extra = [str(save[0]), str(save[1])] if save else []
     run_rust(interop, "run", name, problem, str(ckpt), out, *extra)
     result = load_file(out)
-    return [[result[f"param.{t}.{i}"] for i in range(len(params))] for t in range(1, 1 + len(grads))]
+    return [
+        [result[f"param.{t}.{i}"] for i in range(len(params))] for t in range(1, 1 + len(grads))
+    ]
 
 
 def assert_equal(actual: list, expected: list, what: str) -> None:
@@ -132,7 +133,12 @@ def test_trajectory_and_checkpoints_match_python(interop, tmp_path, name):
     checkpoint.save(ours, tmp_path / "start.safetensors")
     rust_ckpt = tmp_path / "rust-step3.safetensors"
     rust = rust_steps(
-        interop, tmp_path, name, params0, grads, tmp_path / "start.safetensors",
+        interop,
+        tmp_path,
+        name,
+        params0,
+        grads,
+        tmp_path / "start.safetensors",
         save=(SAVE_AT, rust_ckpt),
     )
 
@@ -167,7 +173,9 @@ def test_trajectory_and_checkpoints_match_python(interop, tmp_path, name):
         checkpoint.save(opt, tmp_path / "py-step3.safetensors")
         at3 = [t.detach().clone() for t in p]
         want = steps(opt, p, grads[SAVE_AT:])
-        got = rust_steps(interop, tmp_path, name, at3, grads[SAVE_AT:], tmp_path / "py-step3.safetensors")
+        got = rust_steps(
+            interop, tmp_path, name, at3, grads[SAVE_AT:], tmp_path / "py-step3.safetensors"
+        )
         if impl == "ours":
             assert_equal(got, want, f"Rust resumed from ferroptim.{name}")
         else:
@@ -187,9 +195,13 @@ def test_checkpoint_round_trip_in_python(tmp_path):
     assert a["param_groups"] == b["param_groups"]
     for i, state in a["state"].items():
         for key, value in state.items():
-            assert torch.equal(value, b["state"][i][key]) and value.dtype == b["state"][i][key].dtype
+            assert (
+                torch.equal(value, b["state"][i][key]) and value.dtype == b["state"][i][key].dtype
+            )
     with pytest.raises(ValueError, match="parameter groups"):
-        checkpoint.load(torch.optim.Rprop([{"params": p[:1]}, {"params": p[1:]}]), tmp_path / "c.safetensors")
+        checkpoint.load(
+            torch.optim.Rprop([{"params": p[:1]}, {"params": p[1:]}]), tmp_path / "c.safetensors"
+        )
 
 
 def torch_schedules() -> dict[str, list]:
@@ -199,7 +211,9 @@ def torch_schedules() -> dict[str, list]:
 
     def sgd():
         ps = [torch.zeros(1, requires_grad=True) for _ in range(2)]
-        return torch.optim.SGD([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.01}], lr=0.1, momentum=0.9)
+        return torch.optim.SGD(
+            [{"params": ps[:1]}, {"params": ps[1:], "lr": 0.01}], lr=0.1, momentum=0.9
+        )
 
     def adam():
         ps = [torch.zeros(1, requires_grad=True) for _ in range(2)]
@@ -226,13 +240,18 @@ def torch_schedules() -> dict[str, list]:
     out["CosineAnnealingLR"] = trace(o, S.CosineAnnealingLR(o, 10, 1e-3), 35)[0]
     o = sgd()
     out["LinearLR"] = trace(o, S.LinearLR(o, 0.1, 1.0, 5), 8)[0]
-    for name, three_phase, strategy in [("OneCycleLR", False, "cos"), ("OneCycleLR3", True, "linear")]:
+    for name, three_phase, strategy in [
+        ("OneCycleLR", False, "cos"),
+        ("OneCycleLR3", True, "linear"),
+    ]:
         o = sgd()
         s = S.OneCycleLR(o, [0.5, 0.05], 20, three_phase=three_phase, anneal_strategy=strategy)
         out[name], out[f"{name}.momentum"] = trace(o, s, 19, key=lambda g: g["momentum"])
     o = adam()
     s = S.OneCycleLR(o, [0.5, 0.05], 20)
-    out["OneCycleLR.adam"], out["OneCycleLR.adam.beta1"] = trace(o, s, 19, key=lambda g: g["betas"][0])
+    out["OneCycleLR.adam"], out["OneCycleLR.adam.beta1"] = trace(
+        o, s, 19, key=lambda g: g["betas"][0]
+    )
     o = sgd()
     s = S.ReduceLROnPlateau(o, factor=0.5, patience=2, cooldown=1, min_lr=[0.02, 0.0])
     metrics = [5.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.5, 3.5, 3.5, 3.5, 3.5, 3.5, 1.0, 2.0, 2.0, 2.0, 2.0]

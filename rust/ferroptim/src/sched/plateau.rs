@@ -84,7 +84,7 @@ impl ReduceLROnPlateau {
     /// [`crate::Error::InvalidArgument`] if `factor >= 1` or `min_lrs` has a length other
     /// than 0, 1 or the number of groups; then nothing changes.
     pub fn step(&mut self, opt: &mut dyn Optimizer, metric: f64) -> Result<()> {
-        if !(self.factor < 1.0) {
+        if self.factor >= 1.0 || self.factor.is_nan() {
             return Err(check::invalid("factor", self.factor));
         }
         let n = opt.num_groups();
