@@ -283,3 +283,33 @@ fn checkpoint_for_other_parameters_is_rejected_and_changes_nothing() {
     opt.set_lr(0, 0.25).unwrap();
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn checkpoint_keeps_non_finite_hyperparameters_and_unknown_group_entries() {
+    let cfg = Rprop {
+        lr: 0.02,
+        step_size_max: f64::INFINITY,
+        ..Rprop::default()
+    };
+    let p = param(&[1.0, 2.0]);
+    let mut opt = Optim::new(vec![p.shallow_clone()], cfg).unwrap();
+    set_grad(&p, &[1.0, -1.0]);
+    opt.step().unwrap();
+    let path = temp("non-finite");
+    opt.save(&path).unwrap();
+    let mut other = Optim::new(vec![param(&[0.0, 0.0])], Rprop::default()).unwrap();
+    other.load(&path).unwrap();
+    assert_eq!(other.config(0).unwrap(), &cfg);
+    let st = other.state(0, 0).unwrap();
+    assert_eq!(values(&st["step_size"]), [0.02, 0.02]); // ×1 on the first step
+    assert_eq!(values(&st["prev"]), [1.0, -1.0]);
+    // Entries the algorithm does not use (here, written by Python) survive a round trip.
+    other.groups[0]
+        .extra
+        .insert("foreach".into(), serde_json::Value::Null);
+    other.save(&path).unwrap();
+    let mut third = Optim::new(vec![param(&[0.0, 0.0])], Rprop::default()).unwrap();
+    third.load(&path).unwrap();
+    assert_eq!(third.groups[0].extra["foreach"], serde_json::Value::Null);
+    let _ = std::fs::remove_file(&path);
+}
