@@ -7,6 +7,10 @@
 //! [`Scheduler::step`] is called after the optimizer's step. The schedulers read the groups'
 //! learning rates when they are created as their base learning rates (torch's `initial_lr`).
 //!
+//! There is no `SequentialLR` yet: for warmup followed by a decay, step a [`LinearLR`] for the
+//! warmup epochs and then create the decay scheduler (e.g. [`CosineAnnealingLR`]), whose base
+//! learning rates are then the warmed-up ones.
+//!
 //! ```
 //! use ferroptim::sched::{CosineAnnealingLR, Scheduler};
 //! use ferroptim::{Optim, Optimizer, Sgd};
