@@ -313,3 +313,24 @@ fn checkpoint_keeps_non_finite_hyperparameters_and_unknown_group_entries() {
     assert_eq!(third.groups[0].extra["foreach"], serde_json::Value::Null);
     let _ = std::fs::remove_file(&path);
 }
+
+#[test]
+fn step_unscaling_divides_the_gradients_and_writes_them_back() {
+    let (a, b) = (param(&[1.0]), param(&[1.0]));
+    let cfg = Sgd {
+        lr: 0.1,
+        ..Sgd::default()
+    };
+    let mut plain = Optim::new(vec![a.shallow_clone()], cfg).unwrap();
+    let mut scaled = Optim::new(vec![b.shallow_clone()], cfg).unwrap();
+    set_grad(&a, &[0.5]);
+    set_grad(&b, &[4.0]);
+    plain.step().unwrap();
+    scaled.step_unscaling(8.0).unwrap();
+    assert_eq!(values(&a), [1.0 - 0.1 * 0.5]);
+    assert_eq!(values(&b), values(&a));
+    assert_eq!(values(&b.grad()), [0.5]);
+    let e = scaled.step_unscaling(0.0).unwrap_err();
+    assert_eq!(invalid(e).0, "grad_scale");
+    assert_eq!(values(&b), values(&a));
+}
