@@ -12,6 +12,7 @@ pass first for ``Lamb`` and ``LARS``), torch's own ATen operations in torch's or
 import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from ferroptim import _core
+from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
 from ferroptim.adadelta import Adadelta
 from ferroptim.adafactor import Adafactor
 from ferroptim.adagrad import Adagrad

@@ -66,6 +66,7 @@ class AdagradGroup(_Tensors):
     lr_decay: float
     weight_decay: float
     eps: float
+    initial_accumulator_value: float
     maximize: bool
 
 class AdamaxGroup(_Tensors):
@@ -105,6 +106,7 @@ class RMSpropGroup(_Tensors):
     maximize: bool
 
 class RpropGroup(_Tensors):
+    lr: float
     etaminus: float
     etaplus: float
     step_size_min: float

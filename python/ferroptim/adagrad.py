@@ -47,7 +47,11 @@ class Adagrad(NativeStep, torch.optim.Adagrad):
     _native_plan = staticmethod(_core.adagrad_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return hyper(group, ("lr", "lr_decay", "weight_decay", "eps"), ("maximize",))
+        return hyper(
+            group,
+            ("lr", "lr_decay", "weight_decay", "eps", "initial_accumulator_value"),
+            ("maximize",),
+        )
 
     def _state_names(self, group: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return ("sum",), ("step",)

@@ -59,7 +59,7 @@ class Rprop(NativeStep, torch.optim.Rprop):
         etaminus, etaplus = group["etas"]
         step_size_min, step_size_max = group["step_sizes"]
         return {
-            **hyper(group, flags=("maximize",)),
+            **hyper(group, ("lr",), ("maximize",)),
             "etaminus": scalar(etaminus),
             "etaplus": scalar(etaplus),
             "step_size_min": scalar(step_size_min),

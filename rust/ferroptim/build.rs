@@ -1,4 +1,5 @@
-//! Compiles `csrc/inspect.cpp` and `csrc/ops.cpp` against the headers of the libtorch that torch-sys links.
+//! Compiles `csrc/inspect.cpp`, `csrc/ops.cpp` and `csrc/grad.cpp` against the headers of the
+//! libtorch that torch-sys links.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -6,6 +7,7 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-changed=csrc/inspect.cpp");
     println!("cargo:rerun-if-changed=csrc/ops.cpp");
+    println!("cargo:rerun-if-changed=csrc/grad.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -32,6 +34,7 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi())
         .file("csrc/inspect.cpp")
         .file("csrc/ops.cpp")
+        .file("csrc/grad.cpp")
         .compile("ferroptim_inspect");
 }
 

@@ -85,7 +85,7 @@ step_fn!(adam_step, adam_plan, Adam, "One Adam/AdamW step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay
 });
 step_fn!(adagrad_step, adagrad_plan, Adagrad, "One Adagrad step over all groups.", {
-    lr, lr_decay, weight_decay, eps, maximize
+    lr, lr_decay, weight_decay, eps, initial_accumulator_value, maximize
 });
 step_fn!(adamax_step, adamax_plan, Adamax, "One Adamax step over all groups.", {
     lr, beta1, beta2, eps, weight_decay, maximize
@@ -100,7 +100,7 @@ step_fn!(rmsprop_step, rmsprop_plan, RMSprop, "One RMSprop step over all groups.
     lr, alpha, eps, weight_decay, momentum, centered, maximize
 });
 step_fn!(rprop_step, rprop_plan, Rprop, "One Rprop step over all groups.", {
-    etaminus, etaplus, step_size_min, step_size_max, maximize
+    lr, etaminus, etaplus, step_size_min, step_size_max, maximize
 });
 step_fn!(adadelta_step, adadelta_plan, Adadelta, "One Adadelta step over all groups.", {
     lr, rho, eps, weight_decay, maximize

@@ -66,6 +66,14 @@ pub enum Error {
         /// The other.
         second: String,
     },
+    /// An optimizer checkpoint cannot be written or read, or does not match the optimizer.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The worker thread pool could not be created.
     #[error("cannot start worker threads: {0}")]
     Threads(String),

@@ -10,8 +10,8 @@ use crate::rule::{Rule, ScalarState};
 
 /// Adagrad hyperparameters; `Default` gives torch.optim.Adagrad's defaults.
 ///
-/// torch.optim's `initial_accumulator_value` is the value the caller fills the `sum` state
-/// with when creating it; it plays no part in a step.
+/// `initial_accumulator_value` is the value the caller fills the `sum` state with when creating
+/// it (e.g. [`crate::optim::Algorithm::init_state`]); it plays no part in a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Adagrad {
     /// Learning rate γ (default 1e-2).
@@ -22,6 +22,8 @@ pub struct Adagrad {
     pub weight_decay: f64,
     /// ε added to the denominator (default 1e-10).
     pub eps: f64,
+    /// The value `sum` starts from (default 0).
+    pub initial_accumulator_value: f64,
     /// Maximize the objective instead of minimizing it (default false).
     pub maximize: bool,
 }
@@ -33,6 +35,7 @@ impl Default for Adagrad {
             lr_decay: 0.0,
             weight_decay: 0.0,
             eps: 1e-10,
+            initial_accumulator_value: 0.0,
             maximize: false,
         }
     }

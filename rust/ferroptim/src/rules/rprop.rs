@@ -11,9 +11,11 @@ use crate::rule::{Rule, ScalarState};
 /// Rprop hyperparameters; `Default` gives torch.optim.Rprop's defaults.
 ///
 /// The learning rate only sets the initial `step_size` state (`full_like(param, lr)`, created
-/// by the caller); a step does not read it.
+/// by the caller, e.g. [`crate::optim::Algorithm::init_state`]); a step does not read it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rprop {
+    /// Learning rate: the initial value of every element of `step_size` (default 1e-2).
+    pub lr: f64,
     /// η⁻, the step-size factor after a sign change (default 0.5; torch's `etas[0]`).
     pub etaminus: f64,
     /// η⁺, the step-size factor while the sign holds (default 1.2; torch's `etas[1]`).
@@ -29,6 +31,7 @@ pub struct Rprop {
 impl Default for Rprop {
     fn default() -> Self {
         Rprop {
+            lr: 1e-2,
             etaminus: 0.5,
             etaplus: 1.2,
             step_size_min: 1e-6,

@@ -1,0 +1,319 @@
+//! Optimizer checkpoints in safetensors, laid out as torch's `Optimizer.state_dict()`.
+//!
+//! - tensors: `state.{i}.{name}` for every state tensor of parameter `i`, where parameters are
+//!   numbered through the groups in order (torch's `state_dict` numbering);
+//! - `__metadata__["format"]`: [`FORMAT`];
+//! - `__metadata__["param_groups"]`: a JSON list with one object per group: its hyperparameters
+//!   under torch's keys (`lr`, `betas: [β₁, β₂]`, `etas`, `step_sizes`, `weight_decay`, …;
+//!   non-finite numbers as the strings `"Infinity"`, `"-Infinity"`, `"NaN"`), any other entries
+//!   the group carried (`foreach`, `initial_lr`, …) and `params`, the indices of its parameters.
+//!
+//! `python/ferroptim/checkpoint.py` converts this file to and from a `state_dict`.
+
+use super::algorithm::{Algorithm, Hyper, ParamState};
+use super::stateful::Optim;
+use crate::error::{Error, Result};
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The value of `__metadata__["format"]` in the checkpoints this crate writes and reads.
+pub const FORMAT: &str = "ferroptim.optimizer.v1";
+
+/// Hyperparameter pairs that torch keeps as one tuple: (first field, second field, torch key).
+const PAIRS: [(&str, &str, &str); 3] = [
+    ("beta1", "beta2", "betas"),
+    ("etaminus", "etaplus", "etas"),
+    ("step_size_min", "step_size_max", "step_sizes"),
+];
+
+fn fail(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+pub(crate) fn save<R: Algorithm>(opt: &Optim<R>, path: &Path) -> Result<()> {
+    let mut groups = Vec::with_capacity(opt.groups.len());
+    let mut tensors = Vec::new();
+    let mut index = 0usize;
+    for g in &opt.groups {
+        let mut map = g.extra.clone();
+        write_hyper(&g.config, &mut map);
+        for (k, state) in g.state.iter().enumerate() {
+            for (name, t) in state {
+                tensors.push((format!("state.{}.{name}", index + k), Owned::of(t)?));
+            }
+        }
+        let ids: Vec<usize> = (index..index + g.params.len()).collect();
+        map.insert("params".into(), Value::from(ids));
+        index += g.params.len();
+        groups.push(Value::Object(map));
+    }
+    let groups = serde_json::to_string(&groups).map_err(|e| fail(path, e.to_string()))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("param_groups".to_string(), groups),
+    ]);
+    safetensors::serialize_to_file(tensors, &Some(metadata), path)
+        .map_err(|e| fail(path, e.to_string()))
+}
+
+pub(crate) fn load<R: Algorithm>(opt: &mut Optim<R>, path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| fail(path, e.to_string()))?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| fail(path, e.to_string()))?;
+    let meta = header.metadata().as_ref();
+    let get = |key: &str| meta.and_then(|m| m.get(key));
+    if get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(fail(path, format!("not a {FORMAT} checkpoint")));
+    }
+    let groups: Vec<Map<String, Value>> = get("param_groups")
+        .ok_or_else(|| fail(path, "no param_groups in the metadata"))
+        .and_then(|s| serde_json::from_str(s).map_err(|e| fail(path, e.to_string())))?;
+    if groups.len() != opt.groups.len() {
+        return Err(fail(
+            path,
+            format!(
+                "loaded state dict has a different number of parameter groups ({} saved, {} in the optimizer)",
+                groups.len(),
+                opt.groups.len()
+            ),
+        ));
+    }
+
+    // Build everything first; the optimizer is only changed once all of it is valid.
+    let mut configs = Vec::with_capacity(groups.len());
+    let mut where_is = HashMap::new();
+    for (gi, (saved, g)) in groups.iter().zip(&opt.groups).enumerate() {
+        let ids = saved
+            .get("params")
+            .and_then(Value::as_array)
+            .ok_or_else(|| fail(path, format!("param_groups[{gi}] has no params")))?;
+        if ids.len() != g.params.len() {
+            return Err(fail(
+                path,
+                format!(
+                    "param_groups[{gi}] has {} parameters, the optimizer's group {} \
+                     (loaded state dict contains a parameter group that doesn't match the \
+                     size of optimizer's group)",
+                    ids.len(),
+                    g.params.len()
+                ),
+            ));
+        }
+        for (pi, id) in ids.iter().enumerate() {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| fail(path, format!("param_groups[{gi}]: invalid index {id}")))?;
+            where_is.insert(id, (gi, pi));
+        }
+        let mut config = g.config.clone();
+        let extra = read_hyper(&mut config, saved).map_err(|e| fail(path, e))?;
+        config.validate()?;
+        configs.push((config, extra));
+    }
+    let mut states: Vec<Vec<ParamState>> = opt
+        .groups
+        .iter()
+        .map(|g| g.params.iter().map(|_| ParamState::new()).collect())
+        .collect();
+    for (name, view) in file.tensors() {
+        let bad = || fail(path, format!("unexpected tensor {name}"));
+        let rest = name.strip_prefix("state.").ok_or_else(bad)?;
+        let (id, key) = rest.split_once('.').ok_or_else(bad)?;
+        let id: u64 = id.parse().map_err(|_| bad())?;
+        let &(gi, pi) = where_is.get(&id).ok_or_else(bad)?;
+        let param = &opt.groups[gi].params[pi];
+        let kind = kind_of(view.dtype()).ok_or_else(|| {
+            fail(
+                path,
+                format!("{name}: unsupported dtype {:?}", view.dtype()),
+            )
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let mut t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+        // torch's load_state_dict: `step` is kept as saved; other state follows its parameter.
+        if key != "step" {
+            let target = if param.is_floating_point() {
+                param.kind()
+            } else {
+                kind
+            };
+            t = t.f_to_device_(param.device(), target, false, false)?;
+        }
+        states[gi][pi].insert(key.to_string(), t);
+    }
+    for ((g, (config, extra)), state) in opt.groups.iter_mut().zip(configs).zip(states) {
+        g.config = config;
+        g.extra = extra;
+        g.state = state;
+    }
+    Ok(())
+}
+
+/// Writes `config`'s hyperparameters into `map` under torch's keys.
+fn write_hyper<R: Algorithm>(config: &R, map: &mut Map<String, Value>) {
+    let names = config.hyperparameter_names();
+    for &name in names {
+        let Some(value) = config.get(name) else {
+            continue;
+        };
+        if let Some(&(_, second, key)) = PAIRS.iter().find(|p| p.0 == name) {
+            if let Some(v2) = config.get(second) {
+                map.insert(key.into(), Value::Array(vec![to_json(value), to_json(v2)]));
+                continue;
+            }
+        }
+        if PAIRS.iter().any(|p| p.1 == name && names.contains(&p.0)) {
+            continue;
+        }
+        map.insert(name.into(), to_json(value));
+    }
+}
+
+/// Reads `config`'s hyperparameters from `saved` (torch's keys; missing ones keep their
+/// current values) and returns the group's other entries (except `params`).
+fn read_hyper<R: Algorithm>(
+    config: &mut R,
+    saved: &Map<String, Value>,
+) -> std::result::Result<Map<String, Value>, String> {
+    let mut used = vec!["params"];
+    let names = config.hyperparameter_names();
+    for &name in names {
+        let pair = PAIRS
+            .iter()
+            .find(|p| (p.0 == name || p.1 == name) && names.contains(&p.0) && names.contains(&p.1));
+        let (key, value) = match pair {
+            Some(&(first, _, key)) => {
+                let at = usize::from(first != name);
+                (key, saved.get(key).and_then(|v| v.get(at)))
+            }
+            None => (name, saved.get(name)),
+        };
+        used.push(key);
+        let (Some(value), Some(current)) = (value, config.get(name)) else {
+            continue;
+        };
+        let new = from_json(value, current).ok_or_else(|| format!("invalid {key}: {value}"))?;
+        config.set(name, new).map_err(|e| e.to_string())?;
+    }
+    Ok(saved
+        .iter()
+        .filter(|(k, _)| !used.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
+fn float_json(v: f64) -> Value {
+    match Number::from_f64(v) {
+        Some(n) => Value::Number(n),
+        None if v.is_nan() => Value::from("NaN"),
+        None if v > 0.0 => Value::from("Infinity"),
+        None => Value::from("-Infinity"),
+    }
+}
+
+fn to_json(h: Hyper) -> Value {
+    match h {
+        Hyper::Float(v) | Hyper::OptionalFloat(Some(v)) => float_json(v),
+        Hyper::Bool(b) => Value::Bool(b),
+        Hyper::OptionalFloat(None) => Value::Null,
+    }
+}
+
+fn float_from_json(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "Infinity" => Some(f64::INFINITY),
+            "-Infinity" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `v` as a value of `like`'s variant.
+fn from_json(v: &Value, like: Hyper) -> Option<Hyper> {
+    match like {
+        Hyper::Float(_) => float_from_json(v).map(Hyper::Float),
+        Hyper::Bool(_) => v.as_bool().map(Hyper::Bool),
+        Hyper::OptionalFloat(_) if v.is_null() => Some(Hyper::OptionalFloat(None)),
+        Hyper::OptionalFloat(_) => float_from_json(v).map(|f| Hyper::OptionalFloat(Some(f))),
+    }
+}
+
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F16 => Kind::Half,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Half => Dtype::F16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// A tensor's bytes on the host, for the safetensors writer.
+struct Owned {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl Owned {
+    fn of(t: &Tensor) -> Result<Owned> {
+        let kind = t.f_kind()?;
+        let dtype = dtype_of(kind).ok_or_else(|| Error::UnsupportedDtype {
+            what: "a state tensor".into(),
+            kind,
+        })?;
+        let host = t.f_to_device(Device::Cpu)?.f_contiguous()?;
+        let numel = host.numel();
+        let mut data = vec![0u8; numel * kind.elt_size_in_bytes()];
+        host.f_copy_data_u8(&mut data, numel)?;
+        Ok(Owned {
+            dtype,
+            shape: host.size().iter().map(|&d| d as usize).collect(),
+            data,
+        })
+    }
+}
+
+impl View for Owned {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
