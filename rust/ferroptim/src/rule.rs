@@ -41,7 +41,9 @@ pub trait Rule: Sync {
     /// per-parameter scalars of the update. `scalar_state` holds the current values, in the
     /// order of [`Rule::scalar_state_names`]; the driver writes them back. `fresh` is true when
     /// the state tensors were just created and hold no history (e.g. SGD's `momentum_buffer`
-    /// is initialised from the gradient).
+    /// is initialised from the gradient). It must be a pure function of `self`, the values in
+    /// `scalar_state` and `fresh`: the driver computes it once for consecutive parameters of a
+    /// group whose scalar state holds the same values (e.g. the same `step`).
     fn scalars(&self, scalar_state: &mut [ScalarState], fresh: bool) -> Self::Scalars;
 
     /// Updates one element: returns the new parameter value and updates `state` in place.

@@ -282,9 +282,25 @@ fn run<R: Rule, E: Entry>(
     // From here on, tensors are modified.
     let mut jobs = Vec::with_capacity(staged.len());
     let slots = staged.iter().zip(&metas).zip(scalar_states.iter_mut());
+    // Consecutive parameters of a group usually share their scalar state's values (the same
+    // `step`): `Rule::scalars` is pure, so its result (e.g. two `powf`s) is reused.
+    let mut memo: Option<(&R, bool, [ScalarState; MAX_SCALAR_STATE], Memo<R>)> = None;
     for ((rule, pt), ((staged, meta), values)) in entries().zip(slots) {
         let n = pt.scalar_state().len();
-        let scalars = rule.scalars(&mut values[..n], pt.fresh());
+        let (input, fresh) = (*values, pt.fresh());
+        let scalars = match &memo {
+            Some((r, f, inp, (out, s)))
+                if std::ptr::eq(*r, rule) && *f == fresh && *inp == input =>
+            {
+                *values = *out;
+                *s
+            }
+            _ => {
+                let s = rule.scalars(&mut values[..n], fresh);
+                memo = Some((rule, fresh, input, (*values, s)));
+                s
+            }
+        };
         write_scalar_state(pt, meta, &values[..n])?;
         let m = staged.as_ref().map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
@@ -301,6 +317,9 @@ fn run<R: Rule, E: Entry>(
     }
     Ok(())
 }
+
+/// A rule's advanced scalar state and scalars, for reuse (see `run`).
+type Memo<R> = ([ScalarState; MAX_SCALAR_STATE], <R as Rule>::Scalars);
 
 fn job<S>(scalars: S, m: &ParamMeta, grad_scale: Option<f64>) -> Job<S> {
     let mut state = [std::ptr::null_mut(); MAX_STATE];

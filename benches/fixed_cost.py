@@ -1,0 +1,96 @@
+"""Fixed cost of a step: many small tensors, where the work per element is negligible.
+
+For each optimizer and layout, the median over interleaved repetitions of
+- ``step``: ferroptim's whole ``optimizer.step()`` (torch's step wrapper and hooks included),
+- ``native``: the native call alone (the cached plan's ``step``, as ``step()`` makes it),
+- torch's best implementation's ``step()`` (fused where torch has it, else foreach, else for-loop),
+and the issue-3 target for the native call, 20 µs + 0.1 µs per tensor.
+
+    python benches/fixed_cost.py [--optimizers AdamW SGD] [--layouts 200x256 1000x1] [--reps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import ferroptim
+
+LAYOUTS = {"200x256": (200, 256), "1000x1": (1000, 1), "200x1": (200, 1)}
+KWARGS = {"SGD": {"lr": 0.01, "momentum": 0.9}, "Adam": {"lr": 1e-3}, "AdamW": {"lr": 1e-3}}
+
+
+def make(impl: str, name: str, count: int, numel: int) -> tuple[torch.optim.Optimizer, list]:
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(numel, generator=gen)) for _ in range(count)]
+    for p in params:
+        p.grad = torch.randn(numel, generator=gen) * 1e-3
+    kwargs = dict(KWARGS.get(name, {"lr": 1e-3}))
+    if impl == "ferroptim":
+        return getattr(ferroptim, name)(params, **kwargs), params
+    cls = getattr(torch.optim, name)
+    for flag in ("fused", "foreach"):
+        try:
+            return cls(params, **kwargs, **{flag: True}), params
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    return cls(params, **kwargs, foreach=False), params
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--optimizers", nargs="+", default=["AdamW", "SGD", "Adam"])
+    parser.add_argument("--layouts", nargs="+", default=["200x256", "1000x1"], choices=LAYOUTS)
+    parser.add_argument("--reps", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"ferroptim {ferroptim.__version__}; medians of {args.reps} interleaved steps (µs)"
+    )
+    print(
+        "| optimizer | layout | ferroptim step | native call | target | torch best | torch/ours |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.optimizers:
+        for layout in args.layouts:
+            count, numel = LAYOUTS[layout]
+            ours, _ = make("ferroptim", name, count, numel)
+            ref, _ = make("torch", name, count, numel)
+            for _ in range(5):
+                ours.step()
+                ref.step()
+            plan, _ = ours._ferroptim_plan  # made by the steps above
+            hypers = [ours._hyper(g) for g in ours.param_groups]
+
+            def native(plan=plan, ours=ours, hypers=hypers) -> None:
+                if not plan.step(ours.state, ours.param_groups, hypers, None):
+                    raise RuntimeError("the cached plan declined")
+
+            samples: dict[str, list[float]] = {"step": [], "native": [], "torch": []}
+            for _ in range(args.reps):
+                samples["step"].append(timed(ours.step))
+                samples["native"].append(timed(native))
+                samples["torch"].append(timed(ref.step))
+            med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+            target = 20 + 0.1 * count
+            print(
+                f"| {name} | {layout} | {med['step']:.1f} | {med['native']:.1f} "
+                f"({med['native'] / count * 1e3:.0f} ns/tensor) | {target:.0f} | "
+                f"{med['torch']:.1f} | {med['torch'] / med['step']:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
