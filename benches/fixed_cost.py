@@ -15,9 +15,8 @@ import argparse
 import statistics
 import time
 
-import torch
-
 import ferroptim
+import torch
 
 LAYOUTS = {"200x256": (200, 256), "1000x1": (1000, 1), "200x1": (200, 1)}
 KWARGS = {"SGD": {"lr": 0.01, "momentum": 0.9}, "Adam": {"lr": 1e-3}, "AdamW": {"lr": 1e-3}}
