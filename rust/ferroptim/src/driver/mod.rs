@@ -96,11 +96,12 @@ fn views<R: Rule>(groups: &[Group<R>]) -> Vec<(&R, &[ParamTensors])> {
 /// parameter (`param.grad()`, as autograd left it) at each step.
 #[derive(Debug)]
 pub struct ParamState {
-    /// The parameter θ (see [`ParamTensors::param`]); usually a leaf with `requires_grad`.
+    /// The parameter θ (as in [`ParamTensors`]); usually a leaf with `requires_grad`.
     pub param: Tensor,
-    /// The rule's state tensors (see [`ParamTensors::state`]).
+    /// The rule's state tensors, in the order of [`Rule::state_names`] (as in [`ParamTensors`]).
     pub state: Vec<Tensor>,
-    /// The rule's scalar state tensors (see [`ParamTensors::scalar_state`]).
+    /// The rule's scalar state tensors, in the order of [`Rule::scalar_state_names`] (as in
+    /// [`ParamTensors`]).
     pub scalar_state: Vec<Tensor>,
 }
 
