@@ -47,7 +47,6 @@ class Adadelta(NativeStep, torch.optim.Adadelta):
     )
 
     _native_step = staticmethod(_core.adadelta_step)
-
     _native_plan = staticmethod(_core.adadelta_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,6 @@ class Adagrad(NativeStep, torch.optim.Adagrad):
     )
 
     _native_step = staticmethod(_core.adagrad_step)
-
     _native_plan = staticmethod(_core.adagrad_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -48,7 +48,6 @@ class Adamax(NativeStep, torch.optim.Adamax):
     )
 
     _native_step = staticmethod(_core.adamax_step)
-
     _native_plan = staticmethod(_core.adamax_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

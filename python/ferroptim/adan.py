@@ -66,7 +66,6 @@ class Adan(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.adan_step)
-
     _native_plan = staticmethod(_core.adan_plan)
 
     def __init__(

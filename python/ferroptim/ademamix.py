@@ -64,7 +64,6 @@ class AdEMAMix(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.ademamix_step)
-
     _native_plan = staticmethod(_core.ademamix_plan)
 
     def __init__(

@@ -60,7 +60,6 @@ class ADOPT(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.adopt_step)
-
     _native_plan = staticmethod(_core.adopt_plan)
 
     def __init__(

@@ -51,7 +51,6 @@ class ASGD(NativeStep, torch.optim.ASGD):
     )
 
     _native_step = staticmethod(_core.asgd_step)
-
     _native_plan = staticmethod(_core.asgd_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,6 @@ class Lamb(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.lamb_step)
-
     _native_plan = staticmethod(_core.lamb_plan)
 
     def __init__(

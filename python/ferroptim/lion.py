@@ -41,7 +41,6 @@ class Lion(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.lion_step)
-
     _native_plan = staticmethod(_core.lion_plan)
 
     def __init__(

@@ -53,7 +53,6 @@ class NAdam(NativeStep, torch.optim.NAdam):
     )
 
     _native_step = staticmethod(_core.nadam_step)
-
     _native_plan = staticmethod(_core.nadam_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,6 @@ class RAdam(NativeStep, torch.optim.RAdam):
     )
 
     _native_step = staticmethod(_core.radam_step)
-
     _native_plan = staticmethod(_core.radam_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,6 @@ class RMSprop(NativeStep, torch.optim.RMSprop):
     )
 
     _native_step = staticmethod(_core.rmsprop_step)
-
     _native_plan = staticmethod(_core.rmsprop_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

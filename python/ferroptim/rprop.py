@@ -52,7 +52,6 @@ class Rprop(NativeStep, torch.optim.Rprop):
     )
 
     _native_step = staticmethod(_core.rprop_step)
-
     _native_plan = staticmethod(_core.rprop_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:

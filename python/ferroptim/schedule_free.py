@@ -64,7 +64,6 @@ class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.schedule_free_adamw_step)
-
     _native_plan = staticmethod(_core.schedule_free_adamw_plan)
 
     def __init__(

@@ -45,7 +45,6 @@ class SGD(NativeStep, torch.optim.SGD):
     )
 
     _native_step = staticmethod(_core.sgd_step)
-
     _native_plan = staticmethod(_core.sgd_plan)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
