@@ -17,6 +17,7 @@
 use crate::error::CoreError;
 use crate::tensor::PyTensor;
 use ferroptim::{ParamState, Rule, StepCache};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use std::sync::Mutex;
@@ -50,13 +51,27 @@ impl DictSnapshot {
     }
 
     /// True if the snapshot's dict still holds the same objects in the same order.
+    ///
+    /// Compares addresses only, through borrowed references: the objects themselves (e.g. the
+    /// state tensors) are not touched, not even their reference counts, so a step does not
+    /// pull every one of them into the cache.
     fn same_items(&self, py: Python<'_>) -> bool {
         let dict = self.dict.bind(py);
-        dict.len() == self.items.len()
-            && dict
-                .iter()
-                .zip(&self.items)
-                .all(|((k, v), (k0, v0))| k.is(k0) && v.is(v0))
+        if dict.len() != self.items.len() {
+            return false;
+        }
+        let mut pos: ffi::Py_ssize_t = 0;
+        let (mut key, mut value) = (std::ptr::null_mut(), std::ptr::null_mut());
+        for (k0, v0) in &self.items {
+            // SAFETY: the GIL is held (`py`), `dict` is a live dict (the snapshot owns a
+            // reference), and no Python code runs during the loop, so the dict cannot change
+            // and `PyDict_Next`'s borrowed `key`/`value` stay valid; they are only compared.
+            let more = unsafe { ffi::PyDict_Next(dict.as_ptr(), &mut pos, &mut key, &mut value) };
+            if more == 0 || key != k0.as_ptr() || value != v0.as_ptr() {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -146,7 +161,12 @@ impl PlannedGroup {
             _ => return false,
         };
         list.len() == self.params.len()
-            && list.iter().zip(&self.params).all(|(p, p0)| p.is(p0))
+            && self.params.iter().enumerate().all(|(i, p0)| {
+                // SAFETY: the GIL is held and `list` is a live list of `params.len()` items
+                // (just checked); the borrowed item is only compared, not used.
+                let item = unsafe { ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t) };
+                item == p0.as_ptr()
+            })
             && self.state_dicts.iter().all(|d| d.same_items(py))
             && self
                 .stateless
