@@ -22,8 +22,8 @@ use ferroptim::sched::{
     Scheduler, StepLR,
 };
 use ferroptim::{
-    Adadelta, Adagrad, Adam, Adamax, Adopt, Algorithm, Asgd, Hyper, Lion, NAdam, Optim, Optimizer,
-    RAdam, RMSprop, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Algorithm, Asgd, Hyper, Lamb, Lion,
+    NAdam, Optim, Optimizer, RAdam, RMSprop, Rprop, Sgd,
 };
 use std::error::Error;
 use std::path::Path;
@@ -54,6 +54,9 @@ fn main() -> Res<()> {
                 "ASGD" => run::<Asgd>(problem, ckpt, out, save),
                 "Lion" => run::<Lion>(problem, ckpt, out, save),
                 "ADOPT" => run::<Adopt>(problem, ckpt, out, save),
+                "Lamb" => run::<Lamb>(problem, ckpt, out, save),
+                "Adan" => run::<Adan>(problem, ckpt, out, save),
+                "AdEMAMix" => run::<AdEMAMix>(problem, ckpt, out, save),
                 other => Err(format!("unknown class {other}").into()),
             }
         }

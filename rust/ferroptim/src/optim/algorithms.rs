@@ -7,7 +7,8 @@
 use super::algorithm::{check, scalar_tensor, zeros_state, ParamState};
 use crate::error::Result;
 use crate::rules::{
-    Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Asgd, Lamb, Lion, NAdam, RAdam,
+    RMSprop, Rprop, Sgd,
 };
 use tch::{Device, Tensor};
 
@@ -238,5 +239,59 @@ crate::algorithm!(
     |c| {
         lr_eps_wd(c.lr, c.eps, c.weight_decay)?;
         betas(c.beta1, c.beta2, false)
+    }
+);
+
+crate::algorithm!(
+    Lamb,
+    "Lamb",
+    {
+        lr: Float, beta1: Float, beta2: Float, eps: Float, weight_decay: Float,
+        weight_decouple: Bool, grad_averaging: Bool, adam: Bool, maximize: Bool
+    },
+    |c| {
+        lr_eps_wd(c.lr, c.eps, c.weight_decay)?;
+        betas(c.beta1, c.beta2, false)
+    }
+);
+
+/// Three `betas`, each in [0, 1) (Adan, AdEMAMix).
+fn three_betas(beta1: f64, beta2: f64, beta3: f64) -> Result<()> {
+    betas(beta1, beta2, false)?;
+    check::unit("betas[2]", beta3, false)
+}
+
+crate::algorithm!(
+    Adan,
+    "Adan",
+    {
+        lr: Float, beta1: Float, beta2: Float, beta3: Float, eps: Float, weight_decay: Float,
+        no_prox: Bool, maximize: Bool
+    },
+    |c| {
+        lr_eps_wd(c.lr, c.eps, c.weight_decay)?;
+        three_betas(c.beta1, c.beta2, c.beta3)
+    }
+);
+
+crate::algorithm!(
+    AdEMAMix,
+    "AdEMAMix",
+    {
+        lr: Float, beta1: Float, beta2: Float, beta3: Float, alpha: Float,
+        beta3_warmup: OptionalFloat, alpha_warmup: OptionalFloat, eps: Float,
+        weight_decay: Float, maximize: Bool
+    },
+    |c| {
+        lr_eps_wd(c.lr, c.eps, c.weight_decay)?;
+        check::at_least("alpha", c.alpha, 0.0)?;
+        three_betas(c.beta1, c.beta2, c.beta3)?;
+        for (name, warmup) in [("beta3_warmup", c.beta3_warmup), ("alpha_warmup", c.alpha_warmup)] {
+            // not `> 0` (NaN included), as the Python class's `not warmup > 0`
+            if let Some(w) = warmup.filter(|w| w.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)) {
+                return Err(check::invalid(name, w.to_string()));
+            }
+        }
+        Ok(())
     }
 );

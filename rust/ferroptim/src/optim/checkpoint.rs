@@ -4,7 +4,7 @@
 //!   numbered through the groups in order (torch's `state_dict` numbering);
 //! - `__metadata__["format"]`: [`FORMAT`];
 //! - `__metadata__["param_groups"]`: a JSON list with one object per group: its hyperparameters
-//!   under torch's keys (`lr`, `betas: [β₁, β₂]`, `etas`, `step_sizes`, `weight_decay`, …;
+//!   under torch's keys (`lr`, `betas: [β₁, β₂]` (three for Adan, AdEMAMix), `etas`, `step_sizes`, `weight_decay`, …;
 //!   non-finite numbers as the strings `"Infinity"`, `"-Infinity"`, `"NaN"`), any other entries
 //!   the group carried (`foreach`, `initial_lr`, …) and `params`, the indices of its parameters.
 //!
@@ -23,12 +23,26 @@ use tch::{Device, Kind, Tensor};
 /// The value of `__metadata__["format"]` in the checkpoints this crate writes and reads.
 pub const FORMAT: &str = "ferroptim.optimizer.v1";
 
-/// Hyperparameter pairs that torch keeps as one tuple: (first field, second field, torch key).
-const PAIRS: [(&str, &str, &str); 3] = [
-    ("beta1", "beta2", "betas"),
-    ("etaminus", "etaplus", "etas"),
-    ("step_size_min", "step_size_max", "step_sizes"),
+/// Hyperparameters that torch keeps as one tuple: (torch key, the fields in tuple order). A
+/// tuple is used when the config has at least its first two fields; it holds the leading
+/// fields the config has (Adam's `betas` has two, Adan's three).
+const TUPLES: [(&str, &[&str]); 3] = [
+    ("betas", &["beta1", "beta2", "beta3"]),
+    ("etas", &["etaminus", "etaplus"]),
+    ("step_sizes", &["step_size_min", "step_size_max"]),
 ];
+
+/// The tuple (torch key, its fields present in `names`) that `name` belongs to, if any.
+fn tuple_of(name: &str, names: &[&str]) -> Option<(&'static str, Vec<&'static str>)> {
+    TUPLES.iter().find_map(|&(key, fields)| {
+        let present: Vec<&'static str> = fields
+            .iter()
+            .copied()
+            .take_while(|f| names.contains(f))
+            .collect();
+        (present.len() >= 2 && present.contains(&name)).then_some((key, present))
+    })
+}
 
 fn fail(path: &Path, reason: impl Into<String>) -> Error {
     Error::Checkpoint {
@@ -163,16 +177,17 @@ fn write_hyper<R: Algorithm>(config: &R, map: &mut Map<String, Value>) {
         let Some(value) = config.get(name) else {
             continue;
         };
-        if let Some(&(_, second, key)) = PAIRS.iter().find(|p| p.0 == name) {
-            if let Some(v2) = config.get(second) {
-                map.insert(key.into(), Value::Array(vec![to_json(value), to_json(v2)]));
-                continue;
+        match tuple_of(name, names) {
+            // written once, at its first field
+            Some((key, fields)) if fields[0] == name => {
+                let values = fields.iter().filter_map(|f| config.get(f)).map(to_json);
+                map.insert(key.into(), Value::Array(values.collect()));
+            }
+            Some(_) => {}
+            None => {
+                map.insert(name.into(), to_json(value));
             }
         }
-        if PAIRS.iter().any(|p| p.1 == name && names.contains(&p.0)) {
-            continue;
-        }
-        map.insert(name.into(), to_json(value));
     }
 }
 
@@ -185,12 +200,9 @@ fn read_hyper<R: Algorithm>(
     let mut used = vec!["params"];
     let names = config.hyperparameter_names();
     for &name in names {
-        let pair = PAIRS
-            .iter()
-            .find(|p| (p.0 == name || p.1 == name) && names.contains(&p.0) && names.contains(&p.1));
-        let (key, value) = match pair {
-            Some(&(first, _, key)) => {
-                let at = usize::from(first != name);
+        let (key, value) = match tuple_of(name, names) {
+            Some((key, fields)) => {
+                let at = fields.iter().position(|f| *f == name).unwrap_or(0);
                 (key, saved.get(key).and_then(|v| v.get(at)))
             }
             None => (name, saved.get(name)),

@@ -1,7 +1,7 @@
 //! Tests of the stateful optimizer: exact values, state as torch creates it, errors, checkpoints.
 
 use super::*;
-use crate::{Adagrad, Adam, Asgd, Error, NAdam, Rprop, Sgd};
+use crate::{AdEMAMix, Adagrad, Adam, Adan, Asgd, Error, NAdam, Rprop, Sgd};
 use tch::{Device, Kind, Tensor};
 
 /// A leaf parameter of float64 values that requires a gradient.
@@ -333,4 +333,41 @@ fn step_unscaling_divides_the_gradients_and_writes_them_back() {
     let e = scaled.step_unscaling(0.0).unwrap_err();
     assert_eq!(invalid(e).0, "grad_scale");
     assert_eq!(values(&b), values(&a));
+}
+
+#[test]
+fn three_betas_are_validated_and_checkpointed_as_one_tuple() {
+    let p = param(&[1.0, -2.0]);
+    let bad = Adan {
+        beta3: 1.0,
+        ..Adan::default()
+    };
+    let e = Optim::new(vec![p.shallow_clone()], bad).unwrap_err();
+    assert_eq!(invalid(e), ("betas[2]", "1".to_string()));
+    let warm = AdEMAMix {
+        alpha_warmup: Some(0.0),
+        ..AdEMAMix::default()
+    };
+    let e = Optim::new(vec![p.shallow_clone()], warm).unwrap_err();
+    assert_eq!(invalid(e), ("alpha_warmup", "0".to_string()));
+
+    // betas = [β₁, β₂, β₃] in the file; loading it into another config restores all three
+    let cfg = Adan {
+        beta1: 0.5,
+        beta2: 0.6,
+        beta3: 0.7,
+        ..Adan::default()
+    };
+    let mut opt = Optim::new(vec![p.shallow_clone()], cfg).unwrap();
+    set_grad(&p, &[0.5, 0.25]);
+    opt.step().unwrap();
+    let dir = std::env::temp_dir().join(format!("ferroptim-adan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("adan.safetensors");
+    opt.save(&path).unwrap();
+    let mut other = Optim::new(vec![p.shallow_clone()], Adan::default()).unwrap();
+    other.load(&path).unwrap();
+    assert_eq!(other.hyperparameter(0, "beta3").unwrap(), Hyper::Float(0.7));
+    assert_eq!(other.hyperparameter(0, "beta1").unwrap(), Hyper::Float(0.5));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
