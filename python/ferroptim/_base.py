@@ -183,10 +183,7 @@ class NativeStep:
             RuntimeError: a gradient is sparse, or a tensor does not match its parameter
                 (shape, device, dtype); nothing is modified in that case.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         # Set by torch.amp.GradScaler.step (see `_check_supported`).
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
@@ -227,6 +224,15 @@ class NativeStep:
         # old state tensors, so they are freed now rather than at the next step.
         self.__dict__.pop("_ferroptim_plan", None)
         super().__setstate__(state)  # type: ignore[misc]
+
+
+def call_closure(closure: Callable[[], float] | None) -> float | None:
+    """``step(closure)``'s first move in torch.optim: the closure's loss, computed with
+    gradients enabled (inside ``step``'s ``no_grad``), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def check_range(

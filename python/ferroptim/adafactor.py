@@ -8,6 +8,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _to_scalar
 
 from ferroptim import _core
+from ferroptim._base import call_closure
 
 
 class Adafactor(torch.optim.Adafactor):
@@ -59,10 +60,7 @@ class Adafactor(torch.optim.Adafactor):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         for group in self.param_groups:

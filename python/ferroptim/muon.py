@@ -8,6 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core
+from ferroptim._base import call_closure
 
 
 class Muon(torch.optim.Muon):
@@ -65,10 +66,7 @@ class Muon(torch.optim.Muon):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         calls = []
         created: list[tuple[torch.Tensor, torch.Tensor]] = []
         for group in self.param_groups:

@@ -8,7 +8,15 @@ from typing import Any, Callable
 import torch
 
 from ferroptim import _core
-from ferroptim._base import NATIVE_NOTES, NativeStep, check_range, hyper, scalar, zeros_like
+from ferroptim._base import (
+    NATIVE_NOTES,
+    NativeStep,
+    call_closure,
+    check_range,
+    hyper,
+    scalar,
+    zeros_like,
+)
 
 
 class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
@@ -172,10 +180,7 @@ class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
                 "ScheduleFreeAdamW.step() called in eval mode: call optimizer.train() before "
                 "training (and optimizer.eval() before evaluating)"
             )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and scalar(found_inf) != 0.0:
             return loss  # GradScaler skips this step: nothing changes, k included

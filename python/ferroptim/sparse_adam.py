@@ -8,6 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core
+from ferroptim._base import call_closure
 
 
 class SparseAdam(torch.optim.SparseAdam):
@@ -52,10 +53,7 @@ class SparseAdam(torch.optim.SparseAdam):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = call_closure(closure)
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         counted: list[tuple[dict[str, Any], Any]] = []

@@ -111,21 +111,7 @@ pub(crate) enum ScalarOp {
 /// float16/bfloat16 rounds differently from the Scalar overload that tch's `mul_scalar_`
 /// calls.
 pub(crate) fn scalar_(t: &Tensor, op: ScalarOp, value: f64) -> Result<()> {
-    let mut err: [c_char; ERR_CAP] = [0; ERR_CAP];
-    let mut out: *mut c_void = std::ptr::null_mut();
-    // SAFETY: `t` is a live tch tensor borrowed for the call; in place, `out` is not written;
-    // `err` is a writable buffer of `ERR_CAP` bytes.
-    let ok = unsafe {
-        ferroptim_scalar_op(
-            t.as_ptr() as *const c_void,
-            op as i32,
-            value,
-            1,
-            &mut out,
-            err.as_mut_ptr(),
-            ERR_CAP,
-        )
-    };
+    let (ok, _, err) = scalar_op(t, op, value, true);
     if ok == 1 {
         Ok(())
     } else {
@@ -135,21 +121,34 @@ pub(crate) fn scalar_(t: &Tensor, op: ScalarOp, value: f64) -> Result<()> {
 
 /// `t * value` (etc.) with a Python float `value`, out of place (see [`scalar_`]).
 pub(crate) fn scalar(t: &Tensor, op: ScalarOp, value: f64) -> Result<Tensor> {
+    let (ok, out, err) = scalar_op(t, op, value, false);
+    owned(ok, out, &err)
+}
+
+/// The shim call behind [`scalar_`] and [`scalar`]: its status, the new tensor (out of place
+/// only) and the error message buffer.
+fn scalar_op(
+    t: &Tensor,
+    op: ScalarOp,
+    value: f64,
+    in_place: bool,
+) -> (i32, *mut c_void, [c_char; ERR_CAP]) {
     let mut err: [c_char; ERR_CAP] = [0; ERR_CAP];
     let mut out: *mut c_void = std::ptr::null_mut();
-    // SAFETY: as in `scalar_`; `out` receives a heap tensor handle (see `owned`).
+    // SAFETY: `t` is a live tch tensor borrowed for the call; `out` is only written out of
+    // place (a heap tensor handle, see `owned`); `err` is a writable buffer of `ERR_CAP` bytes.
     let ok = unsafe {
         ferroptim_scalar_op(
             t.as_ptr() as *const c_void,
             op as i32,
             value,
-            0,
+            i32::from(in_place),
             &mut out,
             err.as_mut_ptr(),
             ERR_CAP,
         )
     };
-    owned(ok, out, &err)
+    (ok, out, err)
 }
 
 /// `torch.addmm(t, mat1, mat2, beta=beta, alpha=alpha)` (tch's `addmm` has neither).
