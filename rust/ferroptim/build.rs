@@ -1,11 +1,12 @@
-//! Compiles `csrc/inspect.cpp`, `csrc/ops.cpp` and `csrc/grad.cpp` against the headers of the
-//! libtorch that torch-sys links.
+//! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp` and `csrc/grad.cpp`
+//! against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/inspect.cpp");
+    println!("cargo:rerun-if-changed=csrc/prefetch.cpp");
     println!("cargo:rerun-if-changed=csrc/ops.cpp");
     println!("cargo:rerun-if-changed=csrc/grad.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
@@ -33,6 +34,7 @@ fn main() {
         .include(include.join("torch/csrc/api/include"))
         .define("_GLIBCXX_USE_CXX11_ABI", cxx11_abi())
         .file("csrc/inspect.cpp")
+        .file("csrc/prefetch.cpp")
         .file("csrc/ops.cpp")
         .file("csrc/grad.cpp")
         .compile("ferroptim_inspect");

@@ -216,12 +216,8 @@ fn step_planned<R: FromGroup>(
     for (group, d) in groups.iter().zip(hypers) {
         rules.push(R::from_group(d)?);
         // Read the gradients with the GIL held: Python code may reassign `.grad` otherwise.
-        let g = group
-            .planned
-            .iter()
-            .map(|ps| ps.param.f_grad())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| PyErr::from(CoreError::from(ferroptim::Error::from(e))))?;
+        let g = ferroptim::read_grads(group.planned.iter().map(|ps| &ps.param))
+            .map_err(|e| PyErr::from(CoreError::from(e)))?;
         grads.push(g);
     }
     // Exclusive borrows of `Send` data only, so the closure is `Send` as `detach` requires.

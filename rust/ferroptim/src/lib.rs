@@ -94,7 +94,8 @@ pub mod sched;
 pub mod tensor_rules;
 
 pub use driver::{
-    step, step_params, step_unscaling, step_with_grads, Group, ParamState, ParamTensors, StepCache,
+    read_grads, step, step_params, step_unscaling, step_with_grads, Group, ParamState,
+    ParamTensors, StepCache,
 };
 pub use error::{Error, Result};
 pub use optim::{Algorithm, Hyper, Optim, Optimizer};

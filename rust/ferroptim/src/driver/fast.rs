@@ -62,3 +62,57 @@ pub(crate) fn meta(t: &Tensor, like: Option<&Tensor>, writable: bool) -> Option<
         span: out.span as usize,
     })
 }
+
+extern "C" {
+    fn ferroptim_prefetch(ts: *const *const c_void, n: usize);
+    fn ferroptim_grads(params: *const *const c_void, n: usize, out: *mut *mut c_void) -> i32;
+}
+
+/// Parameters per batch of [`prefetch`]: enough tensors for their cache misses to overlap,
+/// few enough that the lines are still cached when the batch is inspected.
+pub(crate) const PREFETCH_BATCH: usize = 16;
+
+/// Brings the metadata of `tensors` (handle, TensorImpl, StorageImpl, first data line) into
+/// the cache, the misses of all of them overlapping (`csrc/prefetch.cpp`). Only a hint: it
+/// changes nothing and cannot fail.
+pub(crate) fn prefetch<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) {
+    let mut ptrs = [std::ptr::null::<c_void>(); 64];
+    let mut n = 0;
+    for t in tensors {
+        if n == ptrs.len() {
+            flush(&ptrs[..n]);
+            n = 0;
+        }
+        ptrs[n] = t.as_ptr() as *const c_void;
+        n += 1;
+    }
+    flush(&ptrs[..n]);
+
+    fn flush(ptrs: &[*const c_void]) {
+        // SAFETY: every pointer is a live `at::Tensor*` (tch's `C_tensor`) borrowed for this
+        // call; the function only reads metadata through them and catches every exception.
+        unsafe { ferroptim_prefetch(ptrs.as_ptr(), ptrs.len()) }
+    }
+}
+
+/// The gradients of `params` (undefined tensors where there is none), read in one batch with
+/// their metadata prefetched. `None` if libtorch reported an error (then take the per-tensor
+/// path, which reports it).
+pub(crate) fn grads(params: &[&Tensor]) -> Option<Vec<Tensor>> {
+    let ptrs: Vec<*const c_void> = params.iter().map(|t| t.as_ptr() as *const c_void).collect();
+    let mut out = vec![std::ptr::null_mut::<c_void>(); ptrs.len()];
+    // SAFETY: `ptrs` are live `at::Tensor*`s borrowed for the call and `out` has room for one
+    // pointer each; on success every `out[i]` is a new heap `at::Tensor` owned by nobody else,
+    // on failure all are null (the C++ side frees what it allocated).
+    let ok = unsafe { ferroptim_grads(ptrs.as_ptr(), ptrs.len(), out.as_mut_ptr()) };
+    if ok != 1 {
+        return None;
+    }
+    // SAFETY: each pointer is a new `at::Tensor*` (see above), which `Tensor` now owns and
+    // frees on drop, as for tensors tch's own functions return.
+    Some(
+        out.into_iter()
+            .map(|p| unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) })
+            .collect(),
+    )
+}

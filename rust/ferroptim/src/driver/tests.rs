@@ -290,3 +290,32 @@ fn step_params_reads_gradients_from_the_parameters_and_skips_those_without() {
     assert_eq!(planned[0].scalar_state[0].double_value(&[]), 3.0);
     assert_eq!(planned[1].scalar_state[0].double_value(&[]), 0.0);
 }
+
+#[test]
+fn read_grads_matches_f_grad_including_missing_and_shared_gradients() {
+    let params: Vec<Tensor> = (0..40)
+        .map(|i| {
+            Tensor::full([i % 5], i as f64, (Kind::Float, Device::Cpu)).set_requires_grad(true)
+        })
+        .collect();
+    // Every third parameter gets no gradient; the others get `2 * p`.
+    for (i, p) in params.iter().enumerate() {
+        if i % 3 != 0 {
+            (p * p).sum(Kind::Float).backward();
+        }
+    }
+    let no_grad = Tensor::zeros([3], (Kind::Double, Device::Cpu)); // requires_grad false
+    let all: Vec<&Tensor> = params.iter().chain(std::iter::once(&no_grad)).collect();
+    let grads = read_grads(all.iter().copied()).unwrap();
+    assert_eq!(grads.len(), all.len());
+    for (p, g) in all.iter().zip(&grads) {
+        let expected = p.grad();
+        assert_eq!(g.defined(), expected.defined());
+        if g.defined() {
+            // The same tensor as autograd's, not a copy.
+            assert_eq!(g.data_ptr(), expected.data_ptr());
+            assert_eq!(to_vec(g), to_vec(&(*p * 2.0)));
+        }
+    }
+    assert!(read_grads(std::iter::empty()).unwrap().is_empty());
+}
