@@ -10,7 +10,7 @@ use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 use kernel::Job;
 use tch::{Device, Kind, Tensor};
 pub use validate::StepCache;
-use validate::{check_overlaps, check_param, Extent, Meta, ParamMeta, Who};
+use validate::{check_param, Extent, Meta, ParamMeta, Who};
 
 /// One parameter and the tensors a step reads and writes for it.
 ///
@@ -260,9 +260,17 @@ fn run<R: Rule, E: Entry>(
     cache: &mut StepCache,
 ) -> Result<()> {
     let unscale = grad_scale.is_some();
-    let mut metas = Vec::new();
-    let mut written = Vec::new();
-    let mut read = Vec::new();
+    let count: usize = groups.iter().map(|(_, params)| params.len()).sum();
+    // Scratch buffers kept by the cache: no allocation per step once they have grown.
+    let (mut metas, mut written, mut read) = (
+        std::mem::take(&mut cache.metas),
+        std::mem::take(&mut cache.written),
+        std::mem::take(&mut cache.read),
+    );
+    metas.clear();
+    written.clear();
+    read.clear();
+    metas.reserve(count);
     for (gi, (rule, params)) in groups.iter().enumerate() {
         for (pi, pt) in params.iter().enumerate() {
             if pi % fast::PREFETCH_BATCH == 0 {
@@ -290,29 +298,50 @@ fn run<R: Rule, E: Entry>(
             metas.push(meta);
         }
     }
-    check_overlaps(written, &read, cache)?;
+    (cache.written, cache.read) = (written, read);
+    let checked = cache.check_overlaps();
+    let result = checked.and_then(|()| update(groups, &metas, grad_scale));
+    cache.metas = metas;
+    result
+}
+
+/// The second half of [`run`], once every input is validated (`metas`, in order).
+fn update<R: Rule, E: Entry>(
+    groups: &[(&R, &[E])],
+    metas: &[ParamMeta],
+    grad_scale: Option<f64>,
+) -> Result<()> {
+    let unscale = grad_scale.is_some();
 
     // Stage what the kernel cannot update in place. Still nothing has been modified, so an
     // allocation failure here leaves every input untouched.
-    let mut staged: Vec<Option<Staged>> = Vec::with_capacity(metas.len());
+    // Only the (usually no) staged parameters, by index: no per-parameter slot to fill.
+    let mut staged: Vec<(usize, Staged)> = Vec::new();
     let mut scalar_states = Vec::with_capacity(metas.len());
     let entries = || {
         groups
             .iter()
             .flat_map(|(rule, params)| params.iter().map(move |pt| (*rule, pt)))
     };
-    for ((_, pt), m) in entries().zip(&metas) {
-        staged.push(if m.is_direct() {
-            None
-        } else {
-            Some(Staged::new(pt)?)
-        });
+    for (i, ((_, pt), m)) in entries().zip(metas).enumerate() {
+        if !m.is_direct() {
+            staged.push((i, Staged::new(pt)?));
+        }
         scalar_states.push(read_scalar_state(pt, m)?);
     }
+    let staged_at = |i: usize| {
+        staged
+            .binary_search_by_key(&i, |(j, _)| *j)
+            .ok()
+            .map(|k| &staged[k].1)
+    };
 
     // From here on, tensors are modified.
-    let mut jobs = Vec::with_capacity(staged.len());
-    let slots = staged.iter().zip(&metas).zip(scalar_states.iter_mut());
+    let mut jobs = Vec::with_capacity(metas.len());
+    let slots = (0..metas.len())
+        .map(staged_at)
+        .zip(metas)
+        .zip(scalar_states.iter_mut());
     // Consecutive parameters of a group usually share their scalar state's values (the same
     // `step`): `Rule::scalars` is pure, so its result (e.g. two `powf`s) is reused.
     let mut memo: Option<(&R, bool, [ScalarState; MAX_SCALAR_STATE], Memo<R>)> = None;
@@ -333,7 +362,7 @@ fn run<R: Rule, E: Entry>(
             }
         };
         write_scalar_state(pt, meta, &values[..n])?;
-        let m = staged.as_ref().map_or(meta, |s| &s.meta);
+        let m = staged.map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
     }
     let threads = tch::get_num_threads().max(1) as usize;
@@ -341,8 +370,9 @@ fn run<R: Rule, E: Entry>(
     kernel::run::<R>(&jobs, threads)?;
     drop(jobs);
 
-    for ((_, pt), staged) in entries().zip(&staged) {
-        if let Some(s) = staged {
+    let mut staged = staged.iter().peekable();
+    for (i, (_, pt)) in entries().enumerate() {
+        if let Some((_, s)) = staged.next_if(|(j, _)| *j == i) {
             s.copy_back(pt, unscale)?;
         }
     }

@@ -55,6 +55,7 @@ impl Meta {
 }
 
 /// The metadata of a parameter's tensors, in the driver's order.
+#[derive(Debug)]
 pub(crate) struct ParamMeta {
     pub param: Meta,
     pub grad: Meta,
@@ -312,7 +313,8 @@ impl Extent {
 
 /// What the overlap check of the last step found, so that a step over the same tensors
 /// (the usual case: parameters and state stay put, only gradients are new) does not sort
-/// them again. Create it with [`StepCache::default`] and pass the same one to every step of
+/// them again, and the step's scratch buffers, so that a step allocates nothing per
+/// parameter. Create it with [`StepCache::default`] and pass the same one to every step of
 /// the same parameters; a cache from other tensors is harmless (it just misses).
 #[derive(Debug, Default)]
 pub struct StepCache {
@@ -320,50 +322,53 @@ pub struct StepCache {
     keys: Vec<(usize, usize)>,
     /// The same extents sorted by address (pairwise disjoint).
     sorted: Vec<Extent>,
+    /// Scratch: this step's written and read extents, and its parameters' metadata.
+    pub(crate) written: Vec<Extent>,
+    pub(crate) read: Vec<Extent>,
+    pub(crate) metas: Vec<ParamMeta>,
 }
 
-/// Fails unless the `written` extents are pairwise disjoint and no `read` extent overlaps a
-/// written one (read-only tensors may share memory with each other).
-pub(crate) fn check_overlaps(
-    written: Vec<Extent>,
-    read: &[Extent],
-    cache: &mut StepCache,
-) -> Result<()> {
-    let same = cache.keys.len() == written.len()
-        && cache
-            .keys
-            .iter()
-            .zip(&written)
-            .all(|(&(start, end), e)| start == e.start && end == e.end);
-    if !same {
-        cache.keys.clear();
-        let keys = written.iter().map(|e| (e.start, e.end)).collect();
-        let mut sorted = written;
-        sorted.sort_unstable_by_key(|e| e.start);
-        // Sorted by start, the extents are disjoint iff each one ends before the next starts.
-        if let Some(pair) = sorted.windows(2).find(|w| w[1].start < w[0].end) {
-            return Err(Error::Overlap {
-                first: pair[0].who.label(),
-                second: pair[1].who.label(),
-            });
-        }
-        cache.sorted = sorted;
-        cache.keys = keys;
-    }
-    for r in read {
-        // Written extents are sorted and disjoint, so their ends increase too: of those that
-        // start before `r` ends, only the last can reach into `r`.
-        let i = cache.sorted.partition_point(|w| w.start < r.end);
-        if let Some(w) = i.checked_sub(1).map(|i| &cache.sorted[i]) {
-            if w.end > r.start {
+impl StepCache {
+    /// Fails unless the `written` extents are pairwise disjoint and no `read` extent overlaps
+    /// a written one (read-only tensors may share memory with each other).
+    pub(crate) fn check_overlaps(&mut self) -> Result<()> {
+        let written = &self.written;
+        let same = self.keys.len() == written.len()
+            && self
+                .keys
+                .iter()
+                .zip(written)
+                .all(|(&(start, end), e)| start == e.start && end == e.end);
+        if !same {
+            self.keys.clear();
+            self.sorted.clear();
+            self.sorted.extend_from_slice(written);
+            self.sorted.sort_unstable_by_key(|e| e.start);
+            // Sorted by start, the extents are disjoint iff each one ends before the next
+            // starts.
+            if let Some(pair) = self.sorted.windows(2).find(|w| w[1].start < w[0].end) {
                 return Err(Error::Overlap {
-                    first: w.who.label(),
-                    second: r.who.label(),
+                    first: pair[0].who.label(),
+                    second: pair[1].who.label(),
                 });
             }
+            self.keys.extend(written.iter().map(|e| (e.start, e.end)));
         }
+        for r in &self.read {
+            // Written extents are sorted and disjoint, so their ends increase too: of those
+            // that start before `r` ends, only the last can reach into `r`.
+            let i = self.sorted.partition_point(|w| w.start < r.end);
+            if let Some(w) = i.checked_sub(1).map(|i| &self.sorted[i]) {
+                if w.end > r.start {
+                    return Err(Error::Overlap {
+                        first: w.who.label(),
+                        second: r.who.label(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -391,7 +396,13 @@ mod tests {
                 .map(|&(s, e, _)| ext(s, e))
                 .collect()
         };
-        check_overlaps(pick(true), &pick(false), &mut StepCache::default())
+        overlaps(pick(true), pick(false), &mut StepCache::default())
+    }
+
+    fn overlaps(written: Vec<Extent>, read: Vec<Extent>, cache: &mut StepCache) -> Result<()> {
+        cache.written = written;
+        cache.read = read;
+        cache.check_overlaps()
     }
 
     #[test]
@@ -423,11 +434,11 @@ mod tests {
     fn the_cache_skips_the_sort_but_still_checks_what_is_read() {
         let mut cache = StepCache::default();
         let written = || vec![ext(100, 200), ext(0, 50)];
-        assert!(check_overlaps(written(), &[ext(50, 100)], &mut cache).is_ok());
+        assert!(overlaps(written(), vec![ext(50, 100)], &mut cache).is_ok());
         assert_eq!(cache.keys, vec![(100, 200), (0, 50)]);
-        assert!(check_overlaps(written(), &[ext(40, 60)], &mut cache).is_err());
+        assert!(overlaps(written(), vec![ext(40, 60)], &mut cache).is_err());
         // other written extents: checked afresh, and a failed check leaves no cache behind
-        assert!(check_overlaps(vec![ext(0, 50), ext(49, 60)], &[], &mut cache).is_err());
+        assert!(overlaps(vec![ext(0, 50), ext(49, 60)], vec![], &mut cache).is_err());
         assert!(cache.keys.is_empty());
     }
 }
