@@ -283,7 +283,10 @@ fn run<R: Rule, E: Entry>(
                         .chain(pt.scalar_state())
                 }));
             }
-            let meta = check_param(*rule, pt, gi, pi, unscale)?;
+            let k = metas.len();
+            metas.push(ParamMeta::EMPTY);
+            check_param(*rule, pt, gi, pi, unscale, &mut metas[k])?;
+            let meta = &metas[k];
             let at = |what| Who {
                 what,
                 group: gi,
@@ -295,7 +298,6 @@ fn run<R: Rule, E: Entry>(
             for (m, name) in meta.state().iter().zip(rule.state_names()) {
                 written.extend(Extent::of(m, at(name)));
             }
-            metas.push(meta);
         }
     }
     (cache.written, cache.read) = (written, read);

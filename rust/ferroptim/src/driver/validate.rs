@@ -69,6 +69,15 @@ pub(crate) struct ParamMeta {
 }
 
 impl ParamMeta {
+    /// A slot for [`check_param`] to fill.
+    pub(crate) const EMPTY: ParamMeta = ParamMeta {
+        param: Meta::UNUSED,
+        grad: Meta::UNUSED,
+        state: [Meta::UNUSED; MAX_STATE],
+        n_state: 0,
+        scalar_state: [None; MAX_SCALAR_STATE],
+    };
+
     /// The metadata of staged copies (at most [`MAX_STATE`] state tensors, as validated), with
     /// no scalar state metadata.
     pub(crate) fn staged(param: Meta, grad: Meta, states: impl Iterator<Item = Meta>) -> Self {
@@ -103,14 +112,17 @@ impl ParamMeta {
     }
 }
 
-/// Validates one parameter's tensors against the rule: presence, layout, shape, device, dtype.
+/// Validates one parameter's tensors against the rule: presence, layout, shape, device, dtype,
+/// and writes their metadata to `out` (in place: `ParamMeta` is large and this runs for every
+/// parameter at every step).
 pub(crate) fn check_param<R: Rule>(
     rule: &R,
     pt: &impl Entry,
     group: usize,
     index: usize,
     grad_writable: bool,
-) -> Result<ParamMeta> {
+    out: &mut ParamMeta,
+) -> Result<()> {
     let at = |what| Who { what, group, index };
     let names = rule.state_names();
     if pt.state().len() != names.len() || names.len() > MAX_STATE {
@@ -131,12 +143,12 @@ pub(crate) fn check_param<R: Rule>(
             got: format!("{} scalar state tensors", pt.scalar_state().len()),
         });
     }
-    let mut scalar_state = [None; MAX_SCALAR_STATE];
-    for (m, t) in scalar_state.iter_mut().zip(pt.scalar_state()) {
+    out.scalar_state = [None; MAX_SCALAR_STATE];
+    for (m, t) in out.scalar_state.iter_mut().zip(pt.scalar_state()) {
         *m = fast::meta(t, None, true).filter(|m| m.numel == 1);
     }
-    if let Some(meta) = fast_param(pt, scalar_state, grad_writable) {
-        return Ok(meta);
+    if fast_param(pt, grad_writable, out) {
+        return Ok(());
     }
     // The slow path: one tch call per property, and the precise error.
     let (param, shape) = inspect(pt.param(), at(""))?;
@@ -166,47 +178,42 @@ pub(crate) fn check_param<R: Rule>(
     for (t, name) in pt.scalar_state().iter().zip(scalar_names) {
         check_scalar_state(t, at(name))?;
     }
-    Ok(ParamMeta {
-        param,
-        grad,
-        state,
-        n_state: names.len(),
-        scalar_state,
-    })
+    (out.param, out.grad, out.state, out.n_state) = (param, grad, state, names.len());
+    Ok(())
 }
 
-/// All of a parameter's metadata through `fast::meta`, if every tensor is a plain dense tensor
-/// of a supported dtype, shaped and placed like the parameter, and every scalar state tensor
-/// is a one-element float tensor: then there is nothing to report.
-fn fast_param(
-    pt: &impl Entry,
-    scalar_state: [Option<Meta>; MAX_SCALAR_STATE],
-    grad_writable: bool,
-) -> Option<ParamMeta> {
-    if scalar_state
+/// Writes all of a parameter's metadata through `fast::meta` to `out` and returns true, if
+/// every tensor is a plain dense tensor of a supported dtype, shaped and placed like the
+/// parameter, and every scalar state tensor (`out.scalar_state`, already read) is a
+/// one-element float tensor: then there is nothing to report. False: take the slow path,
+/// which overwrites what was written.
+fn fast_param(pt: &impl Entry, grad_writable: bool, out: &mut ParamMeta) -> bool {
+    if out
+        .scalar_state
         .iter()
         .take(pt.scalar_state().len())
         .any(Option::is_none)
     {
-        return None;
+        return false;
     }
-    let param = fast::meta(pt.param(), None, true)?;
-    let grad = fast::meta(pt.grad(), Some(pt.param()), grad_writable)?;
     let n_state = pt.state().len();
     if n_state > MAX_STATE {
-        return None;
+        return false;
     }
-    let mut state = [Meta::UNUSED; MAX_STATE];
-    for (m, t) in state.iter_mut().zip(pt.state()) {
-        *m = fast::meta(t, Some(pt.param()), true)?;
+    let (Some(param), Some(grad)) = (
+        fast::meta(pt.param(), None, true),
+        fast::meta(pt.grad(), Some(pt.param()), grad_writable),
+    ) else {
+        return false;
+    };
+    (out.param, out.grad, out.n_state) = (param, grad, n_state);
+    for (m, t) in out.state.iter_mut().zip(pt.state()) {
+        match fast::meta(t, Some(pt.param()), true) {
+            Some(meta) => *m = meta,
+            None => return false,
+        }
     }
-    Some(ParamMeta {
-        param,
-        grad,
-        state,
-        n_state,
-        scalar_state,
-    })
+    true
 }
 
 /// Checks that a scalar state tensor (`step`, …) is defined, dense and has one element.
