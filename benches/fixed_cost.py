@@ -1,4 +1,4 @@
-"""Fixed cost of a step: many small tensors, where the work per element is negligible.
+r"""Fixed cost of a step: many small tensors, where the work per element is negligible.
 
 For each optimizer and layout, the median over interleaved repetitions of
 - ``step``: ferroptim's whole ``optimizer.step()`` (torch's step wrapper and hooks included),
@@ -7,22 +7,41 @@ For each optimizer and layout, the median over interleaved repetitions of
 and the issue-3 target for the native call, 20 µs + 0.1 µs per tensor.
 
     python benches/fixed_cost.py [--optimizers AdamW SGD] [--layouts 200x256 1000x1] [--reps 400]
+
+``--baseline MODULE`` adds, interleaved with the others, the whole ``step()`` of another
+build of ferroptim importable as ``MODULE``, to compare two commits in one process. To make
+one from commit ``REV`` (its own target directory, so the main build is not touched)::
+
+    git worktree add /tmp/wt-base REV && cd /tmp/wt-base
+    CARGO_TARGET_DIR=/tmp/target-base maturin build --release -o /tmp/wheel-base
+    pip install --no-deps --target /tmp/site-base /tmp/wheel-base/ferroptim-*.whl
+    mv /tmp/site-base/ferroptim /tmp/site-base/ferroptim_base
+    sed -i 's/from ferroptim\b/from ferroptim_base/' /tmp/site-base/ferroptim_base/*.py
+    PYTHONPATH=/tmp/site-base python benches/fixed_cost.py --baseline ferroptim_base
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 
 import ferroptim
 import torch
 
-LAYOUTS = {"200x256": (200, 256), "1000x1": (1000, 1), "200x1": (200, 1), "500x4096": (500, 4096)}
+LAYOUTS = {
+    "200x256": (200, 256),
+    "1000x1": (1000, 1),
+    "200x1": (200, 1),
+    "2000x16": (2000, 16),
+    "500x4096": (500, 4096),
+}
 KWARGS = {"SGD": {"lr": 0.01, "momentum": 0.9}, "Adam": {"lr": 1e-3}, "AdamW": {"lr": 1e-3}}
 
 
-def make(impl: str, name: str, count: int, numel: int) -> tuple[torch.optim.Optimizer, list]:
+def make(impl, name: str, count: int, numel: int) -> tuple[torch.optim.Optimizer, list]:
+    """``impl``: "ferroptim", "torch", or another ferroptim build's module."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(numel, generator=gen)) for _ in range(count)]
     for p in params:
@@ -30,6 +49,8 @@ def make(impl: str, name: str, count: int, numel: int) -> tuple[torch.optim.Opti
     kwargs = dict(KWARGS.get(name, {"lr": 1e-3}))
     if impl == "ferroptim":
         return getattr(ferroptim, name)(params, **kwargs), params
+    if impl != "torch":
+        return getattr(impl, name)(params, **kwargs), params
     cls = getattr(torch.optim, name)
     for flag in ("fused", "foreach"):
         try:
@@ -51,25 +72,32 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["200x256", "1000x1"], choices=LAYOUTS)
     parser.add_argument("--reps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--baseline", metavar="MODULE", help="another ferroptim build to compare")
     args = parser.parse_args()
+    base = importlib.import_module(args.baseline) if args.baseline else None
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"ferroptim {ferroptim.__version__}; medians of {args.reps} interleaved steps (µs)"
     )
+    extra = f" {args.baseline} step | baseline/ours |" if base else ""
     print(
         "| optimizer | layout | ferroptim step | native call | target | torch best | torch/ours |"
+        + extra
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if base else ""))
     for name in args.optimizers:
         for layout in args.layouts:
             count, numel = LAYOUTS[layout]
             ours, _ = make("ferroptim", name, count, numel)
             ref, _ = make("torch", name, count, numel)
+            other = make(base, name, count, numel)[0] if base else None
             for _ in range(5):
                 ours.step()
                 ref.step()
+                if other is not None:
+                    other.step()
             # made by the steps above (absent in builds before cached plans)
             plan = ours.__dict__.get("_ferroptim_plan", (None,))[0]
             hypers = [ours._hyper(g) for g in ours.param_groups]
@@ -78,7 +106,7 @@ def main() -> None:
                 if plan is not None and not plan.step(ours.state, ours.param_groups, hypers):
                     raise RuntimeError("the cached plan declined")
 
-            samples: dict[str, list[float]] = {"step": [], "native": [], "torch": []}
+            samples: dict[str, list[float]] = {"step": [], "native": [], "torch": [], "base": []}
             # Each of the three follows a torch step, so all see equally cold caches (as after
             # a forward/backward pass): the difference of `step` and `native` is then the
             # Python side of ferroptim's step.
@@ -87,7 +115,10 @@ def main() -> None:
                 samples["step"].append(timed(ours.step))
                 ref.step()
                 samples["native"].append(timed(native))
-            med = {k: statistics.median(v) * 1e6 for k, v in samples.items()}
+                if other is not None:
+                    ref.step()
+                    samples["base"].append(timed(other.step))
+            med = {k: statistics.median(v) * 1e6 for k, v in samples.items() if v}
             target = 20 + 0.1 * count
             native_us = "n/a"
             if plan is not None:
@@ -95,6 +126,7 @@ def main() -> None:
             print(
                 f"| {name} | {layout} | {med['step']:.1f} | {native_us} | {target:.0f} | "
                 f"{med['torch']:.1f} | {med['torch'] / med['step']:.2f} |"
+                + (f" {med['base']:.1f} | {med['base'] / med['step']:.2f} |" if base else "")
             )
 
 
