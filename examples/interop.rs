@@ -22,8 +22,8 @@ use ferroptim::sched::{
     Scheduler, StepLR,
 };
 use ferroptim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Algorithm, Asgd, Hyper, Lamb, Lion,
-    NAdam, Optim, Optimizer, RAdam, RMSprop, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Algorithm, Asgd, Hyper, Lamb, Lars,
+    Lion, NAdam, Optim, Optimizer, RAdam, RMSprop, Rprop, ScheduleFreeAdamWConfig, Sgd,
 };
 use std::error::Error;
 use std::path::Path;
@@ -57,6 +57,8 @@ fn main() -> Res<()> {
                 "Lamb" => run::<Lamb>(problem, ckpt, out, save),
                 "Adan" => run::<Adan>(problem, ckpt, out, save),
                 "AdEMAMix" => run::<AdEMAMix>(problem, ckpt, out, save),
+                "ScheduleFreeAdamW" => run::<ScheduleFreeAdamWConfig>(problem, ckpt, out, save),
+                "LARS" => run::<Lars>(problem, ckpt, out, save),
                 other => Err(format!("unknown class {other}").into()),
             }
         }

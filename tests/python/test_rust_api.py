@@ -24,8 +24,7 @@ from test_family import CONFIGS, NAMES
 
 # Python classes the Rust API (`Optim<R>`, examples/interop.rs) does not have yet.
 RUST_NOT_YET = frozenset(
-    {"ScheduleFreeAdamW", "LARS"}  # fused rules, no `algorithm!` yet
-    | {"Adafactor", "Muon", "SparseAdam", "LBFGS"}  # only `ferroptim::tensor_rules::*::step`
+    {"Adafactor", "Muon", "SparseAdam", "LBFGS"}  # only `ferroptim::tensor_rules::*::step`
 )
 RUST_NAMES = [n for n in NAMES if n not in RUST_NOT_YET]
 

@@ -15,6 +15,12 @@ pub enum Hyper {
     Bool(bool),
     /// An optional real number; `None` switches the feature off (ADOPT's `clip_exponent`).
     OptionalFloat(Option<f64>),
+    /// An integer (Schedule-Free's `k` and `warmup_steps`, Muon's `ns_steps`, …), a Python
+    /// `int` in torch's `param_groups`.
+    Int(i64),
+    /// One of a fixed set of names, or `None` (Muon's `adjust_lr_fn`, LBFGS's
+    /// `line_search_fn`), a Python `str` or `None` in torch's `param_groups`.
+    Name(Option<&'static str>),
 }
 
 impl std::fmt::Display for Hyper {
@@ -23,7 +29,9 @@ impl std::fmt::Display for Hyper {
             Hyper::Float(v) => write!(f, "{v}"),
             Hyper::Bool(b) => write!(f, "{b}"),
             Hyper::OptionalFloat(Some(v)) => write!(f, "{v}"),
-            Hyper::OptionalFloat(None) => f.write_str("None"),
+            Hyper::OptionalFloat(None) | Hyper::Name(None) => f.write_str("None"),
+            Hyper::Int(v) => write!(f, "{v}"),
+            Hyper::Name(Some(name)) => write!(f, "{name:?}"),
         }
     }
 }
@@ -79,6 +87,27 @@ pub trait Algorithm: Rule + Clone + Debug + Default + Send + 'static {
     /// [`Error::Torch`] if libtorch cannot allocate the tensors.
     fn init_state(&self, param: &Tensor) -> Result<ParamState> {
         zeros_state(self, param)
+    }
+
+    /// The rule that updates `param` when it differs from the group's configuration: `None`
+    /// (the default) for every parameter of most algorithms. [`crate::Lars`] returns its
+    /// configuration without the trust ratio for tensors of at most one dimension, as the
+    /// Python class splits its groups.
+    fn rule_for(&self, _param: &Tensor) -> Option<Self> {
+        None
+    }
+
+    /// Called for every group before a step: checks that the group can take one, and returns
+    /// the group's configuration after it, for algorithms whose groups carry state that
+    /// advances with each step ([`crate::ScheduleFreeAdamWConfig`]'s `k`, `weight_sum`, …);
+    /// the optimizer stores it only once the step has succeeded. The default, `Ok(None)`,
+    /// leaves the configuration as it is.
+    ///
+    /// # Errors
+    /// Whatever makes the step impossible (Schedule-Free AdamW: eval mode,
+    /// [`Error::StateMismatch`]); then nothing changes.
+    fn advance(&self, _group: usize) -> Result<Option<Self>> {
+        Ok(None)
     }
 }
 
@@ -147,7 +176,7 @@ pub mod check {
 }
 
 /// Implements [`Algorithm`](crate::optim::Algorithm) for a rule struct from the list of its
-/// hyperparameter fields (each `name: Float | Bool | OptionalFloat`, the
+/// hyperparameter fields (each `name: Float | Bool | OptionalFloat | Int`, the
 /// [`Hyper`](crate::optim::Hyper) variant of its type) and a validation closure. The struct must
 /// have an `f64` field `lr` and implement `Clone`, `Debug` and `Default`.
 ///
@@ -174,11 +203,16 @@ pub mod check {
 /// ```
 ///
 /// An optional `init: path` names a `fn(&Self, &Tensor) -> Result<ParamState>` that replaces
-/// the default [`Algorithm::init_state`](crate::optim::Algorithm::init_state).
+/// the default [`Algorithm::init_state`](crate::optim::Algorithm::init_state); then, as
+/// optional, `rule_for: path` a `fn(&Self, &Tensor) -> Option<Self>`
+/// ([`Algorithm::rule_for`](crate::optim::Algorithm::rule_for)) and `advance: path` a
+/// `fn(&Self, usize) -> Result<Option<Self>>`
+/// ([`Algorithm::advance`](crate::optim::Algorithm::advance)).
 #[macro_export]
 macro_rules! algorithm {
     ($rule:ty, $class:expr, { $($field:ident : $kind:ident),* $(,)? },
-     |$c:ident| $validate:expr $(, init: $init:path)? $(,)?) => {
+     |$c:ident| $validate:expr $(, init: $init:path)? $(, rule_for: $rule_for:path)?
+     $(, advance: $advance:path)? $(,)?) => {
         impl $crate::optim::Algorithm for $rule {
             fn class_name(&self) -> &'static str {
                 let $c = self;
@@ -226,6 +260,18 @@ macro_rules! algorithm {
             $(
                 fn init_state(&self, param: &$crate::tch::Tensor) -> $crate::Result<$crate::optim::ParamState> {
                     $init(self, param)
+                }
+            )?
+
+            $(
+                fn rule_for(&self, param: &$crate::tch::Tensor) -> Option<Self> {
+                    $rule_for(self, param)
+                }
+            )?
+
+            $(
+                fn advance(&self, group: usize) -> $crate::Result<Option<Self>> {
+                    $advance(self, group)
                 }
             )?
         }

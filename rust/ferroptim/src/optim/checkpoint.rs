@@ -234,9 +234,14 @@ fn to_json(h: Hyper) -> Value {
     match h {
         Hyper::Float(v) | Hyper::OptionalFloat(Some(v)) => float_json(v),
         Hyper::Bool(b) => Value::Bool(b),
-        Hyper::OptionalFloat(None) => Value::Null,
+        Hyper::OptionalFloat(None) | Hyper::Name(None) => Value::Null,
+        Hyper::Int(v) => Value::from(v),
+        Hyper::Name(Some(name)) => Value::from(name),
     }
 }
+
+/// The values a [`Hyper::Name`] hyperparameter can take (torch's strings).
+const NAMES: [&str; 3] = ["original", "match_rms_adamw", "strong_wolfe"];
 
 fn float_from_json(v: &Value) -> Option<f64> {
     match v {
@@ -258,6 +263,19 @@ fn from_json(v: &Value, like: Hyper) -> Option<Hyper> {
         Hyper::Bool(_) => v.as_bool().map(Hyper::Bool),
         Hyper::OptionalFloat(_) if v.is_null() => Some(Hyper::OptionalFloat(None)),
         Hyper::OptionalFloat(_) => float_from_json(v).map(|f| Hyper::OptionalFloat(Some(f))),
+        // An integer stays one; a float is offered as such (LBFGS's `lr` is either).
+        Hyper::Int(_) => match v.as_i64() {
+            Some(i) => Some(Hyper::Int(i)),
+            None => float_from_json(v).map(Hyper::Float),
+        },
+        Hyper::Name(_) if v.is_null() => Some(Hyper::Name(None)),
+        Hyper::Name(_) => {
+            let s = v.as_str()?;
+            NAMES
+                .iter()
+                .find(|n| **n == s)
+                .map(|n| Hyper::Name(Some(n)))
+        }
     }
 }
 

@@ -13,6 +13,9 @@
 //! | `Adagrad`, `Adamax`, `Adadelta` | [`Adagrad`](crate::Adagrad), [`Adamax`](crate::Adamax), [`Adadelta`](crate::Adadelta) |
 //! | `NAdam`, `RAdam`, `RMSprop`, `Rprop` | [`NAdam`](crate::NAdam), [`RAdam`](crate::RAdam), [`RMSprop`](crate::RMSprop), [`Rprop`](crate::Rprop) |
 //! | `ASGD`, `Lion`, `ADOPT` | [`Asgd`](crate::Asgd), [`Lion`](crate::Lion), [`Adopt`](crate::Adopt) |
+//! | `Adan`, `AdEMAMix`, `Lamb` | [`Adan`](crate::Adan), [`AdEMAMix`](crate::AdEMAMix), [`Lamb`](crate::Lamb) |
+//! | `LARS` | [`Lars`](crate::Lars) (tensors of one dimension or fewer without trust ratio, as in Python) |
+//! | `ScheduleFreeAdamW` | [`ScheduleFreeAdamWConfig`] (with [`Optim::train`] / [`Optim::eval`]) |
 //!
 //! # Writing your own algorithm
 //! An elementwise algorithm is a [`Rule`](crate::Rule): its state names, the scalars it
@@ -83,12 +86,17 @@ mod algorithm;
 mod algorithms;
 mod checkpoint;
 mod grad;
+mod lars;
+mod schedule_free;
 mod stateful;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_beyond;
 
 pub use algorithm::{check, scalar_tensor, zeros_state, Algorithm, Hyper, ParamState};
 pub use checkpoint::FORMAT;
+pub use schedule_free::ScheduleFreeAdamWConfig;
 pub use stateful::{IntoParams, Optim};
 
 use crate::error::Result;

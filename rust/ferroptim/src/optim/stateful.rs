@@ -228,12 +228,18 @@ impl<R: Algorithm> Optim<R> {
     }
 
     /// One step: gathers the parameters with a gradient and their state (creating missing
-    /// state), runs the driver, and keeps the created state only if it succeeded.
+    /// state), runs the driver, and keeps the created state (and the groups' advanced
+    /// configurations, [`Algorithm::advance`]) only if it succeeded.
     fn run(&mut self, grad_scale: Option<f64>) -> Result<()> {
+        let advanced = (self.groups.iter().enumerate())
+            .map(|(gi, g)| g.config.advance(gi))
+            .collect::<Result<Vec<_>>>()?;
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut created = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
             let rule = g.config.clone();
+            // Parameters that `rule_for` gives a rule of their own, each in a driver group.
+            let mut own = Vec::new();
             let names = rule.state_names();
             let scalar_names = rule.scalar_state_names();
             let first = names.first().or(scalar_names.first());
@@ -271,18 +277,26 @@ impl<R: Algorithm> Optim<R> {
                         })
                         .collect()
                 };
-                params.push(ParamTensors {
+                let tensors = ParamTensors {
                     param: p.shallow_clone(),
                     grad,
                     state: take(names)?,
                     scalar_state: take(scalar_names)?,
                     fresh,
-                });
+                };
+                match rule.rule_for(p) {
+                    None => params.push(tensors),
+                    Some(rule) => own.push(Group {
+                        rule,
+                        params: vec![tensors],
+                    }),
+                }
                 if let Some(s) = new_state {
                     created.push((gi, pi, s));
                 }
             }
             groups.push(Group { rule, params });
+            groups.extend(own);
         }
         match grad_scale {
             None => step(&mut groups)?,
@@ -290,6 +304,11 @@ impl<R: Algorithm> Optim<R> {
         }
         for (gi, pi, s) in created {
             self.groups[gi].state[pi] = s;
+        }
+        for (g, config) in self.groups.iter_mut().zip(advanced) {
+            if let Some(config) = config {
+                g.config = config;
+            }
         }
         Ok(())
     }
