@@ -97,7 +97,7 @@ pub use driver::{
     step, step_params, step_unscaling, step_with_grads, Group, ParamState, ParamTensors, StepCache,
 };
 pub use error::{Error, Result};
-pub use optim::{Algorithm, Hyper, Optim, Optimizer, ScheduleFreeAdamWConfig};
+pub use optim::{Algorithm, Hyper, Hyperparameters, Optim, Optimizer, ScheduleFreeAdamWConfig};
 pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{

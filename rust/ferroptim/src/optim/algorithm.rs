@@ -40,13 +40,12 @@ impl std::fmt::Display for Hyper {
 /// as `optimizer.state[p]` holds it in Python.
 pub type ParamState = BTreeMap<String, Tensor>;
 
-/// An elementwise [`Rule`] that the stateful optimizer ([`crate::Optim`]) can drive: its
-/// hyperparameters by name, torch.optim's validation, and how a parameter's state is created.
-///
-/// The rule struct itself is the configuration of one parameter group (`Default` = torch's
-/// defaults). Implement it with the [`algorithm!`](crate::algorithm) macro; see the
-/// [module documentation](crate::optim) for a complete user-defined algorithm.
-pub trait Algorithm: Rule + Clone + Debug + Default + Send + 'static {
+/// The configuration of a parameter group of [`crate::Optim`], whatever the algorithm: its
+/// hyperparameters by name (as torch's `param_groups` and checkpoints hold them) and
+/// torch.optim's validation. Elementwise algorithms implement it with [`Algorithm`] through
+/// the [`algorithm!`](crate::algorithm) macro; the configurations of
+/// [`crate::tensor_rules`] (Adafactor, Muon, SparseAdam) implement it in this crate.
+pub trait Hyperparameters: Clone + Debug + Send + 'static {
     /// The Python class this configuration corresponds to (e.g. `"AdamW"` for [`crate::Adam`]
     /// with decoupled weight decay); informational, written into checkpoints.
     fn class_name(&self) -> &'static str;
@@ -58,7 +57,7 @@ pub trait Algorithm: Rule + Clone + Debug + Default + Send + 'static {
     fn get(&self, name: &str) -> Option<Hyper>;
 
     /// Sets hyperparameter `name` without validating the new configuration (the optimizer
-    /// calls [`Algorithm::validate`] before it stores a changed configuration).
+    /// calls [`Hyperparameters::validate`] before it stores a changed configuration).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] if there is no such hyperparameter or `value` has the wrong
@@ -77,6 +76,31 @@ pub trait Algorithm: Rule + Clone + Debug + Default + Send + 'static {
     /// [`Error::InvalidArgument`] naming the first invalid hyperparameter and its value.
     fn validate(&self) -> Result<()>;
 
+    /// torch.optim's constructor checks of one parameter of a group (Muon: 2-D only,
+    /// SparseAdam: dense only); the default accepts every tensor.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] (`params`) naming the parameter.
+    fn check_param(&self, _index: usize, _param: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// Per-parameter state entries that torch keeps as Python numbers rather than tensors
+    /// (SparseAdam's `step`, an `int`): the optimizer keeps them as 0-d CPU tensors (int64
+    /// for integers) and checkpoints write them as JSON numbers (see
+    /// [module documentation](crate::optim#checkpoints)). The default: none.
+    fn number_state(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// An elementwise [`Rule`] that the stateful optimizer ([`crate::Optim`]) can drive with the
+/// fused driver: its [`Hyperparameters`] and how a parameter's state is created.
+///
+/// The rule struct itself is the configuration of one parameter group (`Default` = torch's
+/// defaults). Implement it with the [`algorithm!`](crate::algorithm) macro; see the
+/// [module documentation](crate::optim) for a complete user-defined algorithm.
+pub trait Algorithm: Rule + Hyperparameters + Default {
     /// The state of `param` as torch.optim creates it on the parameter's first step: every
     /// name of [`Rule::state_names`] as `zeros_like(param)` and every name of
     /// [`Rule::scalar_state_names`] as a float32 0-d CPU tensor holding 0. Rules whose state
@@ -175,7 +199,8 @@ pub mod check {
     }
 }
 
-/// Implements [`Algorithm`](crate::optim::Algorithm) for a rule struct from the list of its
+/// Implements [`Algorithm`](crate::optim::Algorithm) (and
+/// [`Hyperparameters`](crate::optim::Hyperparameters)) for a rule struct from the list of its
 /// hyperparameter fields (each `name: Float | Bool | OptionalFloat | Int`, the
 /// [`Hyper`](crate::optim::Hyper) variant of its type) and a validation closure. The struct must
 /// have an `f64` field `lr` and implement `Clone`, `Debug` and `Default`.
@@ -213,7 +238,7 @@ macro_rules! algorithm {
     ($rule:ty, $class:expr, { $($field:ident : $kind:ident),* $(,)? },
      |$c:ident| $validate:expr $(, init: $init:path)? $(, rule_for: $rule_for:path)?
      $(, advance: $advance:path)? $(,)?) => {
-        impl $crate::optim::Algorithm for $rule {
+        impl $crate::optim::Hyperparameters for $rule {
             fn class_name(&self) -> &'static str {
                 let $c = self;
                 let _ = $c;
@@ -256,7 +281,9 @@ macro_rules! algorithm {
                 let $c = self;
                 $validate
             }
+        }
 
+        impl $crate::optim::Algorithm for $rule {
             $(
                 fn init_state(&self, param: &$crate::tch::Tensor) -> $crate::Result<$crate::optim::ParamState> {
                     $init(self, param)

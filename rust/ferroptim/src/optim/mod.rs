@@ -84,18 +84,24 @@
 
 mod algorithm;
 mod algorithms;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod grad;
 mod lars;
+mod lbfgs;
 mod schedule_free;
-mod stateful;
+pub(crate) mod stateful;
+mod tensor;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_beyond;
 
-pub use algorithm::{check, scalar_tensor, zeros_state, Algorithm, Hyper, ParamState};
+pub use algorithm::{
+    check, scalar_tensor, zeros_state, Algorithm, Hyper, Hyperparameters, ParamState,
+};
 pub use checkpoint::FORMAT;
+pub use grad::{clear_grads, set_grad};
+pub use lbfgs::LbfgsOptim;
 pub use schedule_free::ScheduleFreeAdamWConfig;
 pub use stateful::{IntoParams, Optim};
 
@@ -113,6 +119,20 @@ pub trait Optimizer {
     /// # Errors
     /// Those of [`crate::step`] (sparse gradients, mismatched tensors…); nothing changes.
     fn step(&mut self) -> Result<()>;
+
+    /// One step with a closure that re-evaluates the model — resets the gradients, computes
+    /// the loss, calls `backward()` and returns the loss — as torch's `step(closure)`;
+    /// returns the closure's (first) loss. The default calls the closure once, then
+    /// [`Optimizer::step`]; [`LbfgsOptim`] calls it as often as its line search needs (and
+    /// its [`Optimizer::step`] is an error).
+    ///
+    /// # Errors
+    /// The closure's, returned as they are, and those of [`Optimizer::step`].
+    fn step_with(&mut self, closure: &mut dyn FnMut() -> Result<f64>) -> Result<f64> {
+        let loss = closure()?;
+        self.step()?;
+        Ok(loss)
+    }
 
     /// Sets every parameter's gradient to none (undefined), as torch's
     /// `zero_grad(set_to_none=True)`; see [`Optim::zero_grad_with`] for zeroing in place.
