@@ -16,6 +16,13 @@
 //! | `Adan`, `AdEMAMix`, `Lamb` | [`Adan`](crate::Adan), [`AdEMAMix`](crate::AdEMAMix), [`Lamb`](crate::Lamb) |
 //! | `LARS` | [`Lars`](crate::Lars) (tensors of one dimension or fewer without trust ratio, as in Python) |
 //! | `ScheduleFreeAdamW` | [`ScheduleFreeAdamWConfig`] (with [`Optim::train`] / [`Optim::eval`]) |
+//! | `Adafactor`, `Muon`, `SparseAdam` | [`Optim`] over [`tensor_rules::Adafactor`](crate::tensor_rules::Adafactor), [`tensor_rules::Muon`](crate::tensor_rules::Muon), [`tensor_rules::SparseAdam`](crate::tensor_rules::SparseAdam) (sparse gradients: [`set_grad`]) |
+//! | `LBFGS` | [`LbfgsOptim`] over [`tensor_rules::Lbfgs`](crate::tensor_rules::Lbfgs), stepped with [`Optimizer::step_with`] |
+//!
+//! Every configuration implements [`Hyperparameters`] (names, values, torch's checks); the
+//! elementwise ones also [`Algorithm`], which runs them with the fused driver. The last
+//! three rows step with the ATen operations of [`crate::tensor_rules`] instead, bit-identical
+//! to torch.
 //!
 //! # Writing your own algorithm
 //! An elementwise algorithm is a [`Rule`](crate::Rule): its state names, the scalars it
@@ -79,8 +86,12 @@
 //! as `torch.optim.Optimizer.state_dict()`: tensors `state.{i}.{name}` for parameter `i`
 //! (numbered through the groups in order, as torch numbers them) and the JSON of
 //! `param_groups` (torch's keys, e.g. `betas`, with `params` as those indices) in the header's
-//! `__metadata__["param_groups"]`. `ferroptim.checkpoint.save/load` in Python convert the same
-//! file to and from any `torch.optim` optimizer's `state_dict`.
+//! `__metadata__["param_groups"]`. State that torch keeps as Python values rather than
+//! tensors (SparseAdam's int `step`; LBFGS's counters, floats and lists of tensors) is written
+//! as JSON in `__metadata__["state_values"]`, `{"{i}": {name: value}}`, where a list's tensors
+//! are stored as `state.{i}.{name}.{k}` and appear as `{"tensor": "state.{i}.{name}.{k}"}`.
+//! `ferroptim.checkpoint.save/load` in Python convert the same file to and from any
+//! `torch.optim` optimizer's `state_dict`.
 
 mod algorithm;
 mod algorithms;
@@ -95,6 +106,8 @@ mod tensor;
 mod tests;
 #[cfg(test)]
 mod tests_beyond;
+#[cfg(test)]
+mod tests_tensor;
 
 pub use algorithm::{
     check, scalar_tensor, zeros_state, Algorithm, Hyper, Hyperparameters, ParamState,
