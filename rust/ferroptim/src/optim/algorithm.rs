@@ -160,7 +160,7 @@ pub fn scalar_tensor(value: f64, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_full([], value, (Kind::Float, device))?)
 }
 
-/// torch.optim-style range checks, for [`Algorithm::validate`] implementations. Each returns
+/// torch.optim-style range checks, for [`Hyperparameters::validate`] implementations. Each returns
 /// [`Error::InvalidArgument`] naming the argument and the value; NaN fails every check.
 pub mod check {
     use super::{Error, Result};
@@ -171,6 +171,30 @@ pub mod check {
     /// [`Error::InvalidArgument`] otherwise.
     pub fn at_least(name: &'static str, value: f64, low: f64) -> Result<()> {
         if value >= low {
+            Ok(())
+        } else {
+            Err(invalid(name, value))
+        }
+    }
+
+    /// `value > low`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] otherwise.
+    pub fn above(name: &'static str, value: f64, low: f64) -> Result<()> {
+        if value > low {
+            Ok(())
+        } else {
+            Err(invalid(name, value))
+        }
+    }
+
+    /// `value <= high`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] otherwise.
+    pub fn at_most(name: &'static str, value: f64, high: f64) -> Result<()> {
+        if value <= high {
             Ok(())
         } else {
             Err(invalid(name, value))

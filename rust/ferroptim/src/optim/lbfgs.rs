@@ -339,7 +339,10 @@ fn num_json(n: &Num, key: String, tensors: &mut Vec<(String, Owned)>) -> Result<
 
 /// The state as tensors and `state_values` entries (torch's names and Python types: a 0-d
 /// tensor `t` or `H_diag` is stored as the tensor `state.0.t`, a number as JSON).
-fn encode(s: &LbfgsState) -> Result<(Vec<(String, Owned)>, Map<String, Value>)> {
+/// Tensors to write and `state_values` entries.
+type Encoded = (Vec<(String, Owned)>, Map<String, Value>);
+
+fn encode(s: &LbfgsState) -> Result<Encoded> {
     let mut tensors = Vec::new();
     let mut values = Map::new();
     values.insert("func_evals".into(), Value::from(s.func_evals));

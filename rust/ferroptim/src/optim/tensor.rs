@@ -95,9 +95,7 @@ impl Hyperparameters for Adafactor {
     /// torch's: `lr ≥ 0`, `beta2_decay ≤ 0`, `eps ≥ 0` (each), `d ≥ 1`, `weight_decay ≥ 0`.
     fn validate(&self) -> Result<()> {
         check::at_least("lr", lr_value(&self.lr), 0.0)?;
-        if !(self.beta2_decay <= 0.0) {
-            return Err(check::invalid("beta2_decay", self.beta2_decay));
-        }
+        check::at_most("beta2_decay", self.beta2_decay, 0.0)?;
         if let Some(eps1) = self.eps1 {
             check::at_least("eps[0]", eps1, 0.0)?;
         }
@@ -253,13 +251,8 @@ impl Hyperparameters for SparseAdam {
 
     /// torch's: `lr > 0`, `eps > 0`, `betas` in [0, 1).
     fn validate(&self) -> Result<()> {
-        let lr = lr_value(&self.lr);
-        if !(lr > 0.0) {
-            return Err(check::invalid("lr", lr));
-        }
-        if !(self.eps > 0.0) {
-            return Err(check::invalid("eps", self.eps));
-        }
+        check::above("lr", lr_value(&self.lr), 0.0)?;
+        check::above("eps", self.eps, 0.0)?;
         check::unit("betas[0]", self.beta1, false)?;
         check::unit("betas[1]", self.beta2, false)
     }
