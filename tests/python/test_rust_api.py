@@ -243,6 +243,41 @@ def test_checkpoint_round_trip_in_python(tmp_path):
         )
 
 
+def _same(a: Any, b: Any, where: str) -> None:
+    """Equal values of the same types: tensors (and their dtypes), Python numbers, lists."""
+    assert type(a) is type(b), f"{where}: {type(a)} vs {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) and a.dtype == b.dtype, where
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{k}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("name", ["SparseAdam", "LBFGS"])
+def test_checkpoint_keeps_state_that_is_not_tensors(tmp_path, name):
+    """torch.optim's SparseAdam (an int ``step``) and LBFGS (ints, floats, lists of tensors
+    and None) through ferroptim.checkpoint: the same state_dict, Python types included."""
+    params0 = make_params(name=name)
+    p = leaves(params0)
+    opt = make_opt("forloop", name, groups(name, p), **CONFIGS[name])
+    steps(opt, p, make_grads(params0, name=name)[:3])
+    checkpoint.save(opt, tmp_path / "c.safetensors")
+    other = make_opt("forloop", name, plain_groups(name, leaves(p)))
+    checkpoint.load(other, tmp_path / "c.safetensors")
+    a, b = opt.state_dict(), other.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i, state in a["state"].items():
+        assert state.keys() == b["state"][i].keys()
+        for key, value in state.items():
+            _same(value, b["state"][i][key], f"state[{i}][{key}]")
+    if name == "LBFGS":
+        assert isinstance(a["state"][0]["n_iter"], int) and a["state"][0]["old_dirs"]
+
+
 def torch_schedules() -> dict[str, list]:
     """The scenarios of ``interop schedules``, computed by torch.optim.lr_scheduler."""
     S = torch.optim.lr_scheduler
