@@ -55,9 +55,11 @@ pub(crate) struct ParamGroup<R> {
 /// with its hyperparameters, e.g. [`crate::Adam`]), and per-parameter state under torch.optim's
 /// names, created on a parameter's first step as torch.optim creates it.
 ///
-/// Each [`Optimizer::step`] is one call of the fused multi-threaded driver ([`crate::step`])
-/// over every parameter that has a gradient. Every method validates its input before it
-/// changes anything and returns an [`Error`] instead of panicking.
+/// For an elementwise [`Algorithm`], each [`Optimizer::step`] is one call of the fused
+/// multi-threaded driver ([`crate::step`]) over every parameter that has a gradient; for the
+/// configurations of [`crate::tensor_rules`] (Adafactor, Muon, SparseAdam) it is their step
+/// function. Every method validates its input before it changes anything and returns an
+/// [`Error`] instead of panicking.
 ///
 /// ```
 /// use ferroptim::{Adam, Optim, Optimizer};
