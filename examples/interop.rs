@@ -8,22 +8,26 @@
 //!
 //! `run`: the problem file holds `param.{i}` (initial parameters) and `grad.{t}.{i}` (the
 //! gradient of parameter `i` at step `t`, from 0) and `__metadata__["group_sizes"]`, a JSON list
-//! of the number of parameters per group. It builds an `Optim` of the Python class `<class>`'s
-//! configuration type with those groups, loads `<checkpoint-in>` (hyperparameters and any
-//! state, written by `ferroptim.checkpoint.save`), runs one step per gradient, writes the
-//! parameters after step `t` as `param.{t}.{i}` to `<out>`, and after step `k` saves its own
-//! checkpoint to `<checkpoint-out>`.
+//! of the number of parameters per group. It builds the optimizer of the Python class
+//! `<class>` (an `Optim` of its configuration type, or `LbfgsOptim`) with those groups, loads
+//! `<checkpoint-in>` (hyperparameters and any state, written by `ferroptim.checkpoint.save`),
+//! runs one step per gradient (SparseAdam: as sparse gradients; LBFGS: `grad.{t}.{i}` are the
+//! targets of the closure's loss `Σᵢ sum((pᵢ − gᵢ)·(pᵢ − gᵢ))`), writes the parameters after
+//! step `t` as `param.{t}.{i}` to `<out>`, and after step `k` saves its own checkpoint to
+//! `<checkpoint-out>`.
 //!
 //! `schedules`: prints, as JSON, the learning rates (and momenta) of fixed scheduler scenarios
 //! that the test recomputes with `torch.optim.lr_scheduler`.
 
+use ferroptim::optim::{clear_grads, set_grad, LbfgsOptim};
 use ferroptim::sched::{
     CosineAnnealingLR, ExponentialLR, LinearLR, MultiStepLR, OneCycleLR, ReduceLROnPlateau,
     Scheduler, StepLR,
 };
+use ferroptim::tensor_rules::{Adafactor, Lbfgs, Muon, SparseAdam};
 use ferroptim::{
-    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Algorithm, Asgd, Hyper, Lamb, Lion,
-    NAdam, Optim, Optimizer, RAdam, RMSprop, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Asgd, Hyper, Hyperparameters, Lamb,
+    Lars, Lion, NAdam, Optim, Optimizer, RAdam, RMSprop, Rprop, ScheduleFreeAdamWConfig, Sgd,
 };
 use std::error::Error;
 use std::path::Path;
@@ -40,85 +44,180 @@ fn main() -> Res<()> {
             } else {
                 None
             };
-            let (problem, ckpt, out) = (&args[2], &args[3], &args[4]);
-            match args[1].as_str() {
-                "SGD" => run::<Sgd>(problem, ckpt, out, save),
-                "Adam" | "AdamW" => run::<Adam>(problem, ckpt, out, save),
-                "Adagrad" => run::<Adagrad>(problem, ckpt, out, save),
-                "Adamax" => run::<Adamax>(problem, ckpt, out, save),
-                "NAdam" => run::<NAdam>(problem, ckpt, out, save),
-                "RAdam" => run::<RAdam>(problem, ckpt, out, save),
-                "RMSprop" => run::<RMSprop>(problem, ckpt, out, save),
-                "Rprop" => run::<Rprop>(problem, ckpt, out, save),
-                "Adadelta" => run::<Adadelta>(problem, ckpt, out, save),
-                "ASGD" => run::<Asgd>(problem, ckpt, out, save),
-                "Lion" => run::<Lion>(problem, ckpt, out, save),
-                "ADOPT" => run::<Adopt>(problem, ckpt, out, save),
-                "Lamb" => run::<Lamb>(problem, ckpt, out, save),
-                "Adan" => run::<Adan>(problem, ckpt, out, save),
-                "AdEMAMix" => run::<AdEMAMix>(problem, ckpt, out, save),
-                other => Err(format!("unknown class {other}").into()),
-            }
+            let problem = Problem::read(&args[2])?;
+            let (ckpt, out) = (&args[3], &args[4]);
+            let mut opt: Box<dyn Optimizer> = match args[1].as_str() {
+                "SGD" => problem.optim::<Sgd>()?,
+                "Adam" | "AdamW" => problem.optim::<Adam>()?,
+                "Adagrad" => problem.optim::<Adagrad>()?,
+                "Adamax" => problem.optim::<Adamax>()?,
+                "NAdam" => problem.optim::<NAdam>()?,
+                "RAdam" => problem.optim::<RAdam>()?,
+                "RMSprop" => problem.optim::<RMSprop>()?,
+                "Rprop" => problem.optim::<Rprop>()?,
+                "Adadelta" => problem.optim::<Adadelta>()?,
+                "ASGD" => problem.optim::<Asgd>()?,
+                "Lion" => problem.optim::<Lion>()?,
+                "ADOPT" => problem.optim::<Adopt>()?,
+                "Lamb" => problem.optim::<Lamb>()?,
+                "Adan" => problem.optim::<Adan>()?,
+                "AdEMAMix" => problem.optim::<AdEMAMix>()?,
+                "ScheduleFreeAdamW" => problem.optim::<ScheduleFreeAdamWConfig>()?,
+                "LARS" => problem.optim::<Lars>()?,
+                "Adafactor" => problem.optim::<Adafactor>()?,
+                "Muon" => problem.optim::<Muon>()?,
+                "SparseAdam" => problem.optim::<SparseAdam>()?,
+                "LBFGS" => Box::new(LbfgsOptim::new(&problem.params, Lbfgs::default())?),
+                other => return Err(format!("unknown class {other}").into()),
+            };
+            let mode = match args[1].as_str() {
+                "SparseAdam" => Mode::Sparse,
+                "LBFGS" => Mode::Closure,
+                _ => Mode::Backward,
+            };
+            problem.run(opt.as_mut(), mode, ckpt, out, save)
         }
         Some("schedules") => schedules(),
         _ => Err("usage: interop run <class> <problem> <checkpoint-in> <out> [<k> <checkpoint-out>] | interop schedules".into()),
     }
 }
 
-fn run<R: Algorithm>(problem: &str, ckpt: &str, out: &str, save: Option<(usize, &str)>) -> Res<()> {
-    let tensors: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(problem)?.into_iter().collect();
-    let bytes = std::fs::read(problem)?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
-    let sizes: Vec<usize> = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("group_sizes"))
-        .ok_or("no group_sizes")
-        .and_then(|s| serde_json::from_str(s).map_err(|_| "bad group_sizes"))?;
-    let n: usize = sizes.iter().sum();
-    let params: Vec<Tensor> = (0..n)
-        .map(|i| {
-            let p = tensors.get(&format!("param.{i}")).ok_or("missing param")?;
-            Ok(p.copy().set_requires_grad(true))
-        })
-        .collect::<Res<_>>()?;
-    let mut groups: Vec<&[Tensor]> = Vec::new();
-    let mut start = 0;
-    for s in &sizes {
-        groups.push(&params[start..start + s]);
-        start += s;
-    }
-    let mut opt = Optim::new(groups[0], R::default())?;
-    for g in &groups[1..] {
-        opt.add_param_group(*g, R::default())?;
-    }
-    opt.load(Path::new(ckpt))?;
+/// How the gradients of step `t` reach the optimizer.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// `backward()` of `sum(p·g)`: `p.grad = g`.
+    Backward,
+    /// `p.grad = g.to_sparse()` (SparseAdam).
+    Sparse,
+    /// A closure, evaluated as often as the optimizer asks, whose loss is
+    /// `Σᵢ sum((pᵢ − gᵢ)·(pᵢ − gᵢ))` (LBFGS; `grad.{t}.{i}` are the targets).
+    Closure,
+}
 
-    let mut written = Vec::new();
-    let mut t = 0;
-    while tensors.contains_key(&format!("grad.{t}.0")) {
-        opt.zero_grad()?;
-        for (i, p) in params.iter().enumerate() {
-            let g = tensors
-                .get(&format!("grad.{t}.{i}"))
-                .ok_or("missing grad")?;
-            // d/dp sum(p·g) = g exactly.
-            (p * g).sum(Kind::Double).backward();
-        }
-        opt.step()?;
-        t += 1;
-        for (i, p) in params.iter().enumerate() {
-            written.push((format!("param.{t}.{i}"), p.detach().copy()));
-        }
-        if let Some((k, path)) = save {
-            if k == t {
-                opt.save(Path::new(path))?;
+struct Problem {
+    tensors: std::collections::HashMap<String, Tensor>,
+    sizes: Vec<usize>,
+    params: Vec<Tensor>,
+}
+
+impl Problem {
+    fn read(path: &str) -> Res<Problem> {
+        let tensors: std::collections::HashMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
+        let bytes = std::fs::read(path)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let sizes: Vec<usize> = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("group_sizes"))
+            .ok_or("no group_sizes")
+            .and_then(|s| serde_json::from_str(s).map_err(|_| "bad group_sizes"))?;
+        let n: usize = sizes.iter().sum();
+        let params: Vec<Tensor> = (0..n)
+            .map(|i| {
+                let p = tensors.get(&format!("param.{i}")).ok_or("missing param")?;
+                Ok(p.copy().set_requires_grad(true))
+            })
+            .collect::<Res<_>>()?;
+        Ok(Problem {
+            tensors,
+            sizes,
+            params,
+        })
+    }
+
+    /// An `Optim` with the problem's groups and default hyperparameters.
+    fn optim<R: Hyperparameters + Default>(&self) -> Res<Box<dyn Optimizer>>
+    where
+        Optim<R>: Optimizer,
+    {
+        let mut start = 0;
+        let mut opt: Option<Optim<R>> = None;
+        for &s in &self.sizes {
+            let group = &self.params[start..start + s];
+            start += s;
+            match opt.as_mut() {
+                None => opt = Some(Optim::new(group, R::default())?),
+                Some(o) => {
+                    o.add_param_group(group, R::default())?;
+                }
             }
         }
+        Ok(Box::new(opt.ok_or("no groups")?))
     }
-    Tensor::write_safetensors(&written, out)?;
-    Ok(())
+
+    fn grad(&self, t: usize, i: usize) -> Res<&Tensor> {
+        Ok(self
+            .tensors
+            .get(&format!("grad.{t}.{i}"))
+            .ok_or("missing grad")?)
+    }
+
+    /// Loads `ckpt` (hyperparameters and any state, written by `ferroptim.checkpoint.save`),
+    /// runs one step per gradient, writes the parameters after step `t` as `param.{t}.{i}`
+    /// to `out`, and after step `k` saves a checkpoint.
+    fn run(
+        &self,
+        opt: &mut dyn Optimizer,
+        mode: Mode,
+        ckpt: &str,
+        out: &str,
+        save: Option<(usize, &str)>,
+    ) -> Res<()> {
+        opt.load(Path::new(ckpt))?;
+        let params = &self.params;
+        let mut written = Vec::new();
+        let mut t = 0;
+        while self.tensors.contains_key(&format!("grad.{t}.0")) {
+            match mode {
+                Mode::Backward | Mode::Sparse => {
+                    opt.zero_grad()?;
+                    for (i, p) in params.iter().enumerate() {
+                        let g = self.grad(t, i)?;
+                        if mode == Mode::Sparse {
+                            set_grad(p, &g.to_sparse(None, None::<i64>, None::<i64>))?;
+                        } else {
+                            // d/dp sum(p·g) = g exactly.
+                            (p * g).sum(Kind::Double).backward();
+                        }
+                    }
+                    opt.step()?;
+                }
+                Mode::Closure => {
+                    let targets: Vec<&Tensor> = (0..params.len())
+                        .map(|i| self.grad(t, i))
+                        .collect::<Res<_>>()?;
+                    let mut closure = || -> ferroptim::Result<f64> {
+                        clear_grads(params)?;
+                        let mut loss: Option<Tensor> = None;
+                        for (p, c) in params.iter().zip(&targets) {
+                            let r = p - *c;
+                            let term = (&r * &r).sum(None::<Kind>);
+                            loss = Some(match loss {
+                                None => term,
+                                Some(l) => l + term,
+                            });
+                        }
+                        let loss = loss.unwrap_or_else(|| Tensor::from(0.0f32));
+                        loss.backward();
+                        Ok(loss.double_value(&[]))
+                    };
+                    opt.step_with(&mut closure)?;
+                }
+            }
+            t += 1;
+            for (i, p) in params.iter().enumerate() {
+                written.push((format!("param.{t}.{i}"), p.detach().copy()));
+            }
+            if let Some((k, path)) = save {
+                if k == t {
+                    opt.save(Path::new(path))?;
+                }
+            }
+        }
+        Tensor::write_safetensors(&written, out)?;
+        Ok(())
+    }
 }
 
 /// Two groups (lr 0.1 and 0.01) of one parameter each, SGD with momentum 0.9 or Adam.

@@ -9,7 +9,12 @@ checkpoint.rs``):
 - ``__metadata__["format"]``: :data:`FORMAT`;
 - ``__metadata__["param_groups"]``: the JSON of ``state_dict()["param_groups"]``: torch's keys,
   tuples as lists, a tensor ``lr`` as its float, non-finite floats as the strings
-  ``"Infinity"``, ``"-Infinity"`` and ``"NaN"``.
+  ``"Infinity"``, ``"-Infinity"`` and ``"NaN"``;
+- ``__metadata__["state_values"]`` (only if there are any): the state entries that are not
+  tensors, as JSON ``{"i": {name: value}}``: Python numbers (SparseAdam's int ``step``,
+  LBFGS's ``n_iter``, ``prev_loss``, a float ``t``, ...; ints stay ints), ``None`` and lists
+  (LBFGS's ``old_dirs``, ``ro``, ``al``, ...) whose tensors are stored as
+  ``state.{i}.{name}.{k}`` and appear in the list as ``{"tensor": "state.{i}.{name}.{k}"}``.
 
 A checkpoint written by either language loads into a ``ferroptim`` or ``torch.optim`` optimizer
 (or a Rust ``Optim``) over the same parameters, and the step continues bit-identically for the
@@ -52,31 +57,65 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _encode_state(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A non-tensor state entry as JSON; tensors inside lists go to ``tensors`` under
+    ``{key}.{k}`` and are referenced as ``{"tensor": ...}``."""
+    if isinstance(value, (list, tuple)):
+        out = []
+        for k, item in enumerate(value):
+            if isinstance(item, torch.Tensor):
+                tensors[f"{key}.{k}"] = item.detach().cpu().contiguous()
+                out.append({"tensor": f"{key}.{k}"})
+            else:
+                out.append(_encode_state(item, f"{key}.{k}", tensors))
+        return out
+    if value is None or isinstance(value, (bool, int, float)):
+        return _encode(value)
+    raise TypeError(f"state entry {key} cannot be written to a checkpoint: {value!r}")
+
+
+def _decode_state(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode_state(v, tensors) for v in value]
+    if isinstance(value, dict):
+        return tensors.pop(value["tensor"])
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    return value
+
+
 def save(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> None:
     """Writes ``optimizer.state_dict()`` to the safetensors file ``path``.
 
     Args:
-        optimizer: any ``torch.optim.Optimizer`` whose state values are tensors (every
-            ``ferroptim`` and ``torch.optim`` class except LBFGS).
+        optimizer: any ``ferroptim`` or ``torch.optim`` optimizer (state entries that are not
+            tensors, such as SparseAdam's int ``step`` and LBFGS's numbers and lists, are
+            written as ``state_values``).
         path: the file to write.
 
     Raises:
-        TypeError: a state value is not a tensor, or a group entry is not JSON-like.
+        TypeError: a state entry is neither a tensor, a number, None nor a list of these, or
+            a group entry is not JSON-like.
     """
     from safetensors.torch import save_file
 
     sd = optimizer.state_dict()
-    tensors = {}
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, dict[str, Any]] = {}
     for index, state in sd["state"].items():
         for name, value in state.items():
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"state[{index}][{name!r}] is not a tensor: {value!r}")
-            tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            key = f"state.{index}.{name}"
+            if isinstance(value, torch.Tensor):
+                tensors[key] = value.detach().cpu().contiguous()
+            else:
+                values.setdefault(str(index), {})[name] = _encode_state(value, key, tensors)
     groups = [
         {key: (list(v) if key == "params" else _encode(v)) for key, v in group.items()}
         for group in sd["param_groups"]
     ]
     metadata = {"format": FORMAT, "param_groups": json.dumps(groups, allow_nan=False)}
+    if values:
+        metadata["state_values"] = json.dumps(values, allow_nan=False)
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
@@ -96,7 +135,10 @@ def load(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> None
 
     with safe_open(os.fspath(path), framework="pt") as f:
         metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+        # Copies in memory of their own: the tensors read from the file may sit at any
+        # alignment, and some ATen kernels (e.g. MKL's `dot`, which LBFGS uses) round
+        # differently for differently aligned inputs.
+        tensors = {key: f.get_tensor(key).clone() for key in f.keys()}
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{os.fspath(path)} is not a {FORMAT} checkpoint")
     saved_groups = json.loads(metadata["param_groups"])
@@ -108,7 +150,10 @@ def load(optimizer: torch.optim.Optimizer, path: str | os.PathLike[str]) -> None
         group = dict(mine)
         group.update({k: (list(v) if k == "params" else _decode(v)) for k, v in saved.items()})
         groups.append(group)
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    state: dict[int, dict[str, Any]] = {}
+    for index, entries in json.loads(metadata.get("state_values", "{}")).items():
+        for name, value in entries.items():
+            state.setdefault(int(index), {})[name] = _decode_state(value, tensors)
     for key, tensor in tensors.items():
         prefix, index, name = key.split(".", 2)
         if prefix != "state":

@@ -22,12 +22,12 @@ from optim_testlib import TOLERANCES, make_opt
 from safetensors.torch import load_file, save_file
 from test_family import CONFIGS, NAMES
 
-# Python classes the Rust API (`Optim<R>`, examples/interop.rs) does not have yet.
-RUST_NOT_YET = frozenset(
-    {"ScheduleFreeAdamW", "LARS"}  # fused rules, no `algorithm!` yet
-    | {"Adafactor", "Muon", "SparseAdam", "LBFGS"}  # only `ferroptim::tensor_rules::*::step`
-)
+# Python classes the Rust API (`Optim<R>`, `LbfgsOptim`, examples/interop.rs) does not have yet.
+RUST_NOT_YET: frozenset[str] = frozenset()
 RUST_NAMES = [n for n in NAMES if n not in RUST_NOT_YET]
+# SparseAdam steps with sparse gradients (rows dropped as `sparsify_grads` does); LBFGS with a
+# closure whose loss is sum((p - c)²) for the step's targets c; Muon takes only 2-D parameters.
+SPARSE, CLOSURE, MATRIX = "SparseAdam", "LBFGS", "Muon"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, SAVE_AT = 6, 3
@@ -65,20 +65,37 @@ def run_rust(interop: Any, *args: str) -> str:
     return out.stdout
 
 
-def make_params(seed: int = 0) -> list[torch.Tensor]:
+def make_params(seed: int = 0, name: str = "") -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    shapes = [(3, 4), (4,), (5,)]
+    shapes = [(3, 4), (4, 2), (5, 3)] if name == MATRIX else [(3, 4), (4,), (5,)]
     return [torch.randn(s, generator=g).requires_grad_() for s in shapes]
 
 
-def make_grads(params: list[torch.Tensor], seed: int = 1) -> list[list[torch.Tensor]]:
+def make_grads(params: list[torch.Tensor], seed: int = 1, name: str = "") -> list:
+    """Gradients of each step (for LBFGS: the targets of its loss); for SparseAdam with the
+    rows that ``sparsify_grads`` drops set to zero."""
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(p.shape, generator=g) for p in params] for _ in range(STEPS)]
+    out = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(STEPS)]
+    if name == SPARSE:
+        for t, gs in enumerate(out):
+            for grad in gs:
+                rows = torch.arange(grad.shape[0])
+                keep = ((rows + t) % 3 != 0).reshape(-1, *([1] * (grad.dim() - 1)))
+                grad.mul_(keep)
+    return out
 
 
 def groups(name: str, params: list[torch.Tensor]) -> list[dict[str, Any]]:
-    """Two groups: the first with the class's test configuration, the second at half its lr."""
+    """Two groups: the first with the class's test configuration, the second at half its lr
+    (LBFGS: one group, torch's only)."""
+    if name == CLOSURE:
+        return [{"params": params}]
     return [{"params": params[:2]}, {"params": params[2:], "lr": CONFIGS[name]["lr"] * 0.5}]
+
+
+def plain_groups(name: str, params: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """The groups of :func:`groups`, without hyperparameters."""
+    return [{"params": g["params"]} for g in groups(name, params)]
 
 
 def leaves(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -88,10 +105,24 @@ def leaves(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def steps(opt: Any, params: list[torch.Tensor], grads: list[list[torch.Tensor]]) -> list:
     """Runs one step per entry of ``grads``; returns the parameters after each."""
     out = []
+    names = {c.__name__ for c in type(opt).__mro__}
     for gs in grads:
-        for p, g in zip(params, gs):
-            p.grad = g.clone()
-        opt.step()
+        if CLOSURE in names:
+
+            def closure(gs: list[torch.Tensor] = gs) -> torch.Tensor:
+                opt.zero_grad()
+                loss = None
+                for p, c in zip(params, gs):
+                    term = ((p - c) * (p - c)).sum()
+                    loss = term if loss is None else loss + term
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            for p, g in zip(params, gs):
+                p.grad = g.to_sparse() if SPARSE in names else g.clone()
+            opt.step()
         out.append([p.detach().clone() for p in params])
     return out
 
@@ -103,7 +134,8 @@ def rust_steps(interop: Any, tmp: Any, name: str, params, grads, ckpt, save=None
     tensors = {f"param.{i}": p.detach().contiguous() for i, p in enumerate(params)}
     for t, gs in enumerate(grads):
         tensors.update({f"grad.{t}.{i}": g.contiguous() for i, g in enumerate(gs)})
-    save_file(tensors, problem, metadata={"group_sizes": json.dumps([2, len(params) - 2])})
+    sizes = [len(g["params"]) for g in groups(name, params)]
+    save_file(tensors, problem, metadata={"group_sizes": json.dumps(sizes)})
     extra = [str(save[0]), str(save[1])] if save else []
     run_rust(interop, "run", name, problem, str(ckpt), out, *extra)
     result = load_file(out)
@@ -130,8 +162,8 @@ def assert_close(actual: list, expected: list, what: str) -> None:
 def test_trajectory_and_checkpoints_match_python(interop, tmp_path, name):
     import ferroptim
 
-    params0, cfg = make_params(), CONFIGS[name]
-    grads = make_grads(params0)
+    params0, cfg = make_params(name=name), CONFIGS[name]
+    grads = make_grads(params0, name=name)
 
     # Python -> Rust (hyperparameters): the Rust optimizer starts from default
     # hyperparameters and loads the Python optimizer's checkpoint before its first step.
@@ -162,9 +194,9 @@ def test_trajectory_and_checkpoints_match_python(interop, tmp_path, name):
     impls = ["ours"] + (["forloop"] if hasattr(torch.optim, name) else [])
     for impl in impls:
         p = leaves(at3)
-        opt = make_opt(impl, name, [{"params": p[:2]}, {"params": p[2:]}])
+        opt = make_opt(impl, name, plain_groups(name, p))
         checkpoint.load(opt, rust_ckpt)
-        assert opt.param_groups[1]["lr"] == cfg["lr"] * 0.5
+        assert opt.param_groups[-1]["lr"] == cfg["lr"] * (1 if name == CLOSURE else 0.5)
         cont = steps(opt, p, grads[SAVE_AT:])
         if impl == "ours":
             assert_equal(cont, rust[SAVE_AT:], f"ferroptim.{name} resumed from Rust")
@@ -209,6 +241,41 @@ def test_checkpoint_round_trip_in_python(tmp_path):
         checkpoint.load(
             torch.optim.Rprop([{"params": p[:1]}, {"params": p[1:]}]), tmp_path / "c.safetensors"
         )
+
+
+def _same(a: Any, b: Any, where: str) -> None:
+    """Equal values of the same types: tensors (and their dtypes), Python numbers, lists."""
+    assert type(a) is type(b), f"{where}: {type(a)} vs {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) and a.dtype == b.dtype, where
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{k}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("name", ["SparseAdam", "LBFGS"])
+def test_checkpoint_keeps_state_that_is_not_tensors(tmp_path, name):
+    """torch.optim's SparseAdam (an int ``step``) and LBFGS (ints, floats, lists of tensors
+    and None) through ferroptim.checkpoint: the same state_dict, Python types included."""
+    params0 = make_params(name=name)
+    p = leaves(params0)
+    opt = make_opt("forloop", name, groups(name, p), **CONFIGS[name])
+    steps(opt, p, make_grads(params0, name=name)[:3])
+    checkpoint.save(opt, tmp_path / "c.safetensors")
+    other = make_opt("forloop", name, plain_groups(name, leaves(p)))
+    checkpoint.load(other, tmp_path / "c.safetensors")
+    a, b = opt.state_dict(), other.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for i, state in a["state"].items():
+        assert state.keys() == b["state"][i].keys()
+        for key, value in state.items():
+            _same(value, b["state"][i][key], f"state[{i}][{key}]")
+    if name == "LBFGS":
+        assert isinstance(a["state"][0]["n_iter"], int) and a["state"][0]["old_dirs"]
 
 
 def torch_schedules() -> dict[str, list]:

@@ -1,5 +1,6 @@
 // Sets a tensor's gradient to undefined, as `p.grad = None` does in Python (tch exposes only
-// zeroing the gradient in place). Used by the stateful optimizer's `zero_grad` (src/optim/grad.rs).
+// zeroing the gradient in place), or to a given tensor. Used by the stateful optimizers'
+// `zero_grad` and `ferroptim::optim::set_grad` (src/optim/grad.rs).
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -13,6 +14,20 @@ int32_t ferroptim_clear_grad(const at::Tensor* t) noexcept {
       return 0;
     }
     t->mutable_grad() = at::Tensor();
+    return 1;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// Sets `t`'s gradient to `g` (Python's `p.grad = g`, e.g. a sparse gradient). Returns 1 on
+// success, 0 if a tensor is null, `t` is undefined, or libtorch threw (e.g. a shape mismatch).
+int32_t ferroptim_set_grad(const at::Tensor* t, const at::Tensor* g) noexcept {
+  try {
+    if (t == nullptr || g == nullptr || !t->defined()) {
+      return 0;
+    }
+    t->mutable_grad() = *g;
     return 1;
   } catch (...) {
     return 0;

@@ -98,7 +98,7 @@ pub use driver::{
     ParamTensors, StepCache,
 };
 pub use error::{Error, Result};
-pub use optim::{Algorithm, Hyper, Optim, Optimizer};
+pub use optim::{Algorithm, Hyper, Hyperparameters, Optim, Optimizer, ScheduleFreeAdamWConfig};
 pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{

@@ -1,4 +1,5 @@
-//! Setting a gradient to undefined (`p.grad = None`), through `csrc/grad.cpp`.
+//! Setting a gradient to undefined (`p.grad = None`) or to a given tensor (`p.grad = g`),
+//! through `csrc/grad.cpp`.
 
 use crate::error::Result;
 use std::ffi::c_void;
@@ -6,6 +7,7 @@ use tch::{TchError, Tensor};
 
 extern "C" {
     fn ferroptim_clear_grad(t: *const c_void) -> i32;
+    fn ferroptim_set_grad(t: *const c_void, g: *const c_void) -> i32;
 }
 
 /// Makes `p`'s gradient undefined (Python's `p.grad = None`).
@@ -21,4 +23,62 @@ pub(crate) fn clear(p: &Tensor) -> Result<()> {
     } else {
         Err(TchError::Torch("cannot reset the gradient of an undefined tensor".into()).into())
     }
+}
+
+/// Sets the gradient of `param` to `grad` (Python's `p.grad = g`), e.g. a sparse COO gradient
+/// for [`crate::tensor_rules::SparseAdam`], or gradients computed elsewhere. `grad` is
+/// shared, not copied. As Python's setter, it checks that `grad` has `param`'s shape, dtype
+/// and device (it may be sparse).
+///
+/// # Errors
+/// [`crate::Error::ShapeMismatch`], [`crate::Error::StateMismatch`] (dtype) or
+/// [`crate::Error::DeviceMismatch`] if `grad` does not match; [`crate::Error::Torch`] if a
+/// tensor is undefined. Nothing changes on error.
+pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
+    let what = || "the gradient".to_string();
+    if grad.size() != param.size() {
+        return Err(crate::Error::ShapeMismatch {
+            what: what(),
+            expected: param.size(),
+            got: grad.size(),
+        });
+    }
+    let (kind, pkind) = (grad.f_kind()?, param.f_kind()?);
+    if kind != pkind {
+        return Err(crate::Error::StateMismatch {
+            what: what(),
+            expected: format!("dtype {pkind:?} (the parameter's)"),
+            got: format!("{kind:?}"),
+        });
+    }
+    if grad.device() != param.device() {
+        return Err(crate::Error::DeviceMismatch {
+            what: what(),
+            expected: param.device(),
+            got: grad.device(),
+        });
+    }
+    // SAFETY: both pointers point to live `at::Tensor`s (tch's `C_tensor`) borrowed for the
+    // call; the C++ side copies the handle and catches every exception.
+    let ok = unsafe {
+        ferroptim_set_grad(
+            param.as_ptr() as *const c_void,
+            grad.as_ptr() as *const c_void,
+        )
+    };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(TchError::Torch("cannot set this gradient on this tensor".into()).into())
+    }
+}
+
+/// Sets the gradients of `params` to none (Python's `p.grad = None`), as
+/// [`Optimizer::zero_grad`](super::Optimizer::zero_grad) does; for closures that cannot
+/// borrow the optimizer (LBFGS's).
+///
+/// # Errors
+/// [`crate::Error::Torch`] if a tensor is undefined.
+pub fn clear_grads(params: &[Tensor]) -> Result<()> {
+    params.iter().try_for_each(clear)
 }

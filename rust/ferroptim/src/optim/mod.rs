@@ -13,6 +13,16 @@
 //! | `Adagrad`, `Adamax`, `Adadelta` | [`Adagrad`](crate::Adagrad), [`Adamax`](crate::Adamax), [`Adadelta`](crate::Adadelta) |
 //! | `NAdam`, `RAdam`, `RMSprop`, `Rprop` | [`NAdam`](crate::NAdam), [`RAdam`](crate::RAdam), [`RMSprop`](crate::RMSprop), [`Rprop`](crate::Rprop) |
 //! | `ASGD`, `Lion`, `ADOPT` | [`Asgd`](crate::Asgd), [`Lion`](crate::Lion), [`Adopt`](crate::Adopt) |
+//! | `Adan`, `AdEMAMix`, `Lamb` | [`Adan`](crate::Adan), [`AdEMAMix`](crate::AdEMAMix), [`Lamb`](crate::Lamb) |
+//! | `LARS` | [`Lars`](crate::Lars) (tensors of one dimension or fewer without trust ratio, as in Python) |
+//! | `ScheduleFreeAdamW` | [`ScheduleFreeAdamWConfig`] (with [`Optim::train`] / [`Optim::eval`]) |
+//! | `Adafactor`, `Muon`, `SparseAdam` | [`Optim`] over [`tensor_rules::Adafactor`](crate::tensor_rules::Adafactor), [`tensor_rules::Muon`](crate::tensor_rules::Muon), [`tensor_rules::SparseAdam`](crate::tensor_rules::SparseAdam) (sparse gradients: [`set_grad`]) |
+//! | `LBFGS` | [`LbfgsOptim`] over [`tensor_rules::Lbfgs`](crate::tensor_rules::Lbfgs), stepped with [`Optimizer::step_with`] |
+//!
+//! Every configuration implements [`Hyperparameters`] (names, values, torch's checks); the
+//! elementwise ones also [`Algorithm`], which runs them with the fused driver. The last
+//! three rows step with the ATen operations of [`crate::tensor_rules`] instead, bit-identical
+//! to torch.
 //!
 //! # Writing your own algorithm
 //! An elementwise algorithm is a [`Rule`](crate::Rule): its state names, the scalars it
@@ -76,19 +86,36 @@
 //! as `torch.optim.Optimizer.state_dict()`: tensors `state.{i}.{name}` for parameter `i`
 //! (numbered through the groups in order, as torch numbers them) and the JSON of
 //! `param_groups` (torch's keys, e.g. `betas`, with `params` as those indices) in the header's
-//! `__metadata__["param_groups"]`. `ferroptim.checkpoint.save/load` in Python convert the same
-//! file to and from any `torch.optim` optimizer's `state_dict`.
+//! `__metadata__["param_groups"]`. State that torch keeps as Python values rather than
+//! tensors (SparseAdam's int `step`; LBFGS's counters, floats and lists of tensors) is written
+//! as JSON in `__metadata__["state_values"]`, `{"{i}": {name: value}}`, where a list's tensors
+//! are stored as `state.{i}.{name}.{k}` and appear as `{"tensor": "state.{i}.{name}.{k}"}`.
+//! `ferroptim.checkpoint.save/load` in Python convert the same file to and from any
+//! `torch.optim` optimizer's `state_dict`.
 
 mod algorithm;
 mod algorithms;
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod grad;
-mod stateful;
+mod lars;
+mod lbfgs;
+mod schedule_free;
+pub(crate) mod stateful;
+mod tensor;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_beyond;
+#[cfg(test)]
+mod tests_tensor;
 
-pub use algorithm::{check, scalar_tensor, zeros_state, Algorithm, Hyper, ParamState};
+pub use algorithm::{
+    check, scalar_tensor, zeros_state, Algorithm, Hyper, Hyperparameters, ParamState,
+};
 pub use checkpoint::FORMAT;
+pub use grad::{clear_grads, set_grad};
+pub use lbfgs::LbfgsOptim;
+pub use schedule_free::ScheduleFreeAdamWConfig;
 pub use stateful::{IntoParams, Optim};
 
 use crate::error::Result;
@@ -105,6 +132,20 @@ pub trait Optimizer {
     /// # Errors
     /// Those of [`crate::step`] (sparse gradients, mismatched tensors…); nothing changes.
     fn step(&mut self) -> Result<()>;
+
+    /// One step with a closure that re-evaluates the model — resets the gradients, computes
+    /// the loss, calls `backward()` and returns the loss — as torch's `step(closure)`;
+    /// returns the closure's (first) loss. The default calls the closure once, then
+    /// [`Optimizer::step`]; [`LbfgsOptim`] calls it as often as its line search needs (and
+    /// its [`Optimizer::step`] is an error).
+    ///
+    /// # Errors
+    /// The closure's, returned as they are, and those of [`Optimizer::step`].
+    fn step_with(&mut self, closure: &mut dyn FnMut() -> Result<f64>) -> Result<f64> {
+        let loss = closure()?;
+        self.step()?;
+        Ok(loss)
+    }
 
     /// Sets every parameter's gradient to none (undefined), as torch's
     /// `zero_grad(set_to_none=True)`; see [`Optim::zero_grad_with`] for zeroing in place.

@@ -1,11 +1,10 @@
 //! [`Optim`]: the stateful optimizer over tch tensors, for any [`Algorithm`].
 
-use super::algorithm::{check, Algorithm, Hyper, ParamState};
+use super::algorithm::{check, Algorithm, Hyperparameters, ParamState};
 use super::grad;
 use super::Optimizer;
 use crate::driver::{step, step_unscaling, Group, ParamTensors};
 use crate::error::{Error, Result};
-use std::path::Path;
 use tch::{nn::VarStore, Tensor};
 
 /// Parameters an optimizer can be built over: a [`VarStore`]'s trainable variables (in their
@@ -56,9 +55,11 @@ pub(crate) struct ParamGroup<R> {
 /// with its hyperparameters, e.g. [`crate::Adam`]), and per-parameter state under torch.optim's
 /// names, created on a parameter's first step as torch.optim creates it.
 ///
-/// Each [`Optimizer::step`] is one call of the fused multi-threaded driver ([`crate::step`])
-/// over every parameter that has a gradient. Every method validates its input before it
-/// changes anything and returns an [`Error`] instead of panicking.
+/// For an elementwise [`Algorithm`], each [`Optimizer::step`] is one call of the fused
+/// multi-threaded driver ([`crate::step`]) over every parameter that has a gradient; for the
+/// configurations of [`crate::tensor_rules`] (Adafactor, Muon, SparseAdam) it is their step
+/// function. Every method validates its input before it changes anything and returns an
+/// [`Error`] instead of panicking.
 ///
 /// ```
 /// use ferroptim::{Adam, Optim, Optimizer};
@@ -77,15 +78,16 @@ pub(crate) struct ParamGroup<R> {
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Optim<R: Algorithm> {
+pub struct Optim<R: Hyperparameters> {
     pub(crate) groups: Vec<ParamGroup<R>>,
 }
 
-impl<R: Algorithm> Optim<R> {
+impl<R: Hyperparameters> Optim<R> {
     /// An optimizer with one group: `params` with hyperparameters `config`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] if `config` fails torch's checks ([`Algorithm::validate`]),
+    /// [`Error::InvalidArgument`] if `config` fails torch's checks
+    /// ([`Hyperparameters::validate`], [`Hyperparameters::check_param`]),
     /// `params` is empty, holds a tensor twice or a non-leaf tensor.
     pub fn new(params: impl IntoParams, config: R) -> Result<Self> {
         let params = params.into_params();
@@ -106,6 +108,7 @@ impl<R: Algorithm> Optim<R> {
         config.validate()?;
         let params = params.into_params();
         for (i, p) in params.iter().enumerate() {
+            config.check_param(i, p)?;
             if !p.f_is_leaf()? {
                 return Err(check::invalid(
                     "params",
@@ -186,16 +189,6 @@ impl<R: Algorithm> Optim<R> {
         })
     }
 
-    /// [`Optimizer::step`] with gradients scaled by `grad_scale`, unscaled in the fused pass
-    /// and written back (see [`crate::step_unscaling`]); for loss scaling in mixed precision.
-    ///
-    /// # Errors
-    /// As [`Optimizer::step`]; also [`Error::InvalidArgument`] if `grad_scale` is zero or not
-    /// finite.
-    pub fn step_unscaling(&mut self, grad_scale: f64) -> Result<()> {
-        self.run(Some(grad_scale))
-    }
-
     /// Resets the gradients: `set_to_none` (torch's default, and [`Optimizer::zero_grad`]'s)
     /// makes them undefined, like `p.grad = None`, so that parameters without a gradient in
     /// the next backward pass are skipped by the step; otherwise they are filled with zeros
@@ -217,23 +210,41 @@ impl<R: Algorithm> Optim<R> {
         Ok(())
     }
 
-    fn group(&self, group: usize) -> Result<&ParamGroup<R>> {
+    pub(crate) fn group(&self, group: usize) -> Result<&ParamGroup<R>> {
         let n = self.groups.len();
         self.groups.get(group).ok_or_else(|| no_group(group, n))
     }
 
-    fn group_mut(&mut self, group: usize) -> Result<&mut ParamGroup<R>> {
+    pub(crate) fn group_mut(&mut self, group: usize) -> Result<&mut ParamGroup<R>> {
         let n = self.groups.len();
         self.groups.get_mut(group).ok_or_else(|| no_group(group, n))
     }
+}
+
+impl<R: Algorithm> Optim<R> {
+    /// [`Optimizer::step`] with gradients scaled by `grad_scale`, unscaled in the fused pass
+    /// and written back (see [`crate::step_unscaling`]); for loss scaling in mixed precision.
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`]; also [`Error::InvalidArgument`] if `grad_scale` is zero or not
+    /// finite.
+    pub fn step_unscaling(&mut self, grad_scale: f64) -> Result<()> {
+        self.run(Some(grad_scale))
+    }
 
     /// One step: gathers the parameters with a gradient and their state (creating missing
-    /// state), runs the driver, and keeps the created state only if it succeeded.
+    /// state), runs the driver, and keeps the created state (and the groups' advanced
+    /// configurations, [`Algorithm::advance`]) only if it succeeded.
     fn run(&mut self, grad_scale: Option<f64>) -> Result<()> {
+        let advanced = (self.groups.iter().enumerate())
+            .map(|(gi, g)| g.config.advance(gi))
+            .collect::<Result<Vec<_>>>()?;
         let mut groups = Vec::with_capacity(self.groups.len());
         let mut created = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
             let rule = g.config.clone();
+            // Parameters that `rule_for` gives a rule of their own, each in a driver group.
+            let mut own = Vec::new();
             let names = rule.state_names();
             let scalar_names = rule.scalar_state_names();
             let first = names.first().or(scalar_names.first());
@@ -271,18 +282,26 @@ impl<R: Algorithm> Optim<R> {
                         })
                         .collect()
                 };
-                params.push(ParamTensors {
+                let tensors = ParamTensors {
                     param: p.shallow_clone(),
                     grad,
                     state: take(names)?,
                     scalar_state: take(scalar_names)?,
                     fresh,
-                });
+                };
+                match rule.rule_for(p) {
+                    None => params.push(tensors),
+                    Some(rule) => own.push(Group {
+                        rule,
+                        params: vec![tensors],
+                    }),
+                }
                 if let Some(s) = new_state {
                     created.push((gi, pi, s));
                 }
             }
             groups.push(Group { rule, params });
+            groups.extend(own);
         }
         match grad_scale {
             None => step(&mut groups)?,
@@ -290,6 +309,11 @@ impl<R: Algorithm> Optim<R> {
         }
         for (gi, pi, s) in created {
             self.groups[gi].state[pi] = s;
+        }
+        for (g, config) in self.groups.iter_mut().zip(advanced) {
+            if let Some(config) = config {
+                g.config = config;
+            }
         }
         Ok(())
     }
@@ -300,43 +324,57 @@ impl<R: Algorithm> Optimizer for Optim<R> {
         self.run(None)
     }
 
-    fn zero_grad(&mut self) -> Result<()> {
-        self.zero_grad_with(true)
-    }
-
-    fn num_groups(&self) -> usize {
-        self.groups.len()
-    }
-
-    fn lr(&self, group: usize) -> Result<f64> {
-        Ok(self.group(group)?.config.lr())
-    }
-
-    fn set_lr(&mut self, group: usize, lr: f64) -> Result<()> {
-        self.update_config(group, |c| c.set_lr(lr))
-    }
-
-    fn hyperparameter(&self, group: usize, name: &str) -> Result<Hyper> {
-        self.group(group)?
-            .config
-            .get(name)
-            .ok_or_else(|| check::invalid("hyperparameter", name))
-    }
-
-    fn set_hyperparameter(&mut self, group: usize, name: &str, value: Hyper) -> Result<()> {
-        let mut config = self.config(group)?.clone();
-        config.set(name, value)?;
-        self.set_config(group, config)
-    }
-
-    fn save(&self, path: &Path) -> Result<()> {
-        super::checkpoint::save(self, path)
-    }
-
-    fn load(&mut self, path: &Path) -> Result<()> {
-        super::checkpoint::load(self, path)
-    }
+    crate::optim::stateful::optimizer_methods!();
 }
+
+/// The [`Optimizer`] methods that are the same for every configuration type (all but
+/// `step`), for `impl Optimizer for Optim<…>` blocks.
+macro_rules! optimizer_methods {
+    () => {
+        fn zero_grad(&mut self) -> $crate::Result<()> {
+            self.zero_grad_with(true)
+        }
+
+        fn num_groups(&self) -> usize {
+            self.groups.len()
+        }
+
+        fn lr(&self, group: usize) -> $crate::Result<f64> {
+            Ok($crate::optim::Hyperparameters::lr(
+                &self.group(group)?.config,
+            ))
+        }
+
+        fn set_lr(&mut self, group: usize, lr: f64) -> $crate::Result<()> {
+            self.update_config(group, |c| $crate::optim::Hyperparameters::set_lr(c, lr))
+        }
+
+        fn hyperparameter(&self, group: usize, name: &str) -> $crate::Result<$crate::Hyper> {
+            $crate::optim::Hyperparameters::get(&self.group(group)?.config, name)
+                .ok_or_else(|| $crate::optim::check::invalid("hyperparameter", name))
+        }
+
+        fn set_hyperparameter(
+            &mut self,
+            group: usize,
+            name: &str,
+            value: $crate::Hyper,
+        ) -> $crate::Result<()> {
+            let mut config = self.config(group)?.clone();
+            $crate::optim::Hyperparameters::set(&mut config, name, value)?;
+            self.set_config(group, config)
+        }
+
+        fn save(&self, path: &std::path::Path) -> $crate::Result<()> {
+            $crate::optim::checkpoint::save(self, path)
+        }
+
+        fn load(&mut self, path: &std::path::Path) -> $crate::Result<()> {
+            $crate::optim::checkpoint::load(self, path)
+        }
+    };
+}
+pub(crate) use optimizer_methods;
 
 fn no_group(group: usize, n: usize) -> Error {
     check::invalid(
