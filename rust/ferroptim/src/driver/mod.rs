@@ -86,6 +86,20 @@ pub fn step_unscaling<R: Rule>(groups: &mut [Group<R>], grad_scale: f64) -> Resu
     run(&views(groups), Some(grad_scale), &mut StepCache::default())
 }
 
+/// [`step`] (or [`step_unscaling`]) with a [`StepCache`] kept by the caller (the stateful
+/// optimizers): the overlap check is not redone for tensors that have not moved, and the
+/// scratch buffers are reused.
+pub(crate) fn step_groups<R: Rule>(
+    groups: &[Group<R>],
+    grad_scale: Option<f64>,
+    cache: &mut StepCache,
+) -> Result<()> {
+    if let Some(scale) = grad_scale {
+        check_grad_scale(scale)?;
+    }
+    run(&views(groups), grad_scale, cache)
+}
+
 /// The groups as the driver reads them: rule and parameters.
 fn views<R: Rule>(groups: &[Group<R>]) -> Vec<(&R, &[ParamTensors])> {
     groups.iter().map(|g| (&g.rule, &g.params[..])).collect()

@@ -3,7 +3,7 @@
 use super::algorithm::{check, Algorithm, Hyperparameters, ParamState};
 use super::grad;
 use super::Optimizer;
-use crate::driver::{step, step_unscaling, Group, ParamTensors};
+use crate::driver::{read_grads, step_groups, Group, ParamTensors, StepCache};
 use crate::error::{Error, Result};
 use tch::{nn::VarStore, Tensor};
 
@@ -80,6 +80,8 @@ pub(crate) struct ParamGroup<R> {
 #[derive(Debug)]
 pub struct Optim<R: Hyperparameters> {
     pub(crate) groups: Vec<ParamGroup<R>>,
+    /// The driver's overlap-check result and scratch buffers, reused from step to step.
+    cache: StepCache,
 }
 
 impl<R: Hyperparameters> Optim<R> {
@@ -94,7 +96,10 @@ impl<R: Hyperparameters> Optim<R> {
         if params.is_empty() {
             return Err(check::invalid("params", "[] (an empty parameter list)"));
         }
-        let mut opt = Optim { groups: Vec::new() };
+        let mut opt = Optim {
+            groups: Vec::new(),
+            cache: StepCache::default(),
+        };
         opt.add_param_group(params, config)?;
         Ok(opt)
     }
@@ -249,8 +254,8 @@ impl<R: Algorithm> Optim<R> {
             let scalar_names = rule.scalar_state_names();
             let first = names.first().or(scalar_names.first());
             let mut params = Vec::with_capacity(g.params.len());
-            for (pi, (p, st)) in g.params.iter().zip(&g.state).enumerate() {
-                let grad = p.f_grad()?;
+            let grads = read_grads(&g.params)?;
+            for (pi, ((p, st), grad)) in g.params.iter().zip(&g.state).zip(grads).enumerate() {
                 if !grad.defined() {
                     continue;
                 }
@@ -303,10 +308,7 @@ impl<R: Algorithm> Optim<R> {
             groups.push(Group { rule, params });
             groups.extend(own);
         }
-        match grad_scale {
-            None => step(&mut groups)?,
-            Some(scale) => step_unscaling(&mut groups, scale)?,
-        }
+        step_groups(&groups, grad_scale, &mut self.cache)?;
         for (gi, pi, s) in created {
             self.groups[gi].state[pi] = s;
         }
