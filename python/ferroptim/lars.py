@@ -54,6 +54,9 @@ class LARS(NativeStep, torch.optim.Optimizer):
     )
 
     _native_step = staticmethod(_core.lars_step)
+    # The plan splits each group as `_native_calls` does (by dimension), and checks the split
+    # again at every step.
+    _native_plan = staticmethod(_core.lars_plan)
 
     def __init__(
         self,
@@ -87,11 +90,15 @@ class LARS(NativeStep, torch.optim.Optimizer):
         self._check_supported()
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
-        return hyper(
-            group,
-            ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient"),
-            ("nesterov", "maximize"),
-        )
+        # `trust`: the group's rule; tensors of one dimension or fewer take it without.
+        return {
+            **hyper(
+                group,
+                ("lr", "weight_decay", "momentum", "dampening", "trust_coefficient"),
+                ("nesterov", "maximize"),
+            ),
+            "trust": True,
+        }
 
     def _native_calls(self, group: dict[str, Any], tensors: dict[str, Any]) -> list[dict[str, Any]]:
         # Two native groups: tensors of 2+ dimensions with the trust ratio, the others without.

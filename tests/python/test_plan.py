@@ -192,3 +192,39 @@ def test_a_failing_planned_step_changes_nothing() -> None:
     assert all(torch.equal(p, q) for p, q in zip(params, before))
     for key, value in state.items():
         assert torch.equal(opt.state[params[1]][key], value)
+
+
+class _GeneralLARS(ferroptim.LARS):
+    """LARS without cached plans: every step takes the general path (`_native_calls`)."""
+
+    _native_plan = None
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_lars_plans_split_groups_by_dimension_and_notice_a_new_dimension(
+    momentum: float,
+) -> None:
+    """LARS steps tensors of one dimension or fewer without the trust ratio; its plan splits
+    each group the same way, and re-checks the split: a parameter reshaped to another number
+    of dimensions (``p.data = …``) makes the step take the general path."""
+    results = []
+    for cls in (ferroptim.LARS, _GeneralLARS):
+        params = _params()
+        opt = cls(params, lr=0.1, weight_decay=0.01, momentum=momentum)
+        for t in range(8):
+            _grads(params, t)
+            if t == 4:  # (3, 4) -> (12,): now without trust ratio; state reshaped alike
+                with torch.no_grad():
+                    params[0].data = params[0].data.reshape(12)
+                    if momentum:
+                        buf = opt.state[params[0]]["momentum_buffer"]
+                        buf.data = buf.data.reshape(12)
+                params[0].grad = params[0].grad.reshape(12)
+            opt.step()
+        results.append((params, opt))
+    (ours, ours_opt), (ref, _) = results
+    assert ours_opt.__dict__.get("_ferroptim_plan") is not None
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    # the split changed the trajectory: a 2-d (12,) tensor would have moved differently
+    assert ours[0].shape == (12,)

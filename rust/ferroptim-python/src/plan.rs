@@ -23,9 +23,23 @@ use pyo3::types::{PyDict, PyList, PyString};
 use std::sync::Mutex;
 
 /// Builds a rule from a group dict of hyperparameters (see `rules.rs`).
-pub trait FromGroup: Rule + Send + Sized {
+pub trait FromGroup: Rule + Send + Sized + Clone {
     /// The rule with the hyperparameters of `d` (keys: the rule's field names).
     fn from_group(d: &Bound<'_, PyDict>) -> PyResult<Self>;
+
+    /// True if some parameters of a group take [`FromGroup::split_rule`] instead of the
+    /// group's rule (LARS); then [`FromGroup::splits`] is checked again at every planned step.
+    const SPLITS: bool = false;
+
+    /// Whether `param` takes the split rule (see [`FromGroup::SPLITS`]).
+    fn splits(_param: &tch::Tensor) -> bool {
+        false
+    }
+
+    /// The rule of the parameters for which [`FromGroup::splits`] holds.
+    fn split_rule(&self) -> Self {
+        self.clone()
+    }
 }
 
 /// A dict's entries as they were: `(key, value)` objects, in iteration order.
@@ -82,9 +96,12 @@ struct PlannedGroup {
     /// Its `params` list and the parameters it held.
     params_list: Py<PyList>,
     params: Vec<Py<PyAny>>,
-    /// The parameters that had state, with their state dicts' snapshots and tch handles.
+    /// The parameters that had state, with their state dicts' snapshots and tch handles:
+    /// those stepped with the group's rule, and those with its split rule
+    /// ([`FromGroup::splits`]).
     state_dicts: Vec<DictSnapshot>,
     planned: Vec<ParamState>,
+    split: Vec<ParamState>,
     /// The parameters that had no state: they must still have no gradient.
     stateless: Vec<tch::Tensor>,
 }
@@ -95,6 +112,7 @@ impl PlannedGroup {
         state: &Bound<'_, PyDict>,
         names: &[String],
         scalar_names: &[String],
+        splits: fn(&tch::Tensor) -> bool,
     ) -> PyResult<PlannedGroup> {
         let params_list = group
             .get_item("params")?
@@ -106,6 +124,7 @@ impl PlannedGroup {
             params: Vec::with_capacity(params_list.len()),
             state_dicts: Vec::new(),
             planned: Vec::new(),
+            split: Vec::new(),
             stateless: Vec::new(),
         };
         // A rule without state (e.g. SGD without momentum) needs no state dict.
@@ -113,11 +132,14 @@ impl PlannedGroup {
         for p in params_list.iter() {
             let param = p.extract::<PyTensor>()?.0;
             if stateless_rule {
-                planned.planned.push(ParamState {
-                    param,
-                    state: Vec::new(),
-                    scalar_state: Vec::new(),
-                });
+                planned.add(
+                    ParamState {
+                        param,
+                        state: Vec::new(),
+                        scalar_state: Vec::new(),
+                    },
+                    splits,
+                );
                 planned.params.push(p.unbind());
                 continue;
             }
@@ -131,17 +153,43 @@ impl PlannedGroup {
             match tensors {
                 Some((d, (state, scalar_state))) => {
                     planned.state_dicts.push(DictSnapshot::take(&d));
-                    planned.planned.push(ParamState {
-                        param,
-                        state,
-                        scalar_state,
-                    });
+                    planned.add(
+                        ParamState {
+                            param,
+                            state,
+                            scalar_state,
+                        },
+                        splits,
+                    );
                 }
                 None => planned.stateless.push(param),
             }
             planned.params.push(p.unbind());
         }
         Ok(planned)
+    }
+
+    fn add(&mut self, ps: ParamState, splits: fn(&tch::Tensor) -> bool) {
+        if splits(&ps.param) {
+            self.split.push(ps);
+        } else {
+            self.planned.push(ps);
+        }
+    }
+
+    /// The parameters planned with the group's rule, or with its split rule.
+    fn params_of(&self, split: bool) -> &[ParamState] {
+        if split {
+            &self.split
+        } else {
+            &self.planned
+        }
+    }
+
+    /// True if every planned parameter still takes the rule it was planned with.
+    fn same_split(&self, splits: fn(&tch::Tensor) -> bool) -> bool {
+        self.planned.iter().all(|ps| !splits(&ps.param))
+            && self.split.iter().all(|ps| splits(&ps.param))
     }
 
     /// True if the group is the same dict with the same `params` list holding the same
@@ -196,7 +244,8 @@ fn state_tensors(
 
 /// The step of one rule type over planned groups (a monomorphised function, so that `Plan`
 /// needs no type parameter).
-type StepFn = fn(Python<'_>, &mut Planned, &[Bound<'_, PyDict>], Option<f64>) -> PyResult<()>;
+/// It returns false, having changed nothing, if the plan no longer fits the parameters.
+type StepFn = fn(Python<'_>, &mut Planned, &[Bound<'_, PyDict>], Option<f64>) -> PyResult<bool>;
 
 /// What a step locks: the groups and the driver's cache of their overlap check.
 struct Planned {
@@ -209,29 +258,39 @@ fn step_planned<R: FromGroup>(
     planned: &mut Planned,
     hypers: &[Bound<'_, PyDict>],
     grad_scale: Option<f64>,
-) -> PyResult<()> {
+) -> PyResult<bool> {
     let Planned { groups, cache } = planned;
-    let mut rules = Vec::with_capacity(groups.len());
-    let mut grads = Vec::with_capacity(groups.len());
-    for (group, d) in groups.iter().zip(hypers) {
-        rules.push(R::from_group(d)?);
-        // Read the gradients with the GIL held: Python code may reassign `.grad` otherwise.
-        let g = ferroptim::read_grads(group.planned.iter().map(|ps| &ps.param))
-            .map_err(|e| PyErr::from(CoreError::from(e)))?;
-        grads.push(g);
+    if R::SPLITS && !groups.iter().all(|g| g.same_split(R::splits)) {
+        return Ok(false);
+    }
+    // (rule, group index, split?, gradients) per driver group: each param group's rule, and
+    // its split rule where some of its parameters take it.
+    let mut calls = Vec::with_capacity(groups.len());
+    for (gi, (group, d)) in groups.iter().zip(hypers).enumerate() {
+        let rule = R::from_group(d)?;
+        let split = rule.split_rule();
+        for (rule, is_split) in [(rule, false), (split, true)] {
+            let params = group.params_of(is_split);
+            if params.is_empty() {
+                continue;
+            }
+            // Read the gradients with the GIL held: Python may reassign `.grad` otherwise.
+            let grads = ferroptim::read_grads(params.iter().map(|ps| &ps.param))
+                .map_err(|e| PyErr::from(CoreError::from(e)))?;
+            calls.push((rule, gi, is_split, grads));
+        }
     }
     // Exclusive borrows of `Send` data only, so the closure is `Send` as `detach` requires.
-    let (rules, groups, grads) = (&mut rules, &mut *groups, &mut grads);
+    let (calls, groups) = (&mut calls, &mut *groups);
     py.detach(move || {
-        let with: Vec<(&R, &[ParamState], &[tch::Tensor])> = rules
+        let with: Vec<(&R, &[ParamState], &[tch::Tensor])> = calls
             .iter()
-            .zip(groups.iter())
-            .zip(grads.iter())
-            .map(|((r, g), grads)| (r, &g.planned[..], &grads[..]))
+            .map(|(r, gi, is_split, grads)| (r, groups[*gi].params_of(*is_split), &grads[..]))
             .collect();
         ferroptim::step_with_grads(&with, grad_scale, cache)
     })
-    .map_err(|e| PyErr::from(CoreError::from(e)))
+    .map_err(|e| PyErr::from(CoreError::from(e)))?;
+    Ok(true)
 }
 
 /// A cached plan of one optimizer's step (see the module docs). Made by `<rule>_plan(state,
@@ -265,7 +324,7 @@ impl Plan {
         let groups = param_groups
             .iter()
             .zip(&names)
-            .map(|(g, (n, s))| PlannedGroup::new(&g.cast_into::<PyDict>()?, state, n, s))
+            .map(|(g, (n, s))| PlannedGroup::new(&g.cast_into::<PyDict>()?, state, n, s, R::splits))
             .collect::<PyResult<Vec<_>>>()?;
         Ok(Plan {
             state: DictSnapshot::take(state),
@@ -312,8 +371,7 @@ impl Plan {
                 hypers.len()
             )));
         }
-        (self.step)(py, &mut planned, &hypers, grad_scale)?;
-        Ok(true)
+        (self.step)(py, &mut planned, &hypers, grad_scale)
     }
 }
 

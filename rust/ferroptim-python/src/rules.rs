@@ -43,14 +43,27 @@ pub(crate) fn get<'py, T: for<'a> FromPyObject<'a, 'py>>(
 /// For the core rule `$rule`, built from a group dict's `$field` entries, defines
 /// `#[pyfunction] $fn(groups, grad_scale=None)` (one step) and `#[pyfunction] $plan(state,
 /// param_groups, names)` (a cached [`Plan`] of the optimizer's steps).
+///
+/// A trailing `split: $splits, $split_rule` gives the plan's [`FromGroup::splits`] and
+/// [`FromGroup::split_rule`] (LARS).
 macro_rules! step_fn {
-    ($fn:ident, $plan:ident, $rule:ident, $doc:literal, { $($field:ident),* $(,)? }) => {
+    ($fn:ident, $plan:ident, $rule:ident, $doc:literal, { $($field:ident),* $(,)? }
+     $(, split: $splits:path, $split_rule:path)?) => {
         impl FromGroup for ferroptim::$rule {
             fn from_group(d: &Bound<'_, PyDict>) -> PyResult<Self> {
                 Ok(ferroptim::$rule {
                     $($field: get(d, stringify!($field))?,)*
                 })
             }
+            $(
+                const SPLITS: bool = true;
+                fn splits(param: &tch::Tensor) -> bool {
+                    $splits(param)
+                }
+                fn split_rule(&self) -> Self {
+                    $split_rule(self)
+                }
+            )?
         }
 
         #[doc = $doc]
@@ -128,7 +141,21 @@ step_fn!(lamb_step, lamb_plan, Lamb, "One LAMB step over all groups.", {
 });
 step_fn!(lars_step, lars_plan, Lars, "One LARS step over all groups.", {
     lr, momentum, dampening, weight_decay, trust_coefficient, nesterov, trust, maximize
-});
+}, split: lars_excluded, lars_without_trust);
+
+/// The tensors LARS steps without weight decay or trust ratio: those of one dimension or
+/// fewer (biases, norm weights), as the Python class splits its groups.
+fn lars_excluded(param: &tch::Tensor) -> bool {
+    param.dim() <= 1
+}
+
+/// The group's rule for [`lars_excluded`] tensors.
+fn lars_without_trust(rule: &ferroptim::Lars) -> ferroptim::Lars {
+    ferroptim::Lars {
+        trust: false,
+        ..*rule
+    }
+}
 
 /// Adds every step function to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
