@@ -288,6 +288,7 @@ def muon_step(groups: Sequence[MuonGroup], grad_scale: float | None = None) -> N
 def sparse_adam_step(groups: Sequence[SparseAdamGroup], grad_scale: float | None = None) -> None:
     """One torch.optim.SparseAdam step over all groups; with ``grad_scale`` the values of
     each sparse gradient are unscaled first, as for :func:`adafactor_step`."""
+
 def lbfgs_step(
     params: Sequence[torch.Tensor],
     closure: Callable[[], tuple[float, list[torch.Tensor | None]]],

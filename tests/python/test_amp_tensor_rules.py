@@ -12,6 +12,8 @@ the scale round differently). LBFGS, like torch's, takes no hand-over.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from optim_testlib import (
@@ -221,35 +223,45 @@ def test_which_classes_take_the_hand_over():
     assert not getattr(OURS.LBFGS([torch.zeros(2)]), "_step_supports_amp_scaling", False)
 
 
+def lbfgs_amp_run(impl: str):
+    """Three LBFGS steps through ``scaler.step(opt, closure)`` (after a scaled backward, the
+    second with an inf gradient); returns the snapshots after each step and the final scale."""
+    model, data = make_mlp(), make_data()
+    opt = make_opt(impl, "LBFGS", model.parameters(), lr=0.5, max_iter=4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=768.0)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = mlp_loss(model, data)
+        loss.backward()
+        return loss
+
+    with pytest.raises(RuntimeError, match="Closure use is not currently supported"):
+        scaler.step(opt, closure=closure)
+    snaps = []
+    for k in range(3):
+        opt.zero_grad()
+        scaler.scale(mlp_loss(model, data)).backward()
+        if k == 1:  # GradScaler skips this step: it sees the inf before the closure runs
+            next(iter(model.parameters())).grad[0, 0] = float("inf")
+        scaler.step(opt, closure)
+        scaler.update()
+        # deepcopy: LBFGS's state holds lists that torch's step changes in place.
+        snaps.append(copy.deepcopy(snapshot(model.parameters(), opt)))
+    return snaps, scaler.get_scale()
+
+
 def test_lbfgs_under_grad_scaler_behaves_as_torchs():
     """GradScaler cannot scale LBFGS's closure evaluations: ``closure=`` raises torch's
     RuntimeError, and a positional closure gets GradScaler's generic path (it unscales the
     gradients present before the step, skips the step if they are not finite, and leaves the
     closure's own gradients alone) — the same for ferroptim and torch."""
-    results = []
-    for impl in ("ours", "forloop"):
-        model, data = make_mlp(), make_data()
-        opt = make_opt(impl, "LBFGS", model.parameters(), lr=0.5, max_iter=4)
-        scaler = torch.amp.GradScaler("cpu", init_scale=768.0)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = mlp_loss(model, data)
-            loss.backward()
-            return loss
-
-        with pytest.raises(RuntimeError, match="Closure use is not currently supported"):
-            scaler.step(opt, closure=closure)
-        for k in range(3):
-            opt.zero_grad()
-            scaler.scale(mlp_loss(model, data)).backward()
-            if k == 1:  # GradScaler skips this step: it saw the inf before the closure ran
-                next(iter(model.parameters())).grad[0, 0] = float("inf")
-            scaler.step(opt, closure)
-            scaler.update()
-        results.append((snapshot(model.parameters(), opt), scaler.get_scale()))
-    assert_snapshots_equal(results[0][0], results[1][0], what="LBFGS")
-    assert results[0][1] == results[1][1] == 768.0 / 2
+    ours, our_scale = lbfgs_amp_run("ours")
+    ref, ref_scale = lbfgs_amp_run("forloop")
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        assert_snapshots_equal(a, b, what=f"LBFGS step {k}")
+    assert_snapshots_equal(ours[1], ours[0], what="LBFGS skipped step")
+    assert our_scale == ref_scale == 768.0 / 2
 
 
 def test_sparse_adam_with_coalesced_gradients_matches_torch_under_scaling():
