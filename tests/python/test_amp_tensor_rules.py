@@ -53,15 +53,16 @@ class EmbeddingModel(nn.Module):
         return self.emb(idx).sum(1) @ self.head
 
 
-def problem(name: str):
-    """(model, params to optimize, loss function, whether to sparsify the gradients)."""
+def problem(name: str, dtype: torch.dtype = torch.float32):
+    """(model, the parameters to optimize, loss function) in ``dtype``."""
     if name == "SparseAdam":
-        model = EmbeddingModel()
+        model = EmbeddingModel().to(dtype)
+        model.head = model.head.to(dtype)
         g = torch.Generator().manual_seed(1)
         idx = torch.randint(0, 12, (16, 5), generator=g)
-        y = torch.randn(16, 3, generator=g)
+        y = torch.randn(16, 3, generator=g).to(dtype)
         return model, [model.emb.weight], lambda: ((model(idx) - y) ** 2).mean()
-    model, data = make_mlp(), make_data()
+    model, data = make_mlp(dtype), make_data(dtype)
     return model, list(model.parameters()), lambda: mlp_loss(model, data)
 
 
@@ -149,6 +150,51 @@ def test_scaler_unscale_then_clip_then_step_matches_torch(name):
             scaler.update()
         results.append(snapshot(params, opt))
     assert_snapshots_equal(results[0], results[1], what=name)
+
+
+def float16_run(impl: str, name: str):
+    """Four steps of a float16 model with loss scaling: 'ours' through ``scaler.step``; the
+    reference ('forloop', torch's class) unscaled by hand as GradScaler would (coalescing
+    float16 sparse gradients, then ``torch._amp_foreach_non_finite_check_and_unscale_`` by
+    ``scale.double().reciprocal().float()``) before its ``step()``."""
+    model, params, loss_fn = problem(name, torch.float16)
+    opt = make_opt(impl, name, params, **CONFIGS[name])
+    scaler = torch.amp.GradScaler("cpu", init_scale=768.0)
+    for _ in range(4):
+        opt.zero_grad()
+        scaler.scale(loss_fn()).backward()
+        if impl == "ours":
+            scaler.step(opt)
+            scaler.update()
+            continue
+        group = opt.param_groups[0]["params"]
+        for p in group:
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()
+        found_inf = torch.zeros(())
+        inv_scale = torch.tensor(scaler.get_scale()).double().reciprocal().float()
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            [p.grad._values() if p.grad.is_sparse else p.grad for p in group], found_inf, inv_scale
+        )
+        assert found_inf.item() == 0.0
+        opt.step()
+    return snapshot(params, opt), [p.grad for p in opt.param_groups[0]["params"]]
+
+
+@pytest.mark.parametrize("name", AMP_CLASSES)
+def test_float16_gradients_which_gradscalers_own_path_refuses(name):
+    """GradScaler refuses to unscale float16 gradients itself (ValueError); with the hand-over
+    they are unscaled in the step as GradScaler would have done."""
+    model, params, loss_fn = problem(name, torch.float16)
+    opt = make_opt("forloop", name, params, **CONFIGS[name])
+    scaler = torch.amp.GradScaler("cpu", init_scale=768.0)
+    scaler.scale(loss_fn()).backward()
+    with pytest.raises(ValueError, match="Attempting to unscale FP16 gradients"):
+        scaler.step(opt)
+    (ours, our_grads), (ref, ref_grads) = float16_run("ours", name), float16_run("forloop", name)
+    assert ours.params[0].dtype == torch.float16
+    assert_snapshots_equal(ours, ref, what=name)
+    assert_grads_equal(our_grads, ref_grads, name)
 
 
 def scaled_problem(name: str, scale: float | None):
