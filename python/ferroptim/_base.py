@@ -184,14 +184,9 @@ class NativeStep:
                 (shape, device, dtype); nothing is modified in that case.
         """
         loss = call_closure(closure)
-        # Set by torch.amp.GradScaler.step (see `_check_supported`).
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and scalar(found_inf) != 0.0:
-            # Non-finite gradients: skip the whole step, as torch's fused kernels do
-            # (parameters, gradients, state and step counts unchanged).
+        skip, scale = grad_scaler_args(self)
+        if skip:
             return loss
-        scale = None if grad_scale is None else scalar(grad_scale)
         groups = self.param_groups  # type: ignore[attr-defined]
         hypers, names = [], []
         for group in groups:
@@ -224,6 +219,20 @@ class NativeStep:
         # old state tensors, so they are freed now rather than at the next step.
         self.__dict__.pop("_ferroptim_plan", None)
         super().__setstate__(state)  # type: ignore[misc]
+
+
+def grad_scaler_args(optimizer: object) -> tuple[bool, float | None]:
+    """What ``torch.amp.GradScaler.step`` handed over to an optimizer with
+    ``_step_supports_amp_scaling`` (the attributes ``grad_scale`` and ``found_inf``, present
+    during that call only): whether to skip the whole step (``found_inf`` nonzero: non-finite
+    gradients; parameters, gradients, state and step counts are then left unchanged, as
+    torch's fused kernels do) and the loss scale to unscale the gradients by (None: they are
+    not scaled, e.g. after an explicit ``scaler.unscale_(optimizer)``)."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if found_inf is not None and scalar(found_inf) != 0.0:
+        return True, None
+    grad_scale = getattr(optimizer, "grad_scale", None)
+    return False, None if grad_scale is None else scalar(grad_scale)
 
 
 def call_closure(closure: Callable[[], float] | None) -> float | None:

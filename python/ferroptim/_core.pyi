@@ -1,10 +1,11 @@
 """Type stubs of the native module ``ferroptim._core`` (built from rust/ferroptim-python).
 
-Every ``*_step`` function takes a list of group dicts (the keys below) and an optional
-``grad_scale``. It updates ``params``, ``states`` and ``scalar_states`` in place, for all groups
-in one call with the GIL released; with ``grad_scale`` it also divides each gradient by it and
-writes the unscaled gradient back (loss scaling, as torch's fused kernels). The hyperparameter
-keys are the fields of the Rust rule (``rust/ferroptim/src/rules/``).
+Every fused-driver ``*_step`` function takes a list of group dicts (the keys below) and an
+optional ``grad_scale``. It updates ``params``, ``states`` and ``scalar_states`` in place, for
+all groups in one call with the GIL released; with ``grad_scale`` it also divides each gradient
+by it and writes the unscaled gradient back (loss scaling, as torch's fused kernels). The
+hyperparameter keys are the fields of the Rust rule (``rust/ferroptim/src/rules/``). The
+tensor-rule functions (further below) take ``grad_scale`` too.
 
 Every ``*_plan`` function makes a :class:`Plan`: the optimizer's parameters and state converted
 once, so that later steps convert nothing per parameter (see ``rust/ferroptim-python/src/plan.rs``).
@@ -231,8 +232,9 @@ def lion_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adopt_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 
 # Tensor rules (rust/ferroptim/src/tensor_rules/): ATen operations in torch's order, one call
-# for all groups, GIL released; no grad_scale (GradScaler unscales before the step). Each list
-# has one entry per parameter with a gradient.
+# for all groups, GIL released; an optional grad_scale unscales the gradients first with
+# GradScaler's own operation (a multiply by float32(1 / grad_scale), not the fused drivers'
+# division). Each list has one entry per parameter with a gradient.
 
 class AdafactorGroup(TypedDict):
     params: Sequence[torch.Tensor]
@@ -274,9 +276,19 @@ class SparseAdamGroup(TypedDict):
     eps: float
     maximize: bool
 
-def adafactor_step(groups: Sequence[AdafactorGroup]) -> None: ...
-def muon_step(groups: Sequence[MuonGroup]) -> None: ...
-def sparse_adam_step(groups: Sequence[SparseAdamGroup]) -> None: ...
+def adafactor_step(groups: Sequence[AdafactorGroup], grad_scale: float | None = None) -> None:
+    """One torch.optim.Adafactor step over all groups. With ``grad_scale``, each gradient is
+    first multiplied in place by ``float32(1 / grad_scale)`` as ``GradScaler.unscale_`` does
+    (ValueError, before anything changes, if ``grad_scale`` is zero or not finite)."""
+
+def muon_step(groups: Sequence[MuonGroup], grad_scale: float | None = None) -> None:
+    """One torch.optim.Muon step over all groups; ``grad_scale`` as for
+    :func:`adafactor_step`."""
+
+def sparse_adam_step(groups: Sequence[SparseAdamGroup], grad_scale: float | None = None) -> None:
+    """One torch.optim.SparseAdam step over all groups; with ``grad_scale`` the values of
+    each sparse gradient are unscaled first, as for :func:`adafactor_step`."""
+
 def lbfgs_step(
     params: Sequence[torch.Tensor],
     closure: Callable[[], tuple[float, list[torch.Tensor | None]]],

@@ -8,7 +8,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _to_scalar
 
 from ferroptim import _core
-from ferroptim._base import call_closure
+from ferroptim._base import call_closure, grad_scaler_args
 
 
 class Adafactor(torch.optim.Adafactor):
@@ -46,8 +46,18 @@ class Adafactor(torch.optim.Adafactor):
             messages); a gradient or state tensor whose shape, dtype or device does not match.
             Nothing is modified in either case.
 
-    GradScaler unscales the gradients itself before ``step()`` (as for torch's Adafactor).
+    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
+    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
+    unscales them in place with GradScaler's own operation and rounding
+    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
+    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
+    to ``torch.optim.Adafactor`` under the same scaler. A step whose gradients are not finite
+    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
+    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
     """
+
+    # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
+    _step_supports_amp_scaling = True
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -61,6 +71,9 @@ class Adafactor(torch.optim.Adafactor):
             The closure's loss, or None.
         """
         loss = call_closure(closure)
+        skip, grad_scale = grad_scaler_args(self)
+        if skip:
+            return loss
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         for group in self.param_groups:
@@ -103,7 +116,7 @@ class Adafactor(torch.optim.Adafactor):
                 }
             )
         if calls:
-            _core.adafactor_step(calls)
+            _core.adafactor_step(calls, grad_scale)
         for p, new in created:
             self.state[p].update(new)
         return loss

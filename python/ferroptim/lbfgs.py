@@ -42,6 +42,13 @@ class LBFGS(torch.optim.LBFGS):
         RuntimeError: at ``step()``, ``line_search_fn`` other than "strong_wolfe" or None
             (torch's message), complex parameters (torch supports them; ferroptim not yet).
             Errors raised by the closure propagate unchanged.
+
+    ``torch.amp.GradScaler``: as with torch's LBFGS, no ``grad_scale``/``found_inf``
+    hand-over (``_step_supports_amp_scaling`` is not set). The gradients L-BFGS uses come from
+    its closure, evaluated inside the step, which GradScaler can neither scale nor unscale:
+    ``scaler.step(optimizer, closure=…)`` raises torch's RuntimeError, and
+    ``scaler.step(optimizer, closure)`` only unscales and checks the gradients present before
+    the step (skipping it if they are not finite). Train L-BFGS without loss scaling.
     """
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core
-from ferroptim._base import call_closure
+from ferroptim._base import call_closure, grad_scaler_args
 
 
 class SparseAdam(torch.optim.SparseAdam):
@@ -39,8 +39,19 @@ class SparseAdam(torch.optim.SparseAdam):
         RuntimeError: at ``step()``, a dense gradient (torch's message); a gradient or state
             tensor whose shape, dtype or device does not match. Nothing is modified.
 
-    GradScaler unscales the gradients itself before ``step()`` (as for torch's SparseAdam).
+    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
+    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
+    unscales the values of each sparse gradient in place (as given: GradScaler has already
+    coalesced float16 ones) with GradScaler's own operation and rounding
+    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
+    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
+    to ``torch.optim.SparseAdam`` under the same scaler. A step whose gradients are not finite
+    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
+    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
     """
+
+    # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
+    _step_supports_amp_scaling = True
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -54,6 +65,9 @@ class SparseAdam(torch.optim.SparseAdam):
             The closure's loss, or None.
         """
         loss = call_closure(closure)
+        skip, grad_scale = grad_scaler_args(self)
+        if skip:
+            return loss
         calls = []
         created: list[tuple[torch.Tensor, dict[str, Any]]] = []
         counted: list[tuple[dict[str, Any], Any]] = []
@@ -99,7 +113,7 @@ class SparseAdam(torch.optim.SparseAdam):
                 }
             )
         if calls:
-            _core.sparse_adam_step(calls)
+            _core.sparse_adam_step(calls, grad_scale)
         for state, new_step in counted:
             state["step"] = new_step
         for p, new in created:

@@ -189,7 +189,7 @@ def pytorch_optimizer_reference(name: str) -> type:
 
 
 # Classes written with ATen operations rather than the fused driver (``tensor_rules/``): torch's
-# numbers bit for bit, GradScaler unscales before their step (no ``grad_scale`` hand-over).
+# numbers bit for bit; their GradScaler hand-over is tested in test_amp_tensor_rules.py.
 TENSOR_RULES = ("Adafactor", "LBFGS", "Muon", "SparseAdam")
 # What torch's optim_db says these classes need of a problem: sparse gradients, or (Muon,
 # which rejects other parameters in its constructor) only 2-D parameters.

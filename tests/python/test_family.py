@@ -55,7 +55,8 @@ CONFIGS = {
 REFERENCE_OVERWRITES_GRAD = {"Adan", "ScheduleFreeAdamW", "LARS"}
 NAMES = [n for n in OURS.__all__ if n != "__version__"]
 TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]
-# The classes whose step runs in the fused driver (GradScaler hand-over, dense gradients).
+# The classes whose step runs in the fused driver (dense gradients; their GradScaler hand-over
+# is tested here, the tensor rules' in test_amp_tensor_rules.py).
 FUSED_NAMES = [n for n in NAMES if n not in TENSOR_RULES]
 F64_RTOL, F64_ATOL = TOLERANCES[torch.float64]
 

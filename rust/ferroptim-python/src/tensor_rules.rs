@@ -1,5 +1,7 @@
 //! Step functions of the core crate's tensor rules (`ferroptim::tensor_rules`): Adafactor,
-//! Muon and SparseAdam. Each takes a list of group dicts (see `python/ferroptim/_core.pyi`),
+//! Muon and SparseAdam. Each takes a list of group dicts (see `python/ferroptim/_core.pyi`)
+//! and an optional loss scale `grad_scale` (GradScaler's: the gradients are unscaled as
+//! `GradScaler.unscale_` does before the update, see the core crate's `step_unscaling`),
 //! extracts everything with the GIL held, then releases it for the whole update.
 
 use crate::error::CoreError;
@@ -47,18 +49,31 @@ fn check_lengths(n: usize, lists: &[(&str, usize)]) -> PyResult<()> {
     Ok(())
 }
 
+/// A core step over `groups` with the GIL released: `step`, or `step_unscaling` when
+/// `grad_scale` is set.
 fn run<G: Send>(
     py: Python<'_>,
     mut groups: Vec<G>,
+    grad_scale: Option<f64>,
     step: fn(&mut [G]) -> ferroptim::Result<()>,
+    step_unscaling: fn(&mut [G], f64) -> ferroptim::Result<()>,
 ) -> PyResult<()> {
-    py.detach(|| step(&mut groups))
-        .map_err(|e| PyErr::from(CoreError::from(e)))
+    py.detach(|| match grad_scale {
+        None => step(&mut groups),
+        Some(scale) => step_unscaling(&mut groups, scale),
+    })
+    .map_err(|e| PyErr::from(CoreError::from(e)))
 }
 
-/// One Adafactor step over all groups (torch.optim.Adafactor's for-loop implementation).
+/// One Adafactor step over all groups (torch.optim.Adafactor's for-loop implementation);
+/// with `grad_scale`, the gradients are unscaled first, as `GradScaler.unscale_` does.
 #[pyfunction]
-pub fn adafactor_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
+#[pyo3(signature = (groups, grad_scale = None))]
+pub fn adafactor_step(
+    py: Python<'_>,
+    groups: Vec<Bound<'_, PyDict>>,
+    grad_scale: Option<f64>,
+) -> PyResult<()> {
     let mut core = Vec::with_capacity(groups.len());
     for d in &groups {
         let hyper = adafactor::Adafactor {
@@ -107,12 +122,24 @@ pub fn adafactor_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResul
             .collect();
         core.push(adafactor::AdafactorGroup { hyper, params });
     }
-    run(py, core, adafactor::step)
+    run(
+        py,
+        core,
+        grad_scale,
+        adafactor::step,
+        adafactor::step_unscaling,
+    )
 }
 
-/// One Muon step over all groups (torch.optim.Muon's implementation).
+/// One Muon step over all groups (torch.optim.Muon's implementation); with `grad_scale`,
+/// the gradients are unscaled first, as `GradScaler.unscale_` does.
 #[pyfunction]
-pub fn muon_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
+#[pyo3(signature = (groups, grad_scale = None))]
+pub fn muon_step(
+    py: Python<'_>,
+    groups: Vec<Bound<'_, PyDict>>,
+    grad_scale: Option<f64>,
+) -> PyResult<()> {
     let mut core = Vec::with_capacity(groups.len());
     for d in &groups {
         let adjust: Option<String> = get(d, "adjust_lr_fn")?;
@@ -147,13 +174,19 @@ pub fn muon_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()>
             .collect();
         core.push(muon::MuonGroup { hyper, params });
     }
-    run(py, core, muon::step)
+    run(py, core, grad_scale, muon::step, muon::step_unscaling)
 }
 
 /// One SparseAdam step over all groups (torch.optim.SparseAdam's implementation); `steps`
-/// are the step counts including this step.
+/// are the step counts including this step. With `grad_scale`, the gradients' values are
+/// unscaled first, as `GradScaler.unscale_` does.
 #[pyfunction]
-pub fn sparse_adam_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyResult<()> {
+#[pyo3(signature = (groups, grad_scale = None))]
+pub fn sparse_adam_step(
+    py: Python<'_>,
+    groups: Vec<Bound<'_, PyDict>>,
+    grad_scale: Option<f64>,
+) -> PyResult<()> {
     let mut core = Vec::with_capacity(groups.len());
     for d in &groups {
         let hyper = sparse_adam::SparseAdam {
@@ -189,7 +222,13 @@ pub fn sparse_adam_step(py: Python<'_>, groups: Vec<Bound<'_, PyDict>>) -> PyRes
             .collect();
         core.push(sparse_adam::SparseAdamGroup { hyper, params });
     }
-    run(py, core, sparse_adam::step)
+    run(
+        py,
+        core,
+        grad_scale,
+        sparse_adam::step,
+        sparse_adam::step_unscaling,
+    )
 }
 
 /// Adds the tensor-rule step functions to the module.

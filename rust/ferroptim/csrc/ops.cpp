@@ -4,13 +4,16 @@
 // `beta`/`alpha`; `linalg_vector_norm` (what `torch.norm` and `Tensor.norm` call) is missing;
 // and `t.mul_(0.5)` in Python passes the float as a *wrapped number tensor* to the Tensor
 // overload, which for float16/bfloat16 rounds differently from tch's `mul_scalar_` (the Scalar
-// overload). Both matter for bit-parity with torch.optim: ATen's CPU kernels fuse
-// `a + alpha * b` into one multiply-add, and GEMM scales with beta/alpha inside its
-// accumulation. These wrappers call the very same ATen operators. They never throw: an
+// overload); `_amp_foreach_non_finite_check_and_unscale_` (how GradScaler unscales gradients)
+// is not wrapped at all. All of these matter for bit-parity with torch.optim: ATen's CPU
+// kernels fuse `a + alpha * b` into one multiply-add, GEMM scales with beta/alpha inside its
+// accumulation, and GradScaler multiplies by a float32 reciprocal. These wrappers call the very same ATen operators. They never throw: an
 // exception's message is copied into `err` (NUL-terminated, truncated to `cap` bytes) and 0 is
 // returned.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/scalar_tensor.h>
 
@@ -113,6 +116,27 @@ int32_t ferroptim_scalar_op(const at::Tensor* self, int32_t op, double value, in
     return report(e.what(), err, cap);
   } catch (...) {
     return report("unknown C++ exception in a scalar operation", err, cap);
+  }
+}
+
+// `torch._amp_foreach_non_finite_check_and_unscale_([self], found_inf, inv_scale)` with a
+// float32 `inv_scale` and a scratch `found_inf` on `self`'s device: multiplies `self` in place
+// by `inv_scale` exactly as `GradScaler.unscale_` does (in the compute type of `self`'s dtype).
+// Whether a value was not finite is not reported (reading it would synchronize a GPU).
+// Returns 1 on success.
+int32_t ferroptim_amp_unscale_(const at::Tensor* self, float inv_scale, char* err,
+                               size_t cap) noexcept {
+  try {
+    at::TensorOptions opts = at::TensorOptions().dtype(at::kFloat).device(self->device());
+    at::Tensor inv = at::full({}, inv_scale, opts);
+    at::Tensor found_inf = at::full({}, 0.0, opts);
+    at::_amp_foreach_non_finite_check_and_unscale_({*self}, found_inf, inv);
+    return 1;
+  } catch (const std::exception& e) {
+    return report(e.what(), err, cap);
+  } catch (...) {
+    return report("unknown C++ exception in _amp_foreach_non_finite_check_and_unscale_", err,
+                  cap);
   }
 }
 

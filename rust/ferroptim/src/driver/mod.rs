@@ -207,7 +207,8 @@ pub fn read_grads<'a>(params: impl IntoIterator<Item = &'a Tensor>) -> Result<Ve
     }
 }
 
-fn check_grad_scale(grad_scale: f64) -> Result<()> {
+/// A loss scale must be finite and nonzero.
+pub(crate) fn check_grad_scale(grad_scale: f64) -> Result<()> {
     if !grad_scale.is_finite() || grad_scale == 0.0 {
         return Err(Error::InvalidArgument {
             name: "grad_scale",

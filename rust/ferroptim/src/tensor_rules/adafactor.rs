@@ -14,7 +14,8 @@
 //! device.
 
 use super::{
-    add_alpha_, check_like, check_param, check_scalar, scalar, scalar_, vector_norm, Lr, ScalarOp,
+    add_alpha_, check_like, check_param, check_scalar, inv_scale, scalar, scalar_, unscale_,
+    vector_norm, Lr, ScalarOp,
 };
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
@@ -175,6 +176,32 @@ fn mean_square(grad: &Tensor, dim: i64, len: i64) -> Result<Tensor> {
 /// the update (e.g. out of memory) are returned as [`Error::Torch`].
 pub fn step(groups: &mut [AdafactorGroup]) -> Result<()> {
     validate(groups)?;
+    update_all(groups)
+}
+
+/// [`step`] with gradients multiplied by a loss scale `grad_scale` (mixed precision with
+/// `torch.amp.GradScaler`): after validation every gradient is multiplied in place by
+/// `float32(1 / grad_scale)` with `torch._amp_foreach_non_finite_check_and_unscale_`, the
+/// operation `GradScaler.unscale_` applies, and the step then uses it. Parameters, state and
+/// the unscaled gradients left in the gradient tensors are bit-identical to
+/// `torch.optim.Adafactor` stepped after GradScaler unscaled the gradients itself. Skipping a
+/// step whose gradients are not finite (`found_inf`) is the caller's decision: then call
+/// neither function.
+///
+/// # Errors
+/// As [`step`], and [`Error::InvalidArgument`] if `grad_scale` is not finite or is zero; all
+/// before anything (gradients included) is modified.
+pub fn step_unscaling(groups: &mut [AdafactorGroup], grad_scale: f64) -> Result<()> {
+    let inv = inv_scale(grad_scale)?;
+    validate(groups)?;
+    for p in groups.iter().flat_map(|g| &g.params) {
+        unscale_(&p.grad, inv)?;
+    }
+    update_all(groups)
+}
+
+/// The update of every parameter of validated groups.
+fn update_all(groups: &mut [AdafactorGroup]) -> Result<()> {
     for group in groups.iter_mut() {
         let h = &group.hyper;
         // torch fills a missing ε₁ from the first parameter's dtype and keeps it for the
@@ -379,5 +406,54 @@ mod tests {
         ));
         assert!(param.equal(&before));
         assert_eq!(counter.double_value(&[]), 0.0);
+    }
+
+    fn matrix_group(grad: &Tensor) -> AdafactorGroup {
+        let opts = (Kind::Float, Device::Cpu);
+        let (row, col) = factor_shapes(&[2, 3]);
+        AdafactorGroup {
+            hyper: Adafactor::default(),
+            params: vec![AdafactorParam {
+                param: Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5, 2.0, -1.0]).reshape([2, 3]),
+                grad: grad.shallow_clone(),
+                step: Tensor::zeros([], opts),
+                row_var: Some(Tensor::zeros(row.as_slice(), opts)),
+                col_var: Some(Tensor::zeros(col.as_slice(), opts)),
+                variance: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn step_unscaling_equals_a_step_on_the_unscaled_gradient() {
+        let grad = Tensor::from_slice(&[0.3f32, -1.7, 2.2, 0.1, -0.4, 5.0]).reshape([2, 3]);
+        let mut plain = [matrix_group(&grad.copy())];
+        step(&mut plain).expect("valid inputs");
+        let scaled_grad = &grad * 8.0;
+        let mut scaled = [matrix_group(&scaled_grad)];
+        step_unscaling(&mut scaled, 8.0).expect("valid inputs");
+        let (a, b) = (&plain[0].params[0], &scaled[0].params[0]);
+        assert!(a.param.equal(&b.param));
+        assert!(b.grad.equal(&grad), "the unscaled gradient is written back");
+        let rows = a.row_var.as_ref().zip(b.row_var.as_ref());
+        assert!(rows.is_some_and(|(x, y)| x.equal(y)));
+        assert_eq!(b.step.double_value(&[]), 1.0);
+    }
+
+    #[test]
+    fn a_zero_grad_scale_is_rejected_before_anything_changes() {
+        let grad = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+        let mut groups = [matrix_group(&grad)];
+        let before = groups[0].params[0].param.copy();
+        assert!(matches!(
+            step_unscaling(&mut groups, 0.0),
+            Err(Error::InvalidArgument {
+                name: "grad_scale",
+                ..
+            })
+        ));
+        assert!(groups[0].params[0].param.equal(&before));
+        assert_eq!(grad.sum(Kind::Double).double_value(&[]), 6.0);
+        assert_eq!(groups[0].params[0].step.double_value(&[]), 0.0);
     }
 }

@@ -5,7 +5,11 @@
 //!
 //! Each module has a hyperparameter struct, a per-parameter tensor struct (parameter,
 //! gradient, state under torch's names) and a `step` function over groups. Every input is
-//! checked before any tensor is modified.
+//! checked before any tensor is modified. Adafactor, Muon and SparseAdam also have
+//! `step_unscaling(groups, grad_scale)` for gradients multiplied by a loss scale (mixed
+//! precision with `torch.amp.GradScaler`): the gradients are unscaled in place with
+//! GradScaler's own operation and rounding, then stepped, so results equal torch's class
+//! stepped after `GradScaler.unscale_`.
 
 pub mod adafactor;
 pub mod lbfgs;
@@ -51,6 +55,12 @@ extern "C" {
         err: *mut c_char,
         cap: usize,
     ) -> i32;
+    fn ferroptim_amp_unscale_(
+        t: *const c_void,
+        inv_scale: f32,
+        err: *mut c_char,
+        cap: usize,
+    ) -> i32;
     fn ferroptim_addmm(
         t: *const c_void,
         mat1: *const c_void,
@@ -82,6 +92,39 @@ pub(crate) fn add_alpha_(t: &Tensor, other: &Tensor, alpha: f64) -> Result<()> {
             t.as_ptr() as *const c_void,
             other.as_ptr() as *const c_void,
             alpha,
+            err.as_mut_ptr(),
+            ERR_CAP,
+        )
+    };
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(torch_error(&err))
+    }
+}
+
+/// The factor `torch.amp.GradScaler.unscale_` multiplies gradients by for a loss scale
+/// `grad_scale`: its reciprocal computed in float64 and rounded to float32
+/// (`scale.double().reciprocal().float()`).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] if `grad_scale` is not finite or is zero.
+pub(crate) fn inv_scale(grad_scale: f64) -> Result<f32> {
+    crate::driver::check_grad_scale(grad_scale)?;
+    Ok((1.0 / grad_scale) as f32)
+}
+
+/// `t *= inv_scale` in place, by `torch._amp_foreach_non_finite_check_and_unscale_` — the
+/// operation `GradScaler.unscale_` applies to each dense gradient (and to the values of a
+/// sparse one) — so that unscaled gradients are bit-identical to GradScaler's own.
+pub(crate) fn unscale_(t: &Tensor, inv_scale: f32) -> Result<()> {
+    let mut err: [c_char; ERR_CAP] = [0; ERR_CAP];
+    // SAFETY: `t` is a live tch tensor borrowed for the call; `err` is a writable buffer of
+    // `ERR_CAP` bytes.
+    let ok = unsafe {
+        ferroptim_amp_unscale_(
+            t.as_ptr() as *const c_void,
+            inv_scale,
             err.as_mut_ptr(),
             ERR_CAP,
         )

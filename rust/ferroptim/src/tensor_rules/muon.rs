@@ -13,7 +13,9 @@
 //! its momentum buffer normalized in place by the iteration (torch's `.bfloat16()` returns
 //! the buffer itself).
 
-use super::{add_alpha_, addmm, check_like, check_param, label, vector_norm, Lr};
+use super::{
+    add_alpha_, addmm, check_like, check_param, inv_scale, label, unscale_, vector_norm, Lr,
+};
 use crate::error::{Error, Result};
 use tch::{Kind, Tensor};
 
@@ -169,6 +171,32 @@ pub fn newton_schulz(update: &Tensor, h: &Muon) -> Result<Tensor> {
 /// returned as [`Error::Torch`].
 pub fn step(groups: &mut [MuonGroup]) -> Result<()> {
     validate(groups)?;
+    update_all(groups)
+}
+
+/// [`step`] with gradients multiplied by a loss scale `grad_scale` (mixed precision with
+/// `torch.amp.GradScaler`): after validation every gradient is multiplied in place by
+/// `float32(1 / grad_scale)` with `torch._amp_foreach_non_finite_check_and_unscale_`, the
+/// operation `GradScaler.unscale_` applies, and the step then uses it. Parameters, momentum
+/// buffers and the unscaled gradients left in the gradient tensors are bit-identical to
+/// `torch.optim.Muon` stepped after GradScaler unscaled the gradients itself. Skipping a step
+/// whose gradients are not finite (`found_inf`) is the caller's decision: then call neither
+/// function.
+///
+/// # Errors
+/// As [`step`], and [`Error::InvalidArgument`] if `grad_scale` is not finite or is zero; all
+/// before anything (gradients included) is modified.
+pub fn step_unscaling(groups: &mut [MuonGroup], grad_scale: f64) -> Result<()> {
+    let inv = inv_scale(grad_scale)?;
+    validate(groups)?;
+    for p in groups.iter().flat_map(|g| &g.params) {
+        unscale_(&p.grad, inv)?;
+    }
+    update_all(groups)
+}
+
+/// The update of every parameter of validated groups.
+fn update_all(groups: &mut [MuonGroup]) -> Result<()> {
     for group in groups.iter_mut() {
         let h = &group.hyper;
         for p in &mut group.params {
@@ -246,5 +274,41 @@ mod tests {
         ));
         assert_eq!(buf.abs().sum(Kind::Double).double_value(&[]), 0.0);
         assert_eq!(param.sum(Kind::Double).double_value(&[]), 3.0);
+    }
+
+    #[test]
+    fn step_unscaling_multiplies_by_the_float32_reciprocal_then_steps() {
+        // GradScaler's factor for a scale of 3 is float32(1/3); the gradient is multiplied by
+        // it in place (not divided by 3), then stepped as an unscaled gradient would be.
+        let grad = Tensor::from_slice(&[0.3f32, -1.7, 2.2, 0.1, -0.4, 5.0]).reshape([2, 3]);
+        let scaled_grad = &grad * 3.0;
+        let unscaled = &scaled_grad * f64::from((1.0f64 / 3.0) as f32);
+        let group = |g: Tensor| MuonGroup {
+            hyper: Muon::default(),
+            params: vec![MuonParam {
+                param: Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+                momentum_buffer: g.zeros_like(),
+                grad: g,
+            }],
+        };
+        let mut plain = [group(unscaled.copy())];
+        step(&mut plain).expect("valid inputs");
+        let mut scaled = [group(scaled_grad.shallow_clone())];
+        step_unscaling(&mut scaled, 3.0).expect("valid inputs");
+        assert!(scaled_grad.equal(&unscaled));
+        assert!(
+            !unscaled.equal(&(&grad * 3.0 / 3.0)),
+            "multiplying, not dividing, matters"
+        );
+        let (a, b) = (&plain[0].params[0], &scaled[0].params[0]);
+        assert!(a.param.equal(&b.param));
+        assert!(a.momentum_buffer.equal(&b.momentum_buffer));
+        assert!(matches!(
+            step_unscaling(&mut scaled, f64::INFINITY),
+            Err(Error::InvalidArgument {
+                name: "grad_scale",
+                ..
+            })
+        ));
     }
 }

@@ -7,7 +7,7 @@
 //! count. The operations are ATen's, in the order of torch's `_functional.sparse_adam`, so
 //! results are bit-identical to torch's.
 
-use super::{check_like, check_param, label, scalar, scalar_, Lr, ScalarOp};
+use super::{check_like, check_param, inv_scale, label, scalar, scalar_, unscale_, Lr, ScalarOp};
 use crate::error::{Error, Result};
 use tch::Tensor;
 
@@ -95,6 +95,34 @@ fn validate(groups: &[SparseAdamGroup]) -> Result<()> {
 /// Errors from libtorch during the update are returned as [`Error::Torch`].
 pub fn step(groups: &mut [SparseAdamGroup]) -> Result<()> {
     validate(groups)?;
+    update_all(groups)
+}
+
+/// [`step`] with gradients multiplied by a loss scale `grad_scale` (mixed precision with
+/// `torch.amp.GradScaler`): after validation the values of every sparse gradient (its
+/// `_values()`, coalesced or not, as given) are multiplied in place by
+/// `float32(1 / grad_scale)` with `torch._amp_foreach_non_finite_check_and_unscale_`, as
+/// `GradScaler.unscale_` does, and the step then uses them. Parameters, moments and the
+/// unscaled gradients left in the gradient tensors are bit-identical to
+/// `torch.optim.SparseAdam` stepped after GradScaler unscaled the gradients itself (which
+/// coalesces float16 gradients first: so does GradScaler before it hands over the scale).
+/// Skipping a step whose gradients are not finite (`found_inf`) is the caller's decision:
+/// then call neither function.
+///
+/// # Errors
+/// As [`step`], and [`Error::InvalidArgument`] if `grad_scale` is not finite or is zero; all
+/// before anything (gradients included) is modified.
+pub fn step_unscaling(groups: &mut [SparseAdamGroup], grad_scale: f64) -> Result<()> {
+    let inv = inv_scale(grad_scale)?;
+    validate(groups)?;
+    for p in groups.iter().flat_map(|g| &g.params) {
+        unscale_(&p.grad.f_internal_values()?, inv)?;
+    }
+    update_all(groups)
+}
+
+/// The update of every parameter of validated groups.
+fn update_all(groups: &mut [SparseAdamGroup]) -> Result<()> {
     for group in groups.iter() {
         for p in &group.params {
             update(&group.hyper, p)?;
@@ -223,5 +251,34 @@ mod tests {
             Err(Error::StateMismatch { .. })
         ));
         assert_eq!(param.sum(Kind::Double).double_value(&[]), 4.0);
+    }
+
+    #[test]
+    fn step_unscaling_unscales_the_values_of_an_uncoalesced_gradient() {
+        let opts = (Kind::Double, Device::Cpu);
+        let indices = Tensor::from_slice(&[2i64, 0, 2]).reshape([1, 3]);
+        let values = Tensor::from_slice(&[0.5f64, -3.0, 1.5]);
+        let sparse =
+            |v: &Tensor| Tensor::sparse_coo_tensor_indices_size(&indices, v, [4], opts, false);
+        let group = |grad: Tensor| SparseAdamGroup {
+            hyper: SparseAdam::default(),
+            params: vec![SparseAdamParam {
+                param: Tensor::ones([4], opts),
+                grad,
+                exp_avg: Tensor::zeros([4], opts),
+                exp_avg_sq: Tensor::zeros([4], opts),
+                step: 1,
+            }],
+        };
+        let mut plain = [group(sparse(&values))];
+        step(&mut plain).expect("valid inputs");
+        let scaled_grad = sparse(&(&values * 4.0));
+        let mut scaled = [group(scaled_grad.shallow_clone())];
+        step_unscaling(&mut scaled, 4.0).expect("valid inputs");
+        let (a, b) = (&plain[0].params[0], &scaled[0].params[0]);
+        assert!(a.param.equal(&b.param));
+        assert!(a.exp_avg_sq.equal(&b.exp_avg_sq));
+        // The gradient still holds its three (uncoalesced) entries, now unscaled.
+        assert!(scaled_grad.internal_values().equal(&values));
     }
 }
