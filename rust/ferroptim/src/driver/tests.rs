@@ -319,3 +319,77 @@ fn read_grads_matches_f_grad_including_missing_and_shared_gradients() {
     }
     assert!(read_grads(std::iter::empty()).unwrap().is_empty());
 }
+
+/// One `StepCache` (its overlap result and scratch buffers) reused across steps over other
+/// parameter sets, and after a failed step, gives the results of a fresh cache each time.
+#[test]
+fn a_step_cache_reused_across_parameter_sets_and_errors_changes_nothing() {
+    let opts = (Kind::Double, Device::Cpu);
+    let make = |sizes: &[i64], seed: i64| -> Vec<ParamState> {
+        tch::manual_seed(seed);
+        sizes
+            .iter()
+            .map(|&n| {
+                let p = Tensor::randn([n], opts).set_requires_grad(true);
+                (&p * &p).sum(Kind::Double).backward();
+                ParamState {
+                    state: vec![p.zeros_like(), p.zeros_like()],
+                    scalar_state: vec![Tensor::zeros([], (Kind::Float, Device::Cpu))],
+                    param: p,
+                }
+            })
+            .collect()
+    };
+    let copy = |set: &[ParamState]| -> Vec<ParamState> {
+        set.iter()
+            .map(|ps| {
+                let p = ps.param.detach().copy().set_requires_grad(true);
+                crate::optim::set_grad(&p, &ps.param.grad().copy()).expect("set_grad");
+                ParamState {
+                    param: p,
+                    state: ps.state.iter().map(Tensor::copy).collect(),
+                    scalar_state: ps.scalar_state.iter().map(Tensor::copy).collect(),
+                }
+            })
+            .collect()
+    };
+    let rule = Adam::adamw();
+    let sets = [
+        make(&[5, 0, 7], 1),
+        make(&[3, 4, 5, 6, 7], 2),
+        make(&[2], 3),
+    ];
+    let fresh: Vec<Vec<ParamState>> = sets.iter().map(|s| copy(s)).collect();
+    let mut shared = StepCache::default();
+    // An invalid step in between: state aliasing the parameter (rejected, nothing changed).
+    let bad = [ParamState {
+        param: sets[2][0].param.shallow_clone(),
+        state: vec![
+            sets[2][0].param.shallow_clone(),
+            sets[2][0].state[1].shallow_clone(),
+        ],
+        scalar_state: vec![sets[2][0].scalar_state[0].shallow_clone()],
+    }];
+    for round in 0..2 {
+        for (set, reference) in sets.iter().zip(&fresh) {
+            tch::no_grad(|| step_params(&[(rule, &set[..])], None, &mut shared)).expect("step");
+            tch::no_grad(|| {
+                step_params(&[(rule, &reference[..])], None, &mut StepCache::default())
+            })
+            .expect("reference step");
+            if round == 0 {
+                let failed = tch::no_grad(|| step_params(&[(rule, &bad[..])], None, &mut shared));
+                assert!(matches!(failed, Err(Error::Overlap { .. })));
+            }
+        }
+    }
+    for (set, reference) in sets.iter().zip(&fresh) {
+        for (a, b) in set.iter().zip(reference) {
+            assert!(a.param.detach().equal(&b.param.detach()));
+            for (s, t) in a.state.iter().zip(&b.state) {
+                assert!(s.equal(t));
+            }
+            assert_eq!(a.scalar_state[0].double_value(&[]), 2.0);
+        }
+    }
+}
