@@ -150,35 +150,72 @@ fn block_loop<R: Rule, S: Storage, const N: usize>(
     // `N == job.n_state` state tensors. This pass only reads, and no thread writes to any of
     // them until every block has been summed.
     let (param, grad, state) = unsafe {
-        let param = std::slice::from_raw_parts((job.param as *const S).add(start), len);
+        let param: &[S] = std::slice::from_raw_parts((job.param as *const S).add(start), len);
         let grad = std::slice::from_raw_parts((job.grad as *const S).add(start), len);
         let state: [&[S]; N] = std::array::from_fn(|k| {
             std::slice::from_raw_parts((job.state[k] as *const S).add(start), len)
         });
         (param, grad, state)
     };
-    let scale = job.grad_scale.map(<S::Compute as Float>::from_f64);
+    match job.grad_scale.map(<S::Compute as Float>::from_f64) {
+        None => lane_sums::<R, S, N, false>(&job.scalars, param, grad, &state, Float::ZERO),
+        Some(scale) => lane_sums::<R, S, N, true>(&job.scalars, param, grad, &state, scale),
+    }
+}
+
+/// The sums of squares of a block's norm terms: element `i` goes to lane `i % LANES`, and the
+/// lanes are added in order at the end. The elements are copied `LANES` at a time into local
+/// arrays, so that the lane loop has a constant trip count and no bounds checks and
+/// vectorises (`perf`, LAMB on one 25M tensor: the earlier element-by-element form compiled to
+/// scalar code and took 3x the update pass's time; this one takes about the same). The sums
+/// are the same as element by element. With `UNSCALE`, gradients are divided by `scale` first,
+/// as the update pass does.
+#[inline(always)]
+fn lane_sums<R: Rule, S: Storage, const N: usize, const UNSCALE: bool>(
+    scalars: &R::Scalars,
+    param: &[S],
+    grad: &[S],
+    state: &[&[S]; N],
+    scale: S::Compute,
+) -> [f64; MAX_NORMS] {
+    let zero = <S::Compute as Float>::ZERO;
     let mut lanes = [[0.0f64; LANES]; MAX_NORMS];
-    let mut add = |i: usize, lane: usize| {
-        let mut g = grad[i].load();
-        if let Some(scale) = scale {
-            g = g / scale; // as the update pass unscales it
-        }
-        let s: [S::Compute; N] = std::array::from_fn(|k| state[k][i].load());
-        let terms = R::norm_terms(&job.scalars, param[i].load(), g, &s);
-        for (acc, t) in lanes.iter_mut().zip(terms) {
-            let t = t.to_f64();
-            acc[lane] += t * t;
-        }
-    };
+    let len = param.len();
+    // Every slice holds `len` elements: re-slicing tells the compiler, so that the indexing
+    // below needs no bounds checks beyond these.
+    let (param, grad) = (&param[..len], &grad[..len]);
+    let state: [&[S]; N] = std::array::from_fn(|k| &state[k][..len]);
+    // One block of `$count` elements from `$base`: copied into local arrays, then summed. The
+    // full blocks use the constant `LANES`, so that copies and sums vectorise.
+    macro_rules! block {
+        ($base:expr, $count:expr) => {{
+            let (base, count) = ($base, $count);
+            let (mut p, mut g) = ([zero; LANES], [zero; LANES]);
+            let mut st = [[zero; LANES]; N];
+            for lane in 0..count {
+                p[lane] = param[base + lane].load();
+                let gv = grad[base + lane].load();
+                g[lane] = if UNSCALE { gv / scale } else { gv };
+                for k in 0..N {
+                    st[k][lane] = state[k][base + lane].load();
+                }
+            }
+            for lane in 0..count {
+                let s: [S::Compute; N] = std::array::from_fn(|k| st[k][lane]);
+                let terms = R::norm_terms(scalars, p[lane], g[lane], &s);
+                for (acc, t) in lanes.iter_mut().zip(terms) {
+                    let t = t.to_f64();
+                    acc[lane] += t * t;
+                }
+            }
+        }};
+    }
     let full = len - len % LANES;
     for base in (0..full).step_by(LANES) {
-        for lane in 0..LANES {
-            add(base + lane, lane);
-        }
+        block!(base, LANES);
     }
-    for i in full..len {
-        add(i, i - full);
+    if full < len {
+        block!(full, len - full);
     }
     let mut sums = [0.0f64; MAX_NORMS];
     for (sum, acc) in sums.iter_mut().zip(&lanes) {
