@@ -90,6 +90,22 @@ def _getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...
     return operator.itemgetter(*names) if names else lambda state: ()
 
 
+def amp_notes(torch_name: str, unscaled: str = "them in place") -> str:
+    """The GradScaler paragraph of the docstring of a class whose step is a sequence of ATen
+    operations (Adafactor, Muon, SparseAdam): ``torch_name`` is torch's class, ``unscaled``
+    says what is unscaled."""
+    return f"""
+    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
+    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
+    unscales {unscaled} with GradScaler's own operation and rounding
+    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
+    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
+    to ``{torch_name}`` under the same scaler. A step whose gradients are not finite
+    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
+    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
+"""
+
+
 class NativeStep:
     """Mixin for a ``torch.optim`` subclass whose ``step`` runs natively (see :func:`native`).
 

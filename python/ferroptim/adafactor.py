@@ -8,11 +8,11 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype, _to_scalar
 
 from ferroptim import _core
-from ferroptim._base import call_closure, grad_scaler_args
+from ferroptim._base import amp_notes, call_closure, grad_scaler_args
 
 
 class Adafactor(torch.optim.Adafactor):
-    r"""Adafactor with a native step; a drop-in replacement for ``torch.optim.Adafactor``.
+    __doc__ = r"""Adafactor with a native step; a drop-in replacement for ``torch.optim.Adafactor``.
 
     Algorithm: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory
     Cost" (ICML 2018), in torch's variant (``lr`` caps the relative step size and scales the
@@ -46,15 +46,7 @@ class Adafactor(torch.optim.Adafactor):
             messages); a gradient or state tensor whose shape, dtype or device does not match.
             Nothing is modified in either case.
 
-    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
-    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
-    unscales them in place with GradScaler's own operation and rounding
-    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
-    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
-    to ``torch.optim.Adafactor`` under the same scaler. A step whose gradients are not finite
-    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
-    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
-    """
+""" + amp_notes("torch.optim.Adafactor")
 
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True

@@ -8,11 +8,11 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core
-from ferroptim._base import call_closure, grad_scaler_args
+from ferroptim._base import amp_notes, call_closure, grad_scaler_args
 
 
 class Muon(torch.optim.Muon):
-    r"""Muon with a native step; a drop-in replacement for ``torch.optim.Muon``.
+    __doc__ = r"""Muon with a native step; a drop-in replacement for ``torch.optim.Muon``.
 
     Algorithm: Jordan et al., "Muon: An optimizer for hidden layers in neural networks"
     (2024); ``adjust_lr_fn="match_rms_adamw"``: Liu et al., "Muon is Scalable for LLM
@@ -52,15 +52,7 @@ class Muon(torch.optim.Muon):
             messages); a gradient or buffer whose shape, dtype or device does not match.
             Nothing is modified in any of these cases.
 
-    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
-    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
-    unscales them in place with GradScaler's own operation and rounding
-    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
-    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
-    to ``torch.optim.Muon`` under the same scaler. A step whose gradients are not finite
-    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
-    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
-    """
+""" + amp_notes("torch.optim.Muon")
 
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True

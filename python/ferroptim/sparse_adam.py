@@ -8,11 +8,12 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core
-from ferroptim._base import call_closure, grad_scaler_args
+from ferroptim._base import amp_notes, call_closure, grad_scaler_args
 
 
 class SparseAdam(torch.optim.SparseAdam):
-    r"""SparseAdam with a native step; a drop-in replacement for ``torch.optim.SparseAdam``.
+    __doc__ = r"""SparseAdam with a native step; a drop-in replacement for
+    ``torch.optim.SparseAdam``.
 
     Algorithm: Adam (Kingma & Ba, ICLR 2015) masked to the entries of a sparse gradient, as
     ``torch.optim.SparseAdam``: for dense parameters whose gradients are sparse COO tensors
@@ -39,16 +40,11 @@ class SparseAdam(torch.optim.SparseAdam):
         RuntimeError: at ``step()``, a dense gradient (torch's message); a gradient or state
             tensor whose shape, dtype or device does not match. Nothing is modified.
 
-    ``torch.amp.GradScaler`` hands over ``grad_scale``/``found_inf``
-    (``_step_supports_amp_scaling``) instead of unscaling the gradients itself: the native step
-    unscales the values of each sparse gradient in place (as given: GradScaler has already
-    coalesced float16 ones) with GradScaler's own operation and rounding
-    (``torch._amp_foreach_non_finite_check_and_unscale_`` by ``float32(1 / scale)``), then
-    updates, so parameters, state and the unscaled gradients left in ``p.grad`` are bit-identical
-    to ``torch.optim.SparseAdam`` under the same scaler. A step whose gradients are not finite
-    (``found_inf``) changes nothing (parameters, gradients, state, step counts), as with torch's
-    fused optimizers; GradScaler's own path would have unscaled ``p.grad`` before skipping.
-    """
+""" + amp_notes(
+        "torch.optim.SparseAdam",
+        "the values of each sparse gradient in place (as given: GradScaler has already"
+        " coalesced float16 ones)",
+    )
 
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True
