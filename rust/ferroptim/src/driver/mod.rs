@@ -67,7 +67,7 @@ pub struct Group<R> {
 /// [`Error::StateMismatch`]: crate::Error::StateMismatch
 /// [`Error::Overlap`]: crate::Error::Overlap
 pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
-    run(&views(groups), None, &mut StepCache::default())
+    step_groups(groups, None, &mut StepCache::default())
 }
 
 /// [`step`] with gradients scaled by `grad_scale` (mixed precision with a loss scaler, e.g.
@@ -82,8 +82,7 @@ pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
 ///
 /// [`Error::InvalidArgument`]: crate::Error::InvalidArgument
 pub fn step_unscaling<R: Rule>(groups: &mut [Group<R>], grad_scale: f64) -> Result<()> {
-    check_grad_scale(grad_scale)?;
-    run(&views(groups), Some(grad_scale), &mut StepCache::default())
+    step_groups(groups, Some(grad_scale), &mut StepCache::default())
 }
 
 /// [`step`] (or [`step_unscaling`]) with a [`StepCache`] kept by the caller (the stateful
