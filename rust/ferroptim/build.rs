@@ -1,4 +1,5 @@
-//! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp` and `csrc/grad.cpp`
+//! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp`, `csrc/grad.cpp` and
+//! `csrc/version.cpp`
 //! against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/prefetch.cpp");
     println!("cargo:rerun-if-changed=csrc/ops.cpp");
     println!("cargo:rerun-if-changed=csrc/grad.cpp");
+    println!("cargo:rerun-if-changed=csrc/version.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -37,6 +39,7 @@ fn main() {
         .file("csrc/prefetch.cpp")
         .file("csrc/ops.cpp")
         .file("csrc/grad.cpp")
+        .file("csrc/version.cpp")
         .compile("ferroptim_inspect");
 }
 

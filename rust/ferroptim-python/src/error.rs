@@ -23,6 +23,7 @@ impl From<CoreError> for PyErr {
             | E::UnsupportedDtype { .. }
             | E::StateMismatch { .. }
             | E::Overlap { .. }
+            | E::InferenceTensor { .. }
             | E::Threads(_)
             | E::Torch(_) => PyRuntimeError::new_err(e.to_string()),
             // `ferroptim::Error` is non-exhaustive to Python: anything new is a RuntimeError.

@@ -6,6 +6,7 @@
 // tensor that is not a plain defined dense tensor, is reported as "not fast" and the Rust side
 // falls back to the tch calls (which also produce the precise error message).
 #include <ATen/core/Tensor.h>
+#include <c10/core/InferenceMode.h>
 
 #include <cstdint>
 
@@ -24,13 +25,18 @@ struct FerroptimInspect {
 };
 
 // Returns 1 and fills `out` if `t` is a defined strided tensor with a storage; 0 otherwise.
-// `writable`: take the address through mutable_data_ptr(), which materialises a lazily
-// copied (copy-on-write) storage before we write through it, as tch's data_ptr() does.
+// `writable`: the tensor will be updated in place, so it must not be an inference tensor
+// outside InferenceMode (as an in-place ATen op checks), and its address is taken through
+// mutable_data_ptr(), which materialises a lazily copied (copy-on-write) storage before we
+// write through it, as tch's data_ptr() does.
 int32_t ferroptim_inspect(const at::Tensor* t, const at::Tensor* like, int32_t writable,
                           FerroptimInspect* out) noexcept {
   try {
     if (t == nullptr || !t->defined() || t->layout() != c10::kStrided || t->is_mkldnn() ||
         t->is_nested() || !t->has_storage()) {
+      return 0;
+    }
+    if (writable && t->is_inference() && !c10::InferenceMode::is_enabled()) {
       return 0;
     }
     const auto sizes = t->sizes();

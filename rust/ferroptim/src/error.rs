@@ -66,6 +66,17 @@ pub enum Error {
         /// The other.
         second: String,
     },
+    /// A tensor to be updated in place is an inference tensor (created under
+    /// `torch.inference_mode`) and the step runs outside inference mode, where torch's
+    /// in-place ops refuse it too.
+    #[error(
+        "{what} is an inference tensor: in-place update to inference tensor outside \
+         InferenceMode is not allowed (make a clone to get a normal tensor)"
+    )]
+    InferenceTensor {
+        /// Which tensor.
+        what: String,
+    },
     /// An optimizer checkpoint cannot be written or read, or does not match the optimizer.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

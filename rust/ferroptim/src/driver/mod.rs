@@ -4,6 +4,7 @@ mod fast;
 mod kernel;
 mod norms;
 mod validate;
+mod version;
 
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
@@ -381,6 +382,15 @@ fn update<R: Rule, E: Entry>(
         let m = staged.map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
     }
+    // What the kernel writes in place (and the scalar state written above) gets its version
+    // counter bumped, as torch's in-place ops do; staged copies are bumped by `copy_back`.
+    let direct = (0..metas.len()).map(|i| staged_at(i).is_none());
+    version::bump(
+        entries()
+            .zip(metas)
+            .zip(direct)
+            .flat_map(|(((_, pt), m), direct)| written_in_place(pt, m, direct, unscale)),
+    )?;
     let threads = tch::get_num_threads().max(1) as usize;
     norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
     kernel::run::<R>(&jobs, threads)?;
@@ -393,6 +403,34 @@ fn update<R: Rule, E: Entry>(
         }
     }
     Ok(())
+}
+
+/// The tensors of one parameter that the step writes through raw pointers: its scalar state
+/// tensors written directly (see `write_scalar_state`) and, unless it is staged, the
+/// parameter, its state and (when unscaling) its gradient.
+fn written_in_place<'a>(
+    pt: &'a impl Entry,
+    m: &ParamMeta,
+    direct: bool,
+    unscale: bool,
+) -> impl Iterator<Item = &'a Tensor> {
+    let scalar = pt
+        .scalar_state()
+        .iter()
+        .zip(m.scalar_state)
+        .filter(|(_, meta)| meta.is_some_and(is_raw_scalar))
+        .map(|(t, _)| t);
+    let tensors = direct.then(|| {
+        std::iter::once(pt.param())
+            .chain(pt.state())
+            .chain(unscale.then(|| pt.grad()))
+    });
+    scalar.chain(tensors.into_iter().flatten())
+}
+
+/// True if a validated scalar state tensor is read and written through its address.
+fn is_raw_scalar(m: Meta) -> bool {
+    m.device == Device::Cpu && m.kind == Kind::Float
 }
 
 /// A rule's advanced scalar state and scalars, for reuse (see `run`).
@@ -423,7 +461,7 @@ fn read_scalar_state(pt: &impl Entry, m: &ParamMeta) -> Result<[ScalarState; MAX
         .zip(pt.scalar_state())
         .zip(&m.scalar_state)
     {
-        *v = match meta.filter(|m| m.device == Device::Cpu && m.kind == Kind::Float) {
+        *v = match meta.filter(|m| is_raw_scalar(*m)) {
             // SAFETY: validation found the tensor to be a dense one-element float32 CPU tensor
             // whose element is at `m.ptr`; the tensor is alive (borrowed by the caller).
             Some(m) => ScalarState::new(f64::from(unsafe { *(m.ptr as *const f32) }), m.kind),
@@ -436,7 +474,7 @@ fn read_scalar_state(pt: &impl Entry, m: &ParamMeta) -> Result<[ScalarState; MAX
 /// Writes the scalar state back, each in its own dtype.
 fn write_scalar_state(pt: &impl Entry, m: &ParamMeta, values: &[ScalarState]) -> Result<()> {
     for ((t, meta), v) in pt.scalar_state().iter().zip(&m.scalar_state).zip(values) {
-        match meta.filter(|m| m.device == Device::Cpu && m.kind == Kind::Float) {
+        match meta.filter(|m| is_raw_scalar(*m)) {
             // SAFETY: as in `read_scalar_state`; the element address is mutable (copy-on-write
             // materialised by validation) and no other tensor of this step overlaps it.
             Some(m) => unsafe { *(m.ptr as *mut f32) = v.get() as f32 },
@@ -498,7 +536,11 @@ impl Staged {
         for (dst, src) in pairs {
             if dst.data_ptr() != src.data_ptr() {
                 // A second handle to the caller's tensor: tch's in-place ops take `&mut`.
+                // `copy_` bumps its version counter.
                 dst.shallow_clone().f_copy_(src)?;
+            } else {
+                // Staging kept this tensor: the kernel wrote it in place.
+                version::bump([dst])?;
             }
         }
         Ok(())

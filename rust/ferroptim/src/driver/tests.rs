@@ -393,3 +393,49 @@ fn a_step_cache_reused_across_parameter_sets_and_errors_changes_nothing() {
         }
     }
 }
+
+fn versions(pt: &ParamTensors) -> Vec<i64> {
+    std::iter::once(&pt.param)
+        .chain(&pt.state)
+        .chain(&pt.scalar_state)
+        .chain(std::iter::once(&pt.grad))
+        .map(|t| t.f_internal_version().unwrap_or(-1))
+        .collect()
+}
+
+#[test]
+fn written_tensors_change_version_and_gradients_only_when_unscaled() {
+    let opts = (Kind::Float, Device::Cpu);
+    // contiguous (fused kernel in place), transposed (staged: copied back) and one whose
+    // state is float64 (staged, but its gradient and parameter are updated in place)
+    let tensors = [
+        Tensor::randn([40, 3], opts),
+        Tensor::randn([5, 8], opts).transpose(0, 1),
+        Tensor::randn([6], opts),
+    ];
+    let mut params: Vec<ParamTensors> = tensors
+        .iter()
+        .map(|p| adam_params(p, &p.randn_like(), false))
+        .collect();
+    params[2].state[0] = params[2].state[0].to_kind(Kind::Double);
+    let mut groups = [Group {
+        rule: Adam::adamw(),
+        params,
+    }];
+    for unscale in [false, true] {
+        let before: Vec<Vec<i64>> = groups[0].params.iter().map(versions).collect();
+        if unscale {
+            step_unscaling(&mut groups, 4.0).expect("unscaled step");
+        } else {
+            step(&mut groups).expect("step");
+        }
+        for (i, (pt, before)) in groups[0].params.iter().zip(&before).enumerate() {
+            let after = versions(pt);
+            let (grad_before, grad_after) = (before[before.len() - 1], after[after.len() - 1]);
+            assert_eq!(grad_after > grad_before, unscale, "grad of param {i}");
+            for (k, (a, b)) in after.iter().zip(before).take(after.len() - 1).enumerate() {
+                assert!(a > b, "tensor {k} of param {i}: version {b} -> {a}");
+            }
+        }
+    }
+}

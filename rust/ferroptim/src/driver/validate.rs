@@ -1,7 +1,7 @@
 //! Checks run on every input before the driver mutates anything.
 
-use super::fast;
 use super::Entry;
+use super::{fast, version};
 use crate::element::is_supported;
 use crate::error::{Error, Result};
 use crate::rule::{Rule, MAX_SCALAR_STATE, MAX_STATE};
@@ -151,9 +151,9 @@ pub(crate) fn check_param<R: Rule>(
         return Ok(());
     }
     // The slow path: one tch call per property, and the precise error.
-    let (param, shape) = inspect(pt.param(), at(""))?;
-    let like_param = |t: &Tensor, who: Who| -> Result<Meta> {
-        let (meta, got) = inspect(t, who)?;
+    let (param, shape) = inspect(pt.param(), at(""), true)?;
+    let like_param = |t: &Tensor, who: Who, writable: bool| -> Result<Meta> {
+        let (meta, got) = inspect(t, who, writable)?;
         if got != shape {
             return Err(Error::ShapeMismatch {
                 what: who.label(),
@@ -170,13 +170,14 @@ pub(crate) fn check_param<R: Rule>(
         }
         Ok(meta)
     };
-    let grad = like_param(pt.grad(), at("grad"))?;
+    let grad = like_param(pt.grad(), at("grad"), grad_writable)?;
     let mut state = [Meta::UNUSED; MAX_STATE];
     for ((m, t), name) in state.iter_mut().zip(pt.state()).zip(names) {
-        *m = like_param(t, at(name))?;
+        *m = like_param(t, at(name), true)?;
     }
     for (t, name) in pt.scalar_state().iter().zip(scalar_names) {
         check_scalar_state(t, at(name))?;
+        check_writable(t, at(name))?;
     }
     (out.param, out.grad, out.state, out.n_state) = (param, grad, state, names.len());
     Ok(())
@@ -234,8 +235,18 @@ fn check_scalar_state(t: &Tensor, who: Who) -> Result<()> {
     })
 }
 
-/// Checks that `t` is a defined, dense tensor of a supported dtype and reads its metadata.
-fn inspect(t: &Tensor, who: Who) -> Result<(Meta, Vec<i64>)> {
+/// Checks that `t` may be updated in place here (see [`version::inplace_allowed`]).
+fn check_writable(t: &Tensor, who: Who) -> Result<()> {
+    if version::inplace_allowed(t) {
+        Ok(())
+    } else {
+        Err(Error::InferenceTensor { what: who.label() })
+    }
+}
+
+/// Checks that `t` is a defined, dense tensor of a supported dtype (and, if `writable`, one
+/// that may be updated in place) and reads its metadata.
+fn inspect(t: &Tensor, who: Who, writable: bool) -> Result<(Meta, Vec<i64>)> {
     if !t.defined() {
         return Err(Error::StateMismatch {
             what: who.label(),
@@ -245,6 +256,9 @@ fn inspect(t: &Tensor, who: Who) -> Result<(Meta, Vec<i64>)> {
     }
     if t.is_sparse() || t.is_mkldnn() {
         return Err(Error::Sparse { what: who.label() });
+    }
+    if writable {
+        check_writable(t, who)?;
     }
     let kind = t.kind();
     if !is_supported(kind) {
