@@ -151,6 +151,40 @@ def test_global_step_hooks(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_pre_hooks_may_replace_the_arguments_or_must_return_none(name):
+    # A pre-hook's (args, kwargs) replace step's arguments (here: a closure is added); any
+    # other non-None result is a RuntimeError, as with torch's wrapper.
+    results = {}
+    for impl in (OURS, torch.optim):
+        p = torch.ones(3, requires_grad=True)
+        p.grad = torch.ones(3)
+        opt = getattr(impl, name)([p], lr=0.1)
+        handle = opt.register_step_pre_hook(lambda o, args, kwargs: ((o, lambda: 7.0), {}))
+        results[impl] = (opt.step(), p.detach().clone())
+        handle.remove()
+        opt.register_step_pre_hook(lambda o, args, kwargs: "not a pair")
+        with pytest.raises(RuntimeError, match="must return None or a tuple"):
+            opt.step()
+    assert results[OURS][0] == results[torch.optim][0] == 7.0
+    torch.testing.assert_close(results[OURS][1], results[torch.optim][1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_profiler_shows_the_step_under_torchs_label(name):
+    # The profiler region is entered only while a profiler runs: the plan's step and the
+    # general path both show up in a trace, named as torch.optim's steps are.
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    opt = getattr(OURS, name)([p], lr=0.1)
+    label = f"Optimizer.step#{name}.step"
+    for _ in range(2):  # the general path, then the cached plan
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            opt.step()
+        assert [e.name for e in prof.events()].count(label) == 1
+    assert not torch.autograd.profiler._is_profiler_enabled
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_zero_grad(name):
     model, data = make_mlp(), make_data()
     opt = make_opt("ours", name, model.parameters(), **KWARGS[name])

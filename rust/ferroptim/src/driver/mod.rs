@@ -329,6 +329,10 @@ fn update<R: Rule, E: Entry>(
     grad_scale: Option<f64>,
 ) -> Result<()> {
     let unscale = grad_scale.is_some();
+    // Staging, copying back and filling scalar state are ATen ops on leaves that may require
+    // grad: like any optimizer step they must not be recorded, whatever the caller's grad
+    // mode (the Python classes only enter `no_grad` on their general path).
+    let _no_grad = tch::no_grad_guard();
 
     // Stage what the kernel cannot update in place. Still nothing has been modified, so an
     // allocation failure here leaves every input untouched.

@@ -439,3 +439,29 @@ fn written_tensors_change_version_and_gradients_only_when_unscaled() {
         }
     }
 }
+
+#[test]
+fn staged_leaves_that_require_grad_step_outside_no_grad() {
+    // float64 state stages a float32 parameter: copying it back is an in-place ATen op on a
+    // leaf that requires grad, which the driver must not record.
+    let opts = (Kind::Float, Device::Cpu);
+    let param = Tensor::randn([6], opts).set_requires_grad(true);
+    let plain = param.detach().copy();
+    let grad = param.detach().randn_like();
+    let mut pt = adam_params(&param.detach(), &grad, false);
+    pt.param = param.shallow_clone();
+    pt.state[0] = pt.state[0].to_kind(Kind::Double);
+    let mut reference = adam_params(&plain, &grad, false);
+    reference.state[0] = reference.state[0].to_kind(Kind::Double);
+    step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![pt],
+    }])
+    .expect("staged step with grad mode on");
+    step(&mut [Group {
+        rule: Adam::default(),
+        params: vec![reference],
+    }])
+    .expect("reference step");
+    assert!(param.requires_grad() && param.detach().equal(&plain));
+}
