@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 
 namespace {
@@ -33,12 +34,26 @@ inline c10::TensorImpl* impl_of(const at::Tensor* t) {
   return t == nullptr ? nullptr : t->unsafeGetTensorImpl();
 }
 
+// The address of a tensor's version counter object, which a step bumps once validation has
+// passed (csrc/version.cpp), or null (inference tensors have none). c10::VariableVersion
+// holds a single intrusive_ptr to it, so its first word is that address; the bytes are read
+// through memcpy, and the result is only ever prefetched, so should the layout change, the
+// cost is a wasted line, never a fault.
+static_assert(sizeof(c10::VariableVersion) == sizeof(void*),
+              "c10::VariableVersion is expected to hold one pointer");
+inline const void* version_counter_of(const c10::TensorImpl* impl) {
+  const void* counter = nullptr;
+  std::memcpy(&counter, static_cast<const void*>(&impl->version_counter()), sizeof(counter));
+  return counter;
+}
+
 }  // namespace
 
 extern "C" {
 
 // Brings the metadata of `ts[0..n)` (null entries are skipped) into the cache: the handles,
-// then their TensorImpls, then their StorageImpls and first data lines. Never throws.
+// then their TensorImpls, then their StorageImpls and version counters, then their first
+// data lines. Never throws.
 void ferroptim_prefetch(const at::Tensor* const* ts, size_t n) noexcept {
   try {
     for (size_t i = 0; i < n; ++i) {
@@ -60,6 +75,9 @@ void ferroptim_prefetch(const at::Tensor* const* ts, size_t n) noexcept {
       c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
       if (storage != nullptr) {
         prefetch_lines(storage, 2);
+      }
+      if (const void* counter = version_counter_of(impl)) {
+        __builtin_prefetch(counter, 1, 3);
       }
     }
     for (size_t i = 0; i < n; ++i) {

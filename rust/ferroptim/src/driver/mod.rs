@@ -359,6 +359,7 @@ fn update<R: Rule, E: Entry>(
 
     // From here on, tensors are modified.
     let mut jobs = Vec::with_capacity(metas.len());
+    let mut bumps = Vec::with_capacity(metas.len() * (MAX_STATE + MAX_SCALAR_STATE + 2));
     let slots = (0..metas.len())
         .map(staged_at)
         .zip(metas)
@@ -383,18 +384,13 @@ fn update<R: Rule, E: Entry>(
             }
         };
         write_scalar_state(pt, meta, &values[..n])?;
+        written_in_place(pt, meta, staged.is_none(), unscale, &mut bumps);
         let m = staged.map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
     }
     // What the kernel writes in place (and the scalar state written above) gets its version
     // counter bumped, as torch's in-place ops do; staged copies are bumped by `copy_back`.
-    let direct = (0..metas.len()).map(|i| staged_at(i).is_none());
-    version::bump(
-        entries()
-            .zip(metas)
-            .zip(direct)
-            .flat_map(|(((_, pt), m), direct)| written_in_place(pt, m, direct, unscale)),
-    )?;
+    version::bump(&bumps)?;
     let threads = tch::get_num_threads().max(1) as usize;
     norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
     kernel::run::<R>(&jobs, threads)?;
@@ -409,27 +405,28 @@ fn update<R: Rule, E: Entry>(
     Ok(())
 }
 
-/// The tensors of one parameter that the step writes through raw pointers: its scalar state
-/// tensors written directly (see `write_scalar_state`) and, unless it is staged, the
-/// parameter, its state and (when unscaling) its gradient.
+/// Appends the tensors of one parameter that the step writes through raw pointers to `out`:
+/// its scalar state tensors written directly (see `write_scalar_state`) and, unless it is
+/// staged (`direct` false), the parameter, its state and (when unscaling) its gradient.
 fn written_in_place<'a>(
     pt: &'a impl Entry,
     m: &ParamMeta,
     direct: bool,
     unscale: bool,
-) -> impl Iterator<Item = &'a Tensor> {
-    let scalar = pt
-        .scalar_state()
-        .iter()
-        .zip(m.scalar_state)
-        .filter(|(_, meta)| meta.is_some_and(is_raw_scalar))
-        .map(|(t, _)| t);
-    let tensors = direct.then(|| {
-        std::iter::once(pt.param())
-            .chain(pt.state())
-            .chain(unscale.then(|| pt.grad()))
-    });
-    scalar.chain(tensors.into_iter().flatten())
+    out: &mut Vec<&'a Tensor>,
+) {
+    for (t, meta) in pt.scalar_state().iter().zip(m.scalar_state) {
+        if meta.is_some_and(is_raw_scalar) {
+            out.push(t);
+        }
+    }
+    if direct {
+        out.push(pt.param());
+        out.extend(pt.state());
+        if unscale {
+            out.push(pt.grad());
+        }
+    }
 }
 
 /// True if a validated scalar state tensor is read and written through its address.
@@ -544,7 +541,7 @@ impl Staged {
                 dst.shallow_clone().f_copy_(src)?;
             } else {
                 // Staging kept this tensor: the kernel wrote it in place.
-                version::bump([dst])?;
+                version::bump(&[dst])?;
             }
         }
         Ok(())

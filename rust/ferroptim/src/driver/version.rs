@@ -22,34 +22,23 @@ pub(crate) fn inplace_allowed(t: &Tensor) -> bool {
     unsafe { ferroptim_inplace_allowed(t.as_ptr() as *const c_void) == 1 }
 }
 
-/// Bumps the version counter of each of `tensors` (undefined ones are skipped), in calls of
-/// up to 64 tensors.
+/// Bumps the version counter of each of `tensors` (undefined ones are skipped) in one call.
 ///
 /// # Errors
 /// [`Error::Torch`] if libtorch refuses a bump, which validation rules out beforehand (see
 /// [`inplace_allowed`]).
-pub(crate) fn bump<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<()> {
-    let mut ptrs = [std::ptr::null::<c_void>(); 64];
-    let mut n = 0;
-    for t in tensors {
-        if n == ptrs.len() {
-            flush(&ptrs[..n])?;
-            n = 0;
-        }
-        ptrs[n] = t.as_ptr() as *const c_void;
-        n += 1;
-    }
-    return flush(&ptrs[..n]);
-
-    fn flush(ptrs: &[*const c_void]) -> Result<()> {
-        // SAFETY: every pointer is a live `at::Tensor*` borrowed for this call; the function
-        // only bumps their version counters (atomic increments) and catches every exception.
-        if unsafe { ferroptim_bump_versions(ptrs.as_ptr(), ptrs.len()) } == 1 {
-            Ok(())
-        } else {
-            Err(Error::Torch(TchError::Torch(
-                "cannot bump the version counter of a tensor updated in place".into(),
-            )))
-        }
+pub(crate) fn bump(tensors: &[&Tensor]) -> Result<()> {
+    let ptrs: Vec<*const c_void> = tensors
+        .iter()
+        .map(|t| t.as_ptr() as *const c_void)
+        .collect();
+    // SAFETY: every pointer is a live `at::Tensor*` borrowed for this call; the function only
+    // bumps their version counters (atomic increments) and catches every exception.
+    if unsafe { ferroptim_bump_versions(ptrs.as_ptr(), ptrs.len()) } == 1 {
+        Ok(())
+    } else {
+        Err(Error::Torch(TchError::Torch(
+            "cannot bump the version counter of a tensor updated in place".into(),
+        )))
     }
 }
