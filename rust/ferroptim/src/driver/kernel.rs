@@ -4,14 +4,20 @@ use crate::element::{Float, Storage};
 use crate::error::{Error, Result};
 use crate::rule::{Rule, MAX_STATE};
 use half::{bf16, f16};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use tch::Kind;
 
 /// Below this many elements in a whole step, one thread does all the work: forking costs more
 /// than it saves.
 const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
-/// Thread ranges start on multiples of this many elements (a cache line even for f16).
+/// Chunks start on multiples of this many elements (a cache line even for f16).
 const SPLIT_ALIGN: usize = 64;
+/// Chunks per thread a step is cut into, if that keeps them within the bounds below.
+const CHUNKS_PER_THREAD: usize = 8;
+/// Chunk size bounds, in elements: 16 KiB to 1 MiB of each float32 tensor.
+const MIN_CHUNK: usize = 1 << 12;
+const MAX_CHUNK: usize = 1 << 18;
 
 /// One parameter's update: its per-step scalars and the addresses of its tensors, which are
 /// all CPU, contiguous, of dtype `kind` and `numel` elements long.
@@ -37,10 +43,13 @@ unsafe impl<S: Send> Send for Job<S> {}
 // SAFETY: as for `Send`: shared `&Job`s are only used to derive disjoint element ranges.
 unsafe impl<S: Sync> Sync for Job<S> {}
 
-/// Runs `jobs` with the rule `R`, split into `threads` ranges of (almost) equal element count.
+/// Runs `jobs` with the rule `R` on up to `threads` threads.
 ///
-/// The ranges are fixed by `threads` alone; which thread computes a range, and how, does not
-/// change the arithmetic: results are bit-identical for any thread count.
+/// The concatenation of all jobs' elements is cut into chunks of a fixed size, which the
+/// threads claim in order as they finish the previous one: a thread slowed down (another
+/// process on its core, a busier memory channel) takes fewer chunks instead of holding up the
+/// step. Which thread computes a chunk does not change the arithmetic, which is per element:
+/// results are bit-identical for any thread count.
 pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<()> {
     let total: usize = jobs.iter().map(|j| j.numel).sum();
     let n = if total < MIN_PARALLEL_ELEMENTS {
@@ -49,28 +58,59 @@ pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<(
         threads.clamp(1, total / 4096)
     };
     if n == 1 {
-        run_range::<R>(jobs, 0, total);
+        run_range::<R>(jobs, 0, total, &mut Cursor::default());
         return Ok(());
     }
-    let chunk = total.div_ceil(n).div_ceil(SPLIT_ALIGN) * SPLIT_ALIGN;
-    parallel(n, &|range: usize| {
-        let start = (range * chunk).min(total);
-        run_range::<R>(jobs, start, (start + chunk).min(total));
+    // About CHUNKS_PER_THREAD chunks per thread, each large enough that claiming it costs
+    // nothing next to streaming it.
+    let chunk = (total / (n * CHUNKS_PER_THREAD))
+        .clamp(MIN_CHUNK, MAX_CHUNK)
+        .div_ceil(SPLIT_ALIGN)
+        * SPLIT_ALIGN;
+    let chunks = total.div_ceil(chunk);
+    let next = AtomicUsize::new(0);
+    parallel(n, &|_| {
+        // Chunks claimed by one thread come in increasing order: its cursor only moves on.
+        let mut cursor = Cursor::default();
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= chunks {
+                break;
+            }
+            let start = c * chunk;
+            run_range::<R>(jobs, start, (start + chunk).min(total), &mut cursor);
+        }
     })
 }
 
-/// Updates the elements `[start, end)` of the concatenation of all jobs.
-fn run_range<R: Rule>(jobs: &[Job<R::Scalars>], start: usize, end: usize) {
-    let mut offset = 0;
-    for job in jobs {
-        let (lo, hi) = (start.max(offset), end.min(offset + job.numel));
+/// A position in the concatenation of the jobs: a job's index and the offset of its first
+/// element.
+#[derive(Clone, Copy, Default)]
+struct Cursor {
+    job: usize,
+    offset: usize,
+}
+
+/// Updates the elements `[start, end)` of the concatenation of all jobs, looking for the first
+/// job from `cursor` (at or before `start`), which is left at the last job touched.
+fn run_range<R: Rule>(jobs: &[Job<R::Scalars>], start: usize, end: usize, cursor: &mut Cursor) {
+    let Cursor {
+        mut job,
+        mut offset,
+    } = *cursor;
+    while job < jobs.len() && offset + jobs[job].numel <= start {
+        offset += jobs[job].numel;
+        job += 1;
+    }
+    *cursor = Cursor { job, offset };
+    while job < jobs.len() && offset < end {
+        let numel = jobs[job].numel;
+        let (lo, hi) = (start.max(offset), end.min(offset + numel));
         if lo < hi {
-            run_piece::<R>(job, lo - offset, hi - lo);
+            run_piece::<R>(&jobs[job], lo - offset, hi - lo);
         }
-        offset += job.numel;
-        if offset >= end {
-            break;
-        }
+        offset += numel;
+        job += 1;
     }
 }
 
