@@ -201,8 +201,9 @@ class NativeStep:
             The closure's loss, or None.
 
         Raises:
-            RuntimeError: a gradient is sparse, or a tensor does not match its parameter
-                (shape, device, dtype); nothing is modified in that case.
+            RuntimeError: a gradient is sparse, a tensor does not match its parameter
+                (shape, device, dtype), or a tensor to update is an inference tensor outside
+                ``torch.inference_mode``; nothing is modified in that case.
         """
         loss = call_closure(closure)
         skip, scale = grad_scaler_args(self)

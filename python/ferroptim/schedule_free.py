@@ -172,8 +172,9 @@ class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
             The closure's loss, or None.
 
         Raises:
-            RuntimeError: the optimizer is in eval mode; a gradient is sparse, or a tensor does
-                not match its parameter; nothing is modified in that case.
+            RuntimeError: the optimizer is in eval mode; a gradient is sparse, a tensor does
+                not match its parameter, or a tensor to update is an inference tensor outside
+                ``torch.inference_mode``; nothing is modified in that case.
         """
         if not all(group["train_mode"] for group in self.param_groups):
             raise RuntimeError(

@@ -1,5 +1,5 @@
-//! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp`, `csrc/grad.cpp` and
-//! `csrc/version.cpp`
+//! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp`, `csrc/grad.cpp`,
+//! `csrc/version.cpp` and `csrc/profiling.cpp`
 //! against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/ops.cpp");
     println!("cargo:rerun-if-changed=csrc/grad.cpp");
     println!("cargo:rerun-if-changed=csrc/version.cpp");
+    println!("cargo:rerun-if-changed=csrc/profiling.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -40,6 +41,7 @@ fn main() {
         .file("csrc/ops.cpp")
         .file("csrc/grad.cpp")
         .file("csrc/version.cpp")
+        .file("csrc/profiling.cpp")
         .compile("ferroptim_inspect");
 }
 

@@ -4,6 +4,7 @@ add_param_group, parameters without gradients."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -181,7 +182,50 @@ def test_profiler_shows_the_step_under_torchs_label(name):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             opt.step()
         assert [e.name for e in prof.events()].count(label) == 1
-    assert not torch.autograd.profiler._is_profiler_enabled
+
+
+def test_execution_trace_observer_sees_the_step(tmp_path):
+    # Observers of libtorch's RecordFunction events other than the profiler count too.
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    opt = OURS.AdamW([p], lr=0.1)
+    opt.step()
+    path = tmp_path / "trace.json"
+    observer = torch.profiler.ExecutionTraceObserver().register_callback(str(path))
+    observer.start()
+    try:
+        opt.step()
+    finally:
+        observer.stop()
+        observer.unregister_callback()
+    names = [node["name"] for node in json.loads(path.read_text())["nodes"]]
+    assert names.count("Optimizer.step#AdamW.step") == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_record_function_region_when_nothing_observes(name, monkeypatch):
+    # The point of ferroptim's step wrapper: with no observer, the region is not entered
+    # (torch's own wrapper enters it at every step). Hooks still run.
+    entered = []
+
+    class Counting(torch.autograd.profiler.record_function):
+        def __enter__(self):
+            entered.append(self.name)
+            return super().__enter__()
+
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", Counting)
+    p = torch.ones(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    calls = []
+    opt = getattr(OURS, name)([p], lr=0.1)
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    opt.step()
+    opt.step()
+    assert entered == []
+    assert calls == ["post", "post"]
+    ref = getattr(torch.optim, name)([p], lr=0.1)
+    ref.step()
+    assert entered == [f"Optimizer.step#{name}.step"]  # the counter does see torch's
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -18,6 +18,14 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(record_function_observed, m)?)?;
     rules::register(m)?;
     tensor_rules::register(m)
+}
+
+/// True if anything observes libtorch's `RecordFunction` events (a running profiler, an
+/// execution trace observer, …): then `step` enters its `record_function` region.
+#[pyfunction]
+fn record_function_observed() -> bool {
+    ferroptim::record_function_observed()
 }

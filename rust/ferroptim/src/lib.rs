@@ -88,6 +88,7 @@ mod driver;
 pub mod element;
 mod error;
 pub mod optim;
+mod profiling;
 mod rule;
 pub mod rules;
 pub mod sched;
@@ -99,6 +100,7 @@ pub use driver::{
 };
 pub use error::{Error, Result};
 pub use optim::{Algorithm, Hyper, Hyperparameters, Optim, Optimizer, ScheduleFreeAdamWConfig};
+pub use profiling::record_function_observed;
 pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{

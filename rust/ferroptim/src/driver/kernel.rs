@@ -92,7 +92,8 @@ struct Cursor {
 }
 
 /// Updates the elements `[start, end)` of the concatenation of all jobs, looking for the first
-/// job from `cursor` (at or before `start`), which is left at the last job touched.
+/// job from `cursor` (at or before `start`). `cursor` is left at the job holding element `end`
+/// (or past the last job), where the next chunk of the same thread starts looking.
 fn run_range<R: Rule>(jobs: &[Job<R::Scalars>], start: usize, end: usize, cursor: &mut Cursor) {
     let Cursor {
         mut job,
@@ -102,16 +103,19 @@ fn run_range<R: Rule>(jobs: &[Job<R::Scalars>], start: usize, end: usize, cursor
         offset += jobs[job].numel;
         job += 1;
     }
-    *cursor = Cursor { job, offset };
     while job < jobs.len() && offset < end {
         let numel = jobs[job].numel;
         let (lo, hi) = (start.max(offset), end.min(offset + numel));
         if lo < hi {
             run_piece::<R>(&jobs[job], lo - offset, hi - lo);
         }
+        if offset + numel > end {
+            break; // the job goes on in a later chunk
+        }
         offset += numel;
         job += 1;
     }
+    *cursor = Cursor { job, offset };
 }
 
 /// Dispatches one piece of a job on its dtype and state count.

@@ -52,14 +52,20 @@ pub struct Group<R> {
 /// and copied back. That path is slower but gives the same arithmetic.
 ///
 /// The number of threads is libtorch's intra-op setting (`torch.get_num_threads()`); results do
-/// not depend on it.
+/// not depend on it. Like torch's in-place ops, the step bumps the version counter of every
+/// tensor it writes (parameters, state, and gradients when unscaling), so autograd notices it.
+/// It runs its own ATen calls (staging, copying back) without recording them for autograd,
+/// whatever the caller's grad mode.
 ///
 /// # Errors
 /// Every input is checked before anything is modified; on error no tensor has changed.
 /// [`Error::Sparse`] for sparse tensors, [`Error::ShapeMismatch`] / [`Error::DeviceMismatch`] /
 /// [`Error::UnsupportedDtype`] for tensors that do not match their parameter,
 /// [`Error::StateMismatch`] for a wrong number of state tensors or an invalid scalar state
-/// tensor, [`Error::Overlap`] if written tensors share memory with other tensors.
+/// tensor, [`Error::Overlap`] if written tensors share memory with other tensors,
+/// [`Error::InferenceTensor`] for an inference tensor to be written outside inference mode.
+/// [`Error::Torch`] if libtorch fails: while staging copies (e.g. out of memory), before
+/// anything is modified; while copying staged tensors back, after the update.
 ///
 /// [`Error::Sparse`]: crate::Error::Sparse
 /// [`Error::ShapeMismatch`]: crate::Error::ShapeMismatch
@@ -67,6 +73,8 @@ pub struct Group<R> {
 /// [`Error::UnsupportedDtype`]: crate::Error::UnsupportedDtype
 /// [`Error::StateMismatch`]: crate::Error::StateMismatch
 /// [`Error::Overlap`]: crate::Error::Overlap
+/// [`Error::InferenceTensor`]: crate::Error::InferenceTensor
+/// [`Error::Torch`]: crate::Error::Torch
 pub fn step<R: Rule>(groups: &mut [Group<R>]) -> Result<()> {
     step_groups(groups, None, &mut StepCache::default())
 }

@@ -465,3 +465,57 @@ fn staged_leaves_that_require_grad_step_outside_no_grad() {
     .expect("reference step");
     assert!(param.requires_grad() && param.detach().equal(&plain));
 }
+
+#[test]
+fn chunks_over_many_jobs_give_the_same_result_for_any_thread_count() {
+    // Sizes around the chunk bounds (4096 elements, 64-element alignment), empty and
+    // one-element tensors, and enough elements in all (> 32768) for several threads: every
+    // element must be updated exactly once whichever thread claims which chunk.
+    let sizes = [
+        0usize, 1, 63, 64, 65, 4095, 4096, 4097, 0, 8191, 12_289, 3, 20_000, 1, 40_000,
+    ];
+    let opts = (Kind::Float, Device::Cpu);
+    let init: Vec<Tensor> = sizes
+        .iter()
+        .map(|&n| Tensor::randn([n as i64], opts))
+        .collect();
+    let grads: Vec<Tensor> = init.iter().map(|t| t.randn_like()).collect();
+    let threads_before = tch::get_num_threads();
+    let mut results: Vec<Vec<Tensor>> = Vec::new();
+    for threads in [1, 3, 7, 64] {
+        tch::set_num_threads(threads);
+        let params: Vec<Tensor> = init.iter().map(|t| t.copy()).collect();
+        let mut groups = [Group {
+            rule: Adam::adamw(),
+            params: params
+                .iter()
+                .zip(&grads)
+                .map(|(p, g)| adam_params(p, g, false))
+                .collect(),
+        }];
+        for _ in 0..2 {
+            step(&mut groups).expect("step");
+        }
+        let mut out = params;
+        out.extend(
+            groups[0]
+                .params
+                .iter()
+                .flat_map(|pt| pt.state.iter().map(|s| s.copy())),
+        );
+        results.push(out);
+    }
+    tch::set_num_threads(threads_before);
+    for (k, result) in results.iter().enumerate().skip(1) {
+        for (i, (a, b)) in result.iter().zip(&results[0]).enumerate() {
+            assert!(a.equal(b), "run {k}, tensor {i} differs from 1 thread");
+        }
+    }
+    // and every element moved (none skipped): AdamW's first steps move each by about lr
+    for (p, p0) in results[0].iter().zip(&init) {
+        if p0.numel() > 0 {
+            let moved = (p - p0).abs().min().double_value(&[]);
+            assert!(moved > 0.0, "an element was not updated");
+        }
+    }
+}
