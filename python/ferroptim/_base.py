@@ -125,7 +125,7 @@ class NativeStep:
     _native_plan: Callable[..., Any] | None = None
 
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
-    #: ``record_function`` only while a profiler is enabled (see ``_step_hooks``).
+    #: ``record_function`` only while something observes it (see ``_step_hooks``).
     profile_hook_step = staticmethod(profile_hook_step)
 
     def _check_supported(self) -> None:
