@@ -325,8 +325,9 @@ fn run<R: Rule, E: Entry>(
     }
     (cache.written, cache.read) = (written, read);
     let checked = cache.check_overlaps();
-    let result = checked.and_then(|()| update(groups, &metas, grad_scale));
-    cache.metas = metas;
+    let mut bumps = std::mem::take(&mut cache.bumps);
+    let result = checked.and_then(|()| update(groups, &metas, grad_scale, &mut bumps));
+    (cache.metas, cache.bumps) = (metas, bumps);
     result
 }
 
@@ -335,6 +336,7 @@ fn update<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     metas: &[ParamMeta],
     grad_scale: Option<f64>,
+    bumps: &mut Vec<usize>,
 ) -> Result<()> {
     let unscale = grad_scale.is_some();
     // Staging, copying back and filling scalar state are ATen ops on leaves that may require
@@ -367,7 +369,7 @@ fn update<R: Rule, E: Entry>(
 
     // From here on, tensors are modified.
     let mut jobs = Vec::with_capacity(metas.len());
-    let mut bumps = Vec::with_capacity(metas.len() * (MAX_STATE + MAX_SCALAR_STATE + 2));
+    bumps.clear();
     let slots = (0..metas.len())
         .map(staged_at)
         .zip(metas)
@@ -392,13 +394,13 @@ fn update<R: Rule, E: Entry>(
             }
         };
         write_scalar_state(pt, meta, &values[..n])?;
-        written_in_place(pt, meta, staged.is_none(), unscale, &mut bumps);
+        written_in_place(pt, meta, staged.is_none(), unscale, bumps);
         let m = staged.map_or(meta, |s| &s.meta);
         jobs.push(job(scalars, m, grad_scale));
     }
     // What the kernel writes in place (and the scalar state written above) gets its version
     // counter bumped, as torch's in-place ops do; staged copies are bumped by `copy_back`.
-    version::bump(&bumps)?;
+    version::bump(bumps)?;
     let threads = tch::get_num_threads().max(1) as usize;
     norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
     kernel::run::<R>(&jobs, threads)?;
@@ -413,26 +415,28 @@ fn update<R: Rule, E: Entry>(
     Ok(())
 }
 
-/// Appends the tensors of one parameter that the step writes through raw pointers to `out`:
+/// Appends the addresses of the tensors of one parameter that the step writes through raw
+/// pointers to `out` (for [`version::bump`]):
 /// its scalar state tensors written directly (see `write_scalar_state`) and, unless it is
 /// staged (`direct` false), the parameter, its state and (when unscaling) its gradient.
-fn written_in_place<'a>(
-    pt: &'a impl Entry,
+fn written_in_place(
+    pt: &impl Entry,
     m: &ParamMeta,
     direct: bool,
     unscale: bool,
-    out: &mut Vec<&'a Tensor>,
+    out: &mut Vec<usize>,
 ) {
+    let address = |t: &Tensor| t.as_ptr() as usize;
     for (t, meta) in pt.scalar_state().iter().zip(m.scalar_state) {
         if meta.is_some_and(is_raw_scalar) {
-            out.push(t);
+            out.push(address(t));
         }
     }
     if direct {
-        out.push(pt.param());
-        out.extend(pt.state());
+        out.push(address(pt.param()));
+        out.extend(pt.state().iter().map(address));
         if unscale {
-            out.push(pt.grad());
+            out.push(address(pt.grad()));
         }
     }
 }
@@ -549,7 +553,7 @@ impl Staged {
                 dst.shallow_clone().f_copy_(src)?;
             } else {
                 // Staging kept this tensor: the kernel wrote it in place.
-                version::bump(&[dst])?;
+                version::bump(&[dst.as_ptr() as usize])?;
             }
         }
         Ok(())

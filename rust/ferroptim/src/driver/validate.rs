@@ -347,6 +347,8 @@ pub struct StepCache {
     pub(crate) written: Vec<Extent>,
     pub(crate) read: Vec<Extent>,
     pub(crate) metas: Vec<ParamMeta>,
+    /// Scratch: the addresses of the `at::Tensor`s whose version counters this step bumps.
+    pub(crate) bumps: Vec<usize>,
 }
 
 impl StepCache {

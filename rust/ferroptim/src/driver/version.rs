@@ -22,19 +22,21 @@ pub(crate) fn inplace_allowed(t: &Tensor) -> bool {
     unsafe { ferroptim_inplace_allowed(t.as_ptr() as *const c_void) == 1 }
 }
 
-/// Bumps the version counter of each of `tensors` (undefined ones are skipped) in one call.
+/// Bumps the version counter of each tensor in `tensors`, given as the addresses of their
+/// `at::Tensor`s (`Tensor::as_ptr`), which the caller keeps alive for the call; undefined
+/// tensors are skipped.
 ///
 /// # Errors
 /// [`Error::Torch`] if libtorch refuses a bump, which validation rules out beforehand (see
 /// [`inplace_allowed`]).
-pub(crate) fn bump(tensors: &[&Tensor]) -> Result<()> {
-    let ptrs: Vec<*const c_void> = tensors
-        .iter()
-        .map(|t| t.as_ptr() as *const c_void)
-        .collect();
-    // SAFETY: every pointer is a live `at::Tensor*` borrowed for this call; the function only
-    // bumps their version counters (atomic increments) and catches every exception.
-    if unsafe { ferroptim_bump_versions(ptrs.as_ptr(), ptrs.len()) } == 1 {
+pub(crate) fn bump(tensors: &[usize]) -> Result<()> {
+    // SAFETY: every address is a live `at::Tensor*` borrowed by the caller for this call, and a
+    // `usize` has a pointer's size and alignment, so the slice reads as `n` pointers; the
+    // function only bumps their version counters (atomic increments) and catches every
+    // exception.
+    let ok =
+        unsafe { ferroptim_bump_versions(tensors.as_ptr() as *const *const c_void, tensors.len()) };
+    if ok == 1 {
         Ok(())
     } else {
         Err(Error::Torch(TchError::Torch(
