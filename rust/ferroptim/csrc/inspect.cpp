@@ -7,6 +7,7 @@
 // falls back to the tch calls (which also produce the precise error message).
 #include <ATen/core/Tensor.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/COW.h>
 
 #include <cstdint>
 
@@ -29,11 +30,20 @@ struct FerroptimInspect {
 // outside InferenceMode (as an in-place ATen op checks), and its address is taken through
 // mutable_data_ptr(), which materialises a lazily copied (copy-on-write) storage before we
 // write through it, as tch's data_ptr() does.
+//
+// The driver calls this from several threads at once, for distinct tensors, while their
+// metadata stays put (csrc's callers hold them for the step). It therefore only reads, and
+// refuses (0: the caller's thread then takes the tch path) the two kinds of tensor whose reads
+// are not plain: Python tensor subclasses, whose sizes and strides may call into Python, and
+// writable copy-on-write storage, whose mutable_data_ptr() copies the data.
 int32_t ferroptim_inspect(const at::Tensor* t, const at::Tensor* like, int32_t writable,
                           FerroptimInspect* out) noexcept {
   try {
     if (t == nullptr || !t->defined() || t->layout() != c10::kStrided || t->is_mkldnn() ||
-        t->is_nested() || !t->has_storage()) {
+        t->is_nested() || !t->has_storage() || t->unsafeGetTensorImpl()->is_python_dispatch()) {
+      return 0;
+    }
+    if (writable && c10::impl::cow::is_cow_data_ptr(t->storage().data_ptr())) {
       return 0;
     }
     if (writable && t->is_inference() && !c10::InferenceMode::is_enabled()) {

@@ -34,6 +34,13 @@ inline c10::TensorImpl* impl_of(const at::Tensor* t) {
   return t == nullptr ? nullptr : t->unsafeGetTensorImpl();
 }
 
+// A defined tensor with a storage whose offset is a plain field: not a Python subclass, whose
+// storage_offset() may call into Python (the driver prefetches from several threads).
+inline bool plain(const at::Tensor* t) {
+  const c10::TensorImpl* impl = impl_of(t);
+  return impl != nullptr && t->defined() && impl->has_storage() && !impl->is_python_dispatch();
+}
+
 // The address of a tensor's version counter object, which a step bumps once validation has
 // passed (csrc/version.cpp), or null (inference tensors have none). c10::VariableVersion
 // holds a single intrusive_ptr to it, so its first word is that address; the bytes are read
@@ -69,7 +76,7 @@ void ferroptim_prefetch(const at::Tensor* const* ts, size_t n) noexcept {
     }
     for (size_t i = 0; i < n; ++i) {
       c10::TensorImpl* impl = impl_of(ts[i]);
-      if (impl == nullptr || !ts[i]->defined() || !impl->has_storage()) {
+      if (!plain(ts[i])) {
         continue;
       }
       c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
@@ -82,7 +89,7 @@ void ferroptim_prefetch(const at::Tensor* const* ts, size_t n) noexcept {
     }
     for (size_t i = 0; i < n; ++i) {
       c10::TensorImpl* impl = impl_of(ts[i]);
-      if (impl == nullptr || !ts[i]->defined() || !impl->has_storage()) {
+      if (!plain(ts[i])) {
         continue;
       }
       c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();

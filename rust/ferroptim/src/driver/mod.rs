@@ -2,6 +2,7 @@
 
 mod fast;
 mod kernel;
+mod metadata;
 mod norms;
 mod validate;
 mod version;
@@ -11,7 +12,7 @@ use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 use kernel::Job;
 use tch::{Device, Kind, Tensor};
 pub use validate::StepCache;
-use validate::{check_param, Extent, Meta, ParamMeta, Who};
+use validate::{Extent, Meta, ParamMeta, Who};
 
 /// One parameter and the tensors a step reads and writes for it.
 ///
@@ -282,53 +283,46 @@ fn run<R: Rule, E: Entry>(
     grad_scale: Option<f64>,
     cache: &mut StepCache,
 ) -> Result<()> {
-    let unscale = grad_scale.is_some();
-    let count: usize = groups.iter().map(|(_, params)| params.len()).sum();
+    let threads = tch::get_num_threads().max(1) as usize;
     // Scratch buffers kept by the cache: no allocation per step once they have grown.
-    let (mut metas, mut written, mut read) = (
-        std::mem::take(&mut cache.metas),
-        std::mem::take(&mut cache.written),
-        std::mem::take(&mut cache.read),
-    );
-    metas.clear();
+    let mut metas = std::mem::take(&mut cache.metas);
+    let mut bumps = std::mem::take(&mut cache.bumps);
+    let result = check(groups, grad_scale.is_some(), threads, &mut metas, cache)
+        .and_then(|()| update(groups, &metas, grad_scale, threads, &mut bumps));
+    (cache.metas, cache.bumps) = (metas, bumps);
+    result
+}
+
+/// The first half of [`run`]: validates every input into `metas` (one per parameter, in
+/// order), then checks that no written tensor overlaps another.
+fn check<R: Rule, E: Entry>(
+    groups: &[(&R, &[E])],
+    unscale: bool,
+    threads: usize,
+    metas: &mut Vec<ParamMeta>,
+    cache: &mut StepCache,
+) -> Result<()> {
+    metadata::check_all(groups, unscale, threads, metas, &mut cache.fast)?;
+    let (written, read) = (&mut cache.written, &mut cache.read);
     written.clear();
     read.clear();
-    metas.reserve(count);
+    let mut metas = metas.iter();
     for (gi, (rule, params)) in groups.iter().enumerate() {
-        for (pi, pt) in params.iter().enumerate() {
-            if pi % fast::PREFETCH_BATCH == 0 {
-                // The next batch's metadata, fetched with overlapping cache misses.
-                let batch = params[pi..].iter().take(fast::PREFETCH_BATCH);
-                fast::prefetch(batch.flat_map(|pt| {
-                    [pt.param(), pt.grad()]
-                        .into_iter()
-                        .chain(pt.state())
-                        .chain(pt.scalar_state())
-                }));
-            }
-            let k = metas.len();
-            metas.push(ParamMeta::EMPTY);
-            check_param(*rule, pt, gi, pi, unscale, &mut metas[k])?;
-            let meta = &metas[k];
+        for (pi, meta) in (0..params.len()).zip(&mut metas) {
             let at = |what| Who {
                 what,
                 group: gi,
                 index: pi,
             };
             written.extend(Extent::of(&meta.param, at("")));
-            let grads = if unscale { &mut written } else { &mut read };
+            let grads = if unscale { &mut *written } else { &mut *read };
             grads.extend(Extent::of(&meta.grad, at("grad")));
             for (m, name) in meta.state().iter().zip(rule.state_names()) {
                 written.extend(Extent::of(m, at(name)));
             }
         }
     }
-    (cache.written, cache.read) = (written, read);
-    let checked = cache.check_overlaps();
-    let mut bumps = std::mem::take(&mut cache.bumps);
-    let result = checked.and_then(|()| update(groups, &metas, grad_scale, &mut bumps));
-    (cache.metas, cache.bumps) = (metas, bumps);
-    result
+    cache.check_overlaps()
 }
 
 /// The second half of [`run`], once every input is validated (`metas`, in order).
@@ -336,6 +330,7 @@ fn update<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     metas: &[ParamMeta],
     grad_scale: Option<f64>,
+    threads: usize,
     bumps: &mut Vec<usize>,
 ) -> Result<()> {
     let unscale = grad_scale.is_some();
@@ -401,7 +396,6 @@ fn update<R: Rule, E: Entry>(
     // What the kernel writes in place (and the scalar state written above) gets its version
     // counter bumped, as torch's in-place ops do; staged copies are bumped by `copy_back`.
     version::bump(bumps)?;
-    let threads = tch::get_num_threads().max(1) as usize;
     norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
     kernel::run::<R>(&jobs, threads)?;
     drop(jobs);

@@ -123,6 +123,9 @@ pub(crate) fn check_param<R: Rule>(
     grad_writable: bool,
     out: &mut ParamMeta,
 ) -> Result<()> {
+    if fast_check(rule, pt, grad_writable, out) {
+        return Ok(());
+    }
     let at = |what| Who { what, group, index };
     let names = rule.state_names();
     if pt.state().len() != names.len() || names.len() > MAX_STATE {
@@ -143,13 +146,7 @@ pub(crate) fn check_param<R: Rule>(
             got: format!("{} scalar state tensors", pt.scalar_state().len()),
         });
     }
-    out.scalar_state = [None; MAX_SCALAR_STATE];
-    for (m, t) in out.scalar_state.iter_mut().zip(pt.scalar_state()) {
-        *m = fast::meta(t, None, true).filter(|m| m.numel == 1);
-    }
-    if fast_param(pt, grad_writable, out) {
-        return Ok(());
-    }
+    read_scalar_metas(pt, out);
     // The slow path: one tch call per property, and the precise error.
     let (param, shape) = inspect(pt.param(), at(""), true)?;
     let like_param = |t: &Tensor, who: Who, writable: bool| -> Result<Meta> {
@@ -184,21 +181,33 @@ pub(crate) fn check_param<R: Rule>(
 }
 
 /// Writes all of a parameter's metadata through `fast::meta` to `out` and returns true, if
-/// every tensor is a plain dense tensor of a supported dtype, shaped and placed like the
-/// parameter, and every scalar state tensor (`out.scalar_state`, already read) is a
-/// one-element float tensor: then there is nothing to report. False: take the slow path,
-/// which overwrites what was written.
-fn fast_param(pt: &impl Entry, grad_writable: bool, out: &mut ParamMeta) -> bool {
+/// it has the rule's numbers of state and scalar state tensors, every tensor is a plain dense
+/// tensor of a supported dtype, shaped and placed like the parameter, and every scalar state
+/// tensor is a one-element tensor: then there is nothing to report. False: take the slow path
+/// ([`check_param`]), which overwrites what was written.
+///
+/// Only reads libtorch metadata (see `csrc/inspect.cpp`), so it may run on several threads
+/// at once for distinct parameters, and it allocates nothing.
+pub(crate) fn fast_check<R: Rule>(
+    rule: &R,
+    pt: &impl Entry,
+    grad_writable: bool,
+    out: &mut ParamMeta,
+) -> bool {
+    let n_state = pt.state().len();
+    if n_state != rule.state_names().len()
+        || n_state > MAX_STATE
+        || pt.scalar_state().len() != rule.scalar_state_names().len()
+    {
+        return false;
+    }
+    read_scalar_metas(pt, out);
     if out
         .scalar_state
         .iter()
         .take(pt.scalar_state().len())
         .any(Option::is_none)
     {
-        return false;
-    }
-    let n_state = pt.state().len();
-    if n_state > MAX_STATE {
         return false;
     }
     let (Some(param), Some(grad)) = (
@@ -215,6 +224,15 @@ fn fast_param(pt: &impl Entry, grad_writable: bool, out: &mut ParamMeta) -> bool
         }
     }
     true
+}
+
+/// Sets `out.scalar_state`: the metadata of the scalar state tensors that are dense
+/// one-element tensors of a supported float dtype, `None` for the others.
+fn read_scalar_metas(pt: &impl Entry, out: &mut ParamMeta) {
+    out.scalar_state = [None; MAX_SCALAR_STATE];
+    for (m, t) in out.scalar_state.iter_mut().zip(pt.scalar_state()) {
+        *m = fast::meta(t, None, true).filter(|m| m.numel == 1);
+    }
 }
 
 /// Checks that a scalar state tensor (`step`, …) is defined, dense and has one element.
@@ -347,6 +365,8 @@ pub struct StepCache {
     pub(crate) written: Vec<Extent>,
     pub(crate) read: Vec<Extent>,
     pub(crate) metas: Vec<ParamMeta>,
+    /// Scratch: which parameters the fast path of validation accepted.
+    pub(crate) fast: Vec<bool>,
     /// Scratch: the addresses of the `at::Tensor`s whose version counters this step bumps.
     pub(crate) bumps: Vec<usize>,
 }

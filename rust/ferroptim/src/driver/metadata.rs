@@ -1,0 +1,190 @@
+//! A whole step's validation, its metadata reads split over threads.
+//!
+//! After the previous step has streamed the model through the caches, reading each tensor's
+//! metadata (handle, TensorImpl, StorageImpl, version counter, first data line) misses the
+//! cache: for 500 AdamW parameters that is about 20 000 lines and a quarter of a millisecond
+//! on one core, even with the misses of a batch overlapping (`fast::prefetch`). The reads
+//! are independent, so the threads the kernel will use share them out.
+
+use super::kernel::parallel;
+use super::validate::{check_param, fast_check, ParamMeta};
+use super::{fast, Entry};
+use crate::error::Result;
+use crate::rule::Rule;
+use std::sync::Mutex;
+
+/// Fewest parameters per thread: below this, waking another thread costs more than its share
+/// of the reads.
+const MIN_PARAMS_PER_THREAD: usize = 64;
+
+/// Validates every parameter of `groups` (in order: group by group) into `metas`, which is
+/// resized to one entry per parameter; `fast` is scratch. The fast path runs on up to
+/// `threads` threads; the parameters it does not accept are then checked one by one on the
+/// caller's thread, in order, so the error reported is the first parameter's in order, as
+/// with a sequential check.
+///
+/// # Errors
+/// As [`check_param`].
+pub(crate) fn check_all<R: Rule, E: Entry>(
+    groups: &[(&R, &[E])],
+    grad_writable: bool,
+    threads: usize,
+    metas: &mut Vec<ParamMeta>,
+    fast: &mut Vec<bool>,
+) -> Result<()> {
+    let count: usize = groups.iter().map(|(_, params)| params.len()).sum();
+    metas.clear();
+    metas.resize_with(count, || ParamMeta::EMPTY);
+    fast.clear();
+    fast.resize(count, false);
+    let n = threads.min(count / MIN_PARAMS_PER_THREAD).max(1);
+    if n == 1 {
+        fast_range(groups, 0, grad_writable, metas, fast);
+    } else {
+        let per = count.div_ceil(n);
+        let parts: Vec<Mutex<(&mut [ParamMeta], &mut [bool])>> = metas
+            .chunks_mut(per)
+            .zip(fast.chunks_mut(per))
+            .map(Mutex::new)
+            .collect();
+        let shared = Shared(groups);
+        parallel(parts.len(), &|t| {
+            // Each part is locked by its one thread: the lock is never contended.
+            if let Ok(mut part) = parts[t].lock() {
+                let (metas, fast) = &mut *part;
+                fast_range(shared.groups(), t * per, grad_writable, metas, fast);
+            }
+        })?;
+    }
+    let mut k = 0;
+    for (gi, (rule, params)) in groups.iter().enumerate() {
+        for (pi, pt) in params.iter().enumerate() {
+            if !fast[k] {
+                check_param(*rule, pt, gi, pi, grad_writable, &mut metas[k])?;
+            }
+            k += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`fast_check`] on the parameters `start..start + metas.len()` (flat indices over all
+/// groups), into `metas` and `fast`, prefetching each batch's metadata first.
+fn fast_range<R: Rule, E: Entry>(
+    groups: &[(&R, &[E])],
+    start: usize,
+    grad_writable: bool,
+    metas: &mut [ParamMeta],
+    fast: &mut [bool],
+) {
+    let end = start + metas.len();
+    let mut first = 0; // flat index of the group's first parameter
+    for (rule, params) in groups {
+        let lo = start.saturating_sub(first).min(params.len());
+        let hi = end.saturating_sub(first).min(params.len());
+        let mut k = first + lo - start; // index into `metas` and `fast`
+        for batch in params[lo..hi].chunks(fast::PREFETCH_BATCH) {
+            // The batch's metadata, fetched with overlapping cache misses.
+            fast::prefetch(batch.iter().flat_map(|pt| {
+                [pt.param(), pt.grad()]
+                    .into_iter()
+                    .chain(pt.state())
+                    .chain(pt.scalar_state())
+            }));
+            for pt in batch {
+                fast[k] = fast_check(*rule, pt, grad_writable, &mut metas[k]);
+                k += 1;
+            }
+        }
+        first += params.len();
+    }
+}
+
+/// The caller's parameters, shared with the threads of [`check_all`].
+struct Shared<'a, 'b, R, E>(&'a [(&'b R, &'b [E])]);
+
+impl<'a, 'b, R, E> Shared<'a, 'b, R, E> {
+    /// The groups (a method, so that closures capture the whole `Shared`, not its field).
+    fn groups(&self) -> &'a [(&'b R, &'b [E])] {
+        self.0
+    }
+}
+
+// SAFETY: tch's `Tensor` is not `Sync` because libtorch tensors may not be *modified*
+// concurrently. The threads only run `fast::prefetch` and `fast_check`, which read TensorImpl
+// and StorageImpl fields through `csrc/prefetch.cpp` and `csrc/inspect.cpp`: the reads are
+// const, take no reference, and skip the two cases where a read is not plain (Python tensor
+// subclasses, whose sizes may call into Python, and copy-on-write storage, which
+// `mutable_data_ptr()` would copy), which the caller's thread then checks. The caller borrows
+// every tensor for the whole step, so none is freed or changed by the driver meanwhile. The
+// rule is `Sync` (`Rule: Sync`).
+unsafe impl<R: Sync, E> Sync for Shared<'_, '_, R, E> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::ParamTensors;
+    use crate::error::Error;
+    use crate::rules::Adam;
+    use tch::{Device, Kind, Tensor};
+
+    /// `count` Adam parameters of assorted sizes; every 50th is a transposed matrix (not
+    /// contiguous, so its metadata comes from the slow path) and every 70th is float64.
+    fn params(count: usize) -> Vec<ParamTensors> {
+        (0..count)
+            .map(|i| {
+                let kind = if i % 70 == 3 {
+                    Kind::Double
+                } else {
+                    Kind::Float
+                };
+                let param = if i % 50 == 7 {
+                    Tensor::randn([3, 4], (kind, Device::Cpu)).transpose(0, 1)
+                } else {
+                    Tensor::randn([1 + i as i64 % 7], (kind, Device::Cpu))
+                };
+                ParamTensors {
+                    grad: param.randn_like(),
+                    state: vec![param.zeros_like(), param.zeros_like()],
+                    scalar_state: vec![Tensor::zeros([], (Kind::Float, Device::Cpu))],
+                    param,
+                    fresh: false,
+                }
+            })
+            .collect()
+    }
+
+    fn check(ps: &[ParamTensors], threads: usize, metas: &mut Vec<ParamMeta>) -> Result<()> {
+        let rule = Adam::default();
+        let groups = [(&rule, &ps[..150]), (&rule, &ps[150..])];
+        check_all(&groups, false, threads, metas, &mut Vec::new())
+    }
+
+    #[test]
+    fn any_split_gives_the_sequential_metadata_and_the_first_error_in_order() {
+        let mut ps = params(400);
+        let (mut sequential, mut split) = (Vec::new(), Vec::new());
+        check(&ps, 1, &mut sequential).unwrap();
+        assert_eq!(sequential.len(), 400);
+        for threads in [2, 3, 7] {
+            check(&ps, threads, &mut split).unwrap();
+            assert_eq!(
+                format!("{split:?}"),
+                format!("{sequential:?}"),
+                "{threads} threads"
+            );
+        }
+        let mut expect_error = |ps: &[ParamTensors], what: &str| {
+            for threads in [1, 2, 7] {
+                match check(ps, threads, &mut split) {
+                    Err(Error::ShapeMismatch { what: got, .. }) => assert_eq!(got, what),
+                    other => panic!("{threads} threads: expected a shape error, got {other:?}"),
+                }
+            }
+        };
+        ps[320].state[1] = Tensor::zeros([9], (Kind::Float, Device::Cpu));
+        expect_error(&ps, "exp_avg_sq of params[170] in group 1");
+        ps[30].grad = Tensor::zeros([8], (Kind::Float, Device::Cpu));
+        expect_error(&ps, "grad of params[30] in group 0");
+    }
+}
