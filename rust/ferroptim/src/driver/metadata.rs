@@ -17,6 +17,13 @@ use std::sync::Mutex;
 /// of the reads.
 const MIN_PARAMS_PER_THREAD: usize = 64;
 
+/// Most threads that share the reads: each already overlaps the misses of a batch of
+/// parameters, so beyond a few threads the memory system, not the threads, sets the pace.
+const MAX_THREADS: usize = 8;
+
+/// A thread's share of the output: the metadata and fast-path flags of its parameters.
+type Part<'a> = (&'a mut [ParamMeta], &'a mut [bool]);
+
 /// Validates every parameter of `groups` (in order: group by group) into `metas`, which is
 /// resized to one entry per parameter; `fast` is scratch. The fast path runs on up to
 /// `threads` threads; the parameters it does not accept are then checked one by one on the
@@ -37,20 +44,26 @@ pub(crate) fn check_all<R: Rule, E: Entry>(
     metas.resize_with(count, || ParamMeta::EMPTY);
     fast.clear();
     fast.resize(count, false);
-    let n = threads.min(count / MIN_PARAMS_PER_THREAD).max(1);
+    let n = threads
+        .min(MAX_THREADS)
+        .min(count / MIN_PARAMS_PER_THREAD)
+        .max(1);
     if n == 1 {
         fast_range(groups, 0, grad_writable, metas, fast);
     } else {
+        // One part per thread, in an array: nothing is allocated per step.
         let per = count.div_ceil(n);
-        let parts: Vec<Mutex<(&mut [ParamMeta], &mut [bool])>> = metas
-            .chunks_mut(per)
-            .zip(fast.chunks_mut(per))
-            .map(Mutex::new)
-            .collect();
+        let mut parts: [Option<Mutex<Part<'_>>>; MAX_THREADS] = Default::default();
+        for (slot, part) in parts
+            .iter_mut()
+            .zip(metas.chunks_mut(per).zip(fast.chunks_mut(per)))
+        {
+            *slot = Some(Mutex::new(part));
+        }
         let shared = Shared(groups);
-        parallel(parts.len(), &|t| {
+        parallel(n, &|t| {
             // Each part is locked by its one thread: the lock is never contended.
-            if let Ok(mut part) = parts[t].lock() {
+            if let Some(Ok(mut part)) = parts[t].as_ref().map(Mutex::lock) {
                 let (metas, fast) = &mut *part;
                 fast_range(shared.groups(), t * per, grad_writable, metas, fast);
             }
