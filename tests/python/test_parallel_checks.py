@@ -88,3 +88,29 @@ def test_copy_on_write_parameter_in_the_second_half_is_materialised_first():
     assert torch.equal(source, kept), "the copy-on-write source was written"
     for ours, ref in zip(params, ref_params):
         torch.testing.assert_close(ours.detach(), ref.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_every_written_tensor_changes_version_in_both_halves():
+    params, opt = run(2, ferroptim, steps=1)
+    written = [t for p in params for t in (p, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])]
+    before = [t._version for t in written]
+    set_grads(params, seed=5)
+    grads = [p.grad._version for p in params]
+    opt.step()
+    assert all(t._version > v for t, v in zip(written, before))
+    assert [p.grad._version for p in params] == grads
+
+
+def test_inference_tensors_step_inside_inference_mode_as_torch_does():
+    # Inference tensors have no version counter: the split bumps skip them on any thread.
+    results = []
+    for impl in (ferroptim, torch.optim):
+        with torch.inference_mode():
+            params = make_params()
+            set_grads(params, seed=3)
+            opt = impl.AdamW(two_groups(params), lr=0.01)
+            for _ in range(2):
+                opt.step()
+        results.append(params)
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)

@@ -27,13 +27,16 @@ int32_t ferroptim_inplace_allowed(const at::Tensor* t) noexcept {
   }
 }
 
-// Bumps the version counter of every defined tensor of `ts[0..n)` (null entries are skipped).
-// Returns 1, or 0 if libtorch refused one (an inference tensor outside InferenceMode, which
-// validation rejects before any update): the tensors before it were bumped.
+// Bumps the version counter of every defined tensor of `ts[0..n)` that has one (null entries
+// are skipped). Inference tensors have none: validation, on the caller's thread, admits them
+// only inside InferenceMode, where bumping them is a no-op, and skipping them here keeps this
+// free of the thread-local InferenceMode check, so it may run on any thread. Returns 1, or 0
+// if libtorch threw: the tensors before it were bumped.
 int32_t ferroptim_bump_versions(const at::Tensor* const* ts, size_t n) noexcept {
   try {
     for (size_t i = 0; i < n; ++i) {
-      if (ts[i] != nullptr && ts[i]->defined()) {
+      if (ts[i] != nullptr && ts[i]->defined() &&
+          ts[i]->unsafeGetTensorImpl()->version_counter().enabled()) {
         ts[i]->unsafeGetTensorImpl()->bump_version();
       }
     }

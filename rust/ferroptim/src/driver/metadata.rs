@@ -28,7 +28,7 @@ type Part<'a> = (&'a mut [ParamMeta], &'a mut [bool]);
 /// resized to one entry per parameter; `fast` is scratch. The fast path runs on up to
 /// `threads` threads; the parameters it does not accept are then checked one by one on the
 /// caller's thread, in order, so the error reported is the first parameter's in order, as
-/// with a sequential check.
+/// with a sequential check. Returns the number of threads that shared the reads.
 ///
 /// # Errors
 /// As [`check_param`].
@@ -38,7 +38,7 @@ pub(crate) fn check_all<R: Rule, E: Entry>(
     threads: usize,
     metas: &mut Vec<ParamMeta>,
     fast: &mut Vec<bool>,
-) -> Result<()> {
+) -> Result<usize> {
     let count: usize = groups.iter().map(|(_, params)| params.len()).sum();
     metas.clear();
     metas.resize_with(count, || ParamMeta::EMPTY);
@@ -78,7 +78,7 @@ pub(crate) fn check_all<R: Rule, E: Entry>(
             k += 1;
         }
     }
-    Ok(())
+    Ok(n)
 }
 
 /// Runs [`fast_check`] on the parameters `start..start + metas.len()` (flat indices over all
@@ -167,7 +167,7 @@ mod tests {
             .collect()
     }
 
-    fn check(ps: &[ParamTensors], threads: usize, metas: &mut Vec<ParamMeta>) -> Result<()> {
+    fn check(ps: &[ParamTensors], threads: usize, metas: &mut Vec<ParamMeta>) -> Result<usize> {
         let rule = Adam::default();
         let groups = [(&rule, &ps[..150]), (&rule, &ps[150..])];
         check_all(&groups, false, threads, metas, &mut Vec::new())
@@ -177,10 +177,10 @@ mod tests {
     fn any_split_gives_the_sequential_metadata_and_the_first_error_in_order() {
         let mut ps = params(400);
         let (mut sequential, mut split) = (Vec::new(), Vec::new());
-        check(&ps, 1, &mut sequential).unwrap();
+        assert_eq!(check(&ps, 1, &mut sequential).unwrap(), 1);
         assert_eq!(sequential.len(), 400);
         for threads in [2, 3, 7] {
-            check(&ps, threads, &mut split).unwrap();
+            assert_eq!(check(&ps, threads, &mut split).unwrap(), threads.min(6));
             assert_eq!(
                 format!("{split:?}"),
                 format!("{sequential:?}"),

@@ -288,21 +288,22 @@ fn run<R: Rule, E: Entry>(
     let mut metas = std::mem::take(&mut cache.metas);
     let mut bumps = std::mem::take(&mut cache.bumps);
     let result = check(groups, grad_scale.is_some(), threads, &mut metas, cache)
-        .and_then(|()| update(groups, &metas, grad_scale, threads, &mut bumps));
+        .and_then(|split| update(groups, &metas, grad_scale, threads, split, &mut bumps));
     (cache.metas, cache.bumps) = (metas, bumps);
     result
 }
 
 /// The first half of [`run`]: validates every input into `metas` (one per parameter, in
-/// order), then checks that no written tensor overlaps another.
+/// order), then checks that no written tensor overlaps another. Returns the number of threads
+/// that shared the metadata reads.
 fn check<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     unscale: bool,
     threads: usize,
     metas: &mut Vec<ParamMeta>,
     cache: &mut StepCache,
-) -> Result<()> {
-    metadata::check_all(groups, unscale, threads, metas, &mut cache.fast)?;
+) -> Result<usize> {
+    let split = metadata::check_all(groups, unscale, threads, metas, &mut cache.fast)?;
     let (written, read) = (&mut cache.written, &mut cache.read);
     written.clear();
     read.clear();
@@ -322,15 +323,18 @@ fn check<R: Rule, E: Entry>(
             }
         }
     }
-    cache.check_overlaps()
+    cache.check_overlaps()?;
+    Ok(split)
 }
 
-/// The second half of [`run`], once every input is validated (`metas`, in order).
+/// The second half of [`run`], once every input is validated (`metas`, in order, read by
+/// `split` threads).
 fn update<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     metas: &[ParamMeta],
     grad_scale: Option<f64>,
     threads: usize,
+    split: usize,
     bumps: &mut Vec<usize>,
 ) -> Result<()> {
     let unscale = grad_scale.is_some();
@@ -395,7 +399,7 @@ fn update<R: Rule, E: Entry>(
     }
     // What the kernel writes in place (and the scalar state written above) gets its version
     // counter bumped, as torch's in-place ops do; staged copies are bumped by `copy_back`.
-    version::bump(bumps)?;
+    version::bump_split(bumps, split)?;
     norms::reduce::<R>(&mut jobs, threads)?; // per-tensor norms (LAMB, LARS); else a no-op
     kernel::run::<R>(&jobs, threads)?;
     drop(jobs);

@@ -5,8 +5,10 @@
 //! through raw pointers, so the driver bumps the counters of everything it wrote in place,
 //! once per step (torch's AdamW bumps a parameter twice; only the change matters).
 
+use super::kernel::parallel;
 use crate::error::{Error, Result};
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tch::{TchError, Tensor};
 
 extern "C" {
@@ -39,8 +41,38 @@ pub(crate) fn bump(tensors: &[usize]) -> Result<()> {
     if ok == 1 {
         Ok(())
     } else {
-        Err(Error::Torch(TchError::Torch(
-            "cannot bump the version counter of a tensor updated in place".into(),
-        )))
+        Err(refused())
     }
+}
+
+fn refused() -> Error {
+    Error::Torch(TchError::Torch(
+        "cannot bump the version counter of a tensor updated in place".into(),
+    ))
+}
+
+/// [`bump`] with `tensors` cut into `threads` contiguous parts, bumped at the same time on
+/// libtorch's threads. Pass the number of threads that validated the step
+/// (`metadata::check_all` splits the parameters in the same order): each thread then bumps
+/// about the counters it prefetched, whose lines are in its own cache, instead of one thread
+/// taking every line from the other cores one atomic increment at a time.
+///
+/// # Errors
+/// As [`bump`]; the parts that did not fail are bumped.
+pub(crate) fn bump_split(tensors: &[usize], threads: usize) -> Result<()> {
+    if threads <= 1 || tensors.is_empty() {
+        return bump(tensors);
+    }
+    let per = tensors.len().div_ceil(threads);
+    let failed = AtomicBool::new(false);
+    parallel(threads, &|t| {
+        let part = tensors.chunks(per).nth(t).unwrap_or_default();
+        if bump(part).is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+    })?;
+    if failed.into_inner() {
+        return Err(refused());
+    }
+    Ok(())
 }
