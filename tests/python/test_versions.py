@@ -159,6 +159,28 @@ def test_inference_tensors_are_refused_outside_inference_mode_and_nothing_change
             ref.step()
 
 
+def test_a_tensor_without_a_version_counter_is_refused_as_torch_refuses_it():
+    # A tensor created in inference mode whose `.data` is then set outside it is no longer an
+    # inference tensor (is_inference() is False) but still has no version counter, which
+    # torch's in-place ops refuse outside inference mode.
+    def make():
+        with torch.inference_mode():
+            w = torch.randn(4)
+        w.data = torch.linspace(0, 1, 4)
+        w.grad = torch.ones(4)
+        assert not w.is_inference()
+        return w
+
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor"):
+        torch.optim.AdamW([make()], lr=0.1).step()
+    w = make()
+    opt = OURS.AdamW([w], lr=0.1)
+    with pytest.raises(RuntimeError, match=re.escape("params[0] in group 0 is an inference")):
+        opt.step()
+    assert torch.equal(w.data, torch.linspace(0, 1, 4))
+    assert not opt.state
+
+
 def test_inference_mode_steps_match_torch():
     # Inside torch.inference_mode in-place updates are allowed, to inference tensors and
     # others alike; the step is the same as torch's.

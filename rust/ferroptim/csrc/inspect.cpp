@@ -26,27 +26,34 @@ struct FerroptimInspect {
 };
 
 // Returns 1 and fills `out` if `t` is a defined strided tensor with a storage; 0 otherwise.
-// `writable`: the tensor will be updated in place, so it must not be an inference tensor
-// outside InferenceMode (as an in-place ATen op checks), and its address is taken through
-// mutable_data_ptr(), which materialises a lazily copied (copy-on-write) storage before we
-// write through it, as tch's data_ptr() does.
+// `writable`: the tensor will be updated in place, so outside InferenceMode it must have a
+// version counter (not be an inference tensor), as an in-place ATen op checks, and its address
+// is taken through mutable_data_ptr().
 //
 // The driver calls this from several threads at once, for distinct tensors, while their
 // metadata stays put (csrc's callers hold them for the step). It therefore only reads, and
 // refuses (0: the caller's thread then takes the tch path) the two kinds of tensor whose reads
-// are not plain: Python tensor subclasses, whose sizes and strides may call into Python, and
-// writable copy-on-write storage, whose mutable_data_ptr() copies the data.
+// are not plain: Python tensor subclasses, whose layout, sizes and strides may call into
+// Python, and copy-on-write storage, whose mutable_data_ptr() copies the data.
 int32_t ferroptim_inspect(const at::Tensor* t, const at::Tensor* like, int32_t writable,
                           FerroptimInspect* out) noexcept {
   try {
-    if (t == nullptr || !t->defined() || t->layout() != c10::kStrided || t->is_mkldnn() ||
-        t->is_nested() || !t->has_storage() || t->unsafeGetTensorImpl()->is_python_dispatch()) {
+    // Python subclasses first: even their layout() may call into Python.
+    if (t == nullptr || !t->defined() || t->unsafeGetTensorImpl()->is_python_dispatch()) {
       return 0;
     }
-    if (writable && c10::impl::cow::is_cow_data_ptr(t->storage().data_ptr())) {
+    if (t->layout() != c10::kStrided || t->is_mkldnn() || t->is_nested() || !t->has_storage()) {
       return 0;
     }
-    if (writable && t->is_inference() && !c10::InferenceMode::is_enabled()) {
+    // Copy-on-write storage, read or written: the caller's path materialises it, so that a
+    // tensor read here and written through another handle has one address.
+    if (c10::impl::cow::is_cow_data_ptr(t->storage().data_ptr())) {
+      return 0;
+    }
+    // As ferroptim_inplace_allowed (csrc/version.cpp). InferenceMode is thread-local and off
+    // on libtorch's worker threads: there, such tensors are left to the caller's thread.
+    if (writable && !t->unsafeGetTensorImpl()->version_counter().enabled() &&
+        !c10::InferenceMode::is_enabled()) {
       return 0;
     }
     const auto sizes = t->sizes();

@@ -13,25 +13,29 @@
 
 extern "C" {
 
-// 1 if `t` may be updated in place on this thread, as an in-place ATen op checks it: any
-// tensor inside InferenceMode, and outside it any tensor that is not an inference tensor
-// (those have no version counter). 0 otherwise, or if `t` is null or undefined.
+// 1 if `t` may be updated in place on this thread, as an in-place ATen op checks it when it
+// bumps the version: any tensor inside InferenceMode, and outside it any tensor that has a
+// version counter (inference tensors have none, nor has a normal tensor whose `.data` was set
+// to an inference tensor). 0 otherwise, or if `t` is null or undefined.
 int32_t ferroptim_inplace_allowed(const at::Tensor* t) noexcept {
   try {
     if (t == nullptr || !t->defined()) {
       return 0;
     }
-    return !t->is_inference() || c10::InferenceMode::is_enabled() ? 1 : 0;
+    return t->unsafeGetTensorImpl()->version_counter().enabled() ||
+                   c10::InferenceMode::is_enabled()
+               ? 1
+               : 0;
   } catch (...) {
     return 0;
   }
 }
 
 // Bumps the version counter of every defined tensor of `ts[0..n)` that has one (null entries
-// are skipped). Inference tensors have none: validation, on the caller's thread, admits them
-// only inside InferenceMode, where bumping them is a no-op, and skipping them here keeps this
-// free of the thread-local InferenceMode check, so it may run on any thread. Returns 1, or 0
-// if libtorch threw: the tensors before it were bumped.
+// are skipped). Validation, on the caller's thread, admits a tensor without one only inside
+// InferenceMode (ferroptim_inplace_allowed), where bumping it is a no-op; skipping those here
+// keeps this free of the thread-local InferenceMode check, so it may run on any thread.
+// Returns 1, or 0 if libtorch threw: the tensors before it were bumped.
 int32_t ferroptim_bump_versions(const at::Tensor* const* ts, size_t n) noexcept {
   try {
     for (size_t i = 0; i < n; ++i) {

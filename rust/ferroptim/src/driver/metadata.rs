@@ -7,7 +7,7 @@
 //! are independent, so the threads the kernel will use share them out.
 
 use super::kernel::parallel;
-use super::validate::{check_param, fast_check, ParamMeta};
+use super::validate::{check_slow, fast_check, ParamMeta};
 use super::{fast, Entry};
 use crate::error::Result;
 use crate::rule::Rule;
@@ -28,10 +28,11 @@ type Part<'a> = (&'a mut [ParamMeta], &'a mut [bool]);
 /// resized to one entry per parameter; `fast` is scratch. The fast path runs on up to
 /// `threads` threads; the parameters it does not accept are then checked one by one on the
 /// caller's thread, in order, so the error reported is the first parameter's in order, as
-/// with a sequential check. Returns the number of threads that shared the reads.
+/// with a sequential check. Returns the number of parts the parameters were cut into (the
+/// threads asked for; OpenMP may run them on fewer).
 ///
 /// # Errors
-/// As [`check_param`].
+/// As [`check_slow`].
 pub(crate) fn check_all<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     grad_writable: bool,
@@ -73,7 +74,7 @@ pub(crate) fn check_all<R: Rule, E: Entry>(
     for (gi, (rule, params)) in groups.iter().enumerate() {
         for (pi, pt) in params.iter().enumerate() {
             if !fast[k] {
-                check_param(*rule, pt, gi, pi, grad_writable, &mut metas[k])?;
+                check_slow(*rule, pt, gi, pi, grad_writable, &mut metas[k])?;
             }
             k += 1;
         }
@@ -91,11 +92,16 @@ fn fast_range<R: Rule, E: Entry>(
     fast: &mut [bool],
 ) {
     let end = start + metas.len();
-    let mut first = 0; // flat index of the group's first parameter
+    let mut next = 0; // flat index of the next group's first parameter
     for (rule, params) in groups {
-        let lo = start.saturating_sub(first).min(params.len());
-        let hi = end.saturating_sub(first).min(params.len());
-        let mut k = first + lo - start; // index into `metas` and `fast`
+        let first = next;
+        next += params.len();
+        if next <= start || first >= end {
+            continue; // no parameter of this group is in the range
+        }
+        // The group's parameters in the range, and the first one's index into `metas`.
+        let (lo, hi) = (start.max(first) - first, end.min(next) - first);
+        let mut k = first + lo - start;
         for batch in params[lo..hi].chunks(fast::PREFETCH_BATCH) {
             // The batch's metadata, fetched with overlapping cache misses.
             fast::prefetch(batch.iter().flat_map(|pt| {
@@ -109,7 +115,6 @@ fn fast_range<R: Rule, E: Entry>(
                 k += 1;
             }
         }
-        first += params.len();
     }
 }
 
@@ -127,7 +132,7 @@ impl<'a, 'b, R, E> Shared<'a, 'b, R, E> {
 // concurrently. The threads only run `fast::prefetch` and `fast_check`, which read TensorImpl
 // and StorageImpl fields through `csrc/prefetch.cpp` and `csrc/inspect.cpp`: the reads are
 // const, take no reference, and skip the two cases where a read is not plain (Python tensor
-// subclasses, whose sizes may call into Python, and copy-on-write storage, which
+// subclasses, whose layout and sizes may call into Python, and copy-on-write storage, which
 // `mutable_data_ptr()` would copy), which the caller's thread then checks. The caller borrows
 // every tensor for the whole step, so none is freed or changed by the driver meanwhile. The
 // rule is `Sync` (`Rule: Sync`).
@@ -142,7 +147,8 @@ mod tests {
     use tch::{Device, Kind, Tensor};
 
     /// `count` Adam parameters of assorted sizes; every 50th is a transposed matrix (not
-    /// contiguous, so its metadata comes from the slow path) and every 70th is float64.
+    /// contiguous: staged), every 70th is float64, and every 60th parameter's `exp_avg` is a
+    /// copy-on-write clone, which the fast path leaves to the slow one.
     fn params(count: usize) -> Vec<ParamTensors> {
         (0..count)
             .map(|i| {
@@ -156,9 +162,15 @@ mod tests {
                 } else {
                     Tensor::randn([1 + i as i64 % 7], (kind, Device::Cpu))
                 };
+                let exp_avg = param.zeros_like();
+                let exp_avg = if i % 60 == 11 {
+                    exp_avg.internal_lazy_clone()
+                } else {
+                    exp_avg
+                };
                 ParamTensors {
                     grad: param.randn_like(),
-                    state: vec![param.zeros_like(), param.zeros_like()],
+                    state: vec![exp_avg, param.zeros_like()],
                     scalar_state: vec![Tensor::zeros([], (Kind::Float, Device::Cpu))],
                     param,
                     fresh: false,
@@ -167,20 +179,32 @@ mod tests {
             .collect()
     }
 
-    fn check(ps: &[ParamTensors], threads: usize, metas: &mut Vec<ParamMeta>) -> Result<usize> {
+    /// `check_all` over three groups (150 parameters, none, the rest), returning which
+    /// parameters the fast path accepted.
+    fn check(ps: &[ParamTensors], threads: usize, metas: &mut Vec<ParamMeta>) -> Result<Vec<bool>> {
         let rule = Adam::default();
-        let groups = [(&rule, &ps[..150]), (&rule, &ps[150..])];
-        check_all(&groups, false, threads, metas, &mut Vec::new())
+        let groups = [(&rule, &ps[..150]), (&rule, &ps[..0]), (&rule, &ps[150..])];
+        let mut fast = Vec::new();
+        let parts = check_all(&groups, false, threads, metas, &mut fast)?;
+        assert_eq!(parts, threads.min(ps.len() / MIN_PARAMS_PER_THREAD));
+        Ok(fast)
     }
 
     #[test]
     fn any_split_gives_the_sequential_metadata_and_the_first_error_in_order() {
         let mut ps = params(400);
         let (mut sequential, mut split) = (Vec::new(), Vec::new());
-        assert_eq!(check(&ps, 1, &mut sequential).unwrap(), 1);
-        assert_eq!(sequential.len(), 400);
-        for threads in [2, 3, 7] {
-            assert_eq!(check(&ps, threads, &mut split).unwrap(), threads.min(6));
+        // Only the copy-on-write state is left to the slow path, which materialises it (so a
+        // second check takes the fast path throughout).
+        let plain: Vec<bool> = (0..400).map(|i| i % 60 != 11).collect();
+        for threads in [1, 2, 3, 7] {
+            for (i, pt) in ps.iter_mut().enumerate().filter(|(i, _)| i % 60 == 11) {
+                pt.state[0] = pt.state[0].internal_lazy_clone();
+                assert!(!plain[i]);
+            }
+            assert_eq!(check(&ps, threads, &mut split).unwrap(), plain);
+            assert_eq!(check(&ps, 1, &mut sequential).unwrap(), vec![true; 400]);
+            assert_eq!(sequential.len(), 400);
             assert_eq!(
                 format!("{split:?}"),
                 format!("{sequential:?}"),
@@ -196,7 +220,7 @@ mod tests {
             }
         };
         ps[320].state[1] = Tensor::zeros([9], (Kind::Float, Device::Cpu));
-        expect_error(&ps, "exp_avg_sq of params[170] in group 1");
+        expect_error(&ps, "exp_avg_sq of params[170] in group 2");
         ps[30].grad = Tensor::zeros([8], (Kind::Float, Device::Cpu));
         expect_error(&ps, "grad of params[30] in group 0");
     }

@@ -69,7 +69,7 @@ pub(crate) struct ParamMeta {
 }
 
 impl ParamMeta {
-    /// A slot for [`check_param`] to fill.
+    /// A slot for [`fast_check`] or [`check_slow`] to fill.
     pub(crate) const EMPTY: ParamMeta = ParamMeta {
         param: Meta::UNUSED,
         grad: Meta::UNUSED,
@@ -112,10 +112,10 @@ impl ParamMeta {
     }
 }
 
-/// Validates one parameter's tensors against the rule: presence, layout, shape, device, dtype,
-/// and writes their metadata to `out` (in place: `ParamMeta` is large and this runs for every
-/// parameter at every step).
-pub(crate) fn check_param<R: Rule>(
+/// Validates one parameter's tensors against the rule, the slow way (for parameters that
+/// [`fast_check`] refused): presence, layout, shape, device, dtype, one tch call per property,
+/// and the precise error. Writes their metadata to `out` (in place: `ParamMeta` is large).
+pub(crate) fn check_slow<R: Rule>(
     rule: &R,
     pt: &impl Entry,
     group: usize,
@@ -123,9 +123,6 @@ pub(crate) fn check_param<R: Rule>(
     grad_writable: bool,
     out: &mut ParamMeta,
 ) -> Result<()> {
-    if fast_check(rule, pt, grad_writable, out) {
-        return Ok(());
-    }
     let at = |what| Who { what, group, index };
     let names = rule.state_names();
     if pt.state().len() != names.len() || names.len() > MAX_STATE {
@@ -147,7 +144,6 @@ pub(crate) fn check_param<R: Rule>(
         });
     }
     read_scalar_metas(pt, out);
-    // The slow path: one tch call per property, and the precise error.
     let (param, shape) = inspect(pt.param(), at(""), true)?;
     let like_param = |t: &Tensor, who: Who, writable: bool| -> Result<Meta> {
         let (meta, got) = inspect(t, who, writable)?;
@@ -184,7 +180,7 @@ pub(crate) fn check_param<R: Rule>(
 /// it has the rule's numbers of state and scalar state tensors, every tensor is a plain dense
 /// tensor of a supported dtype, shaped and placed like the parameter, and every scalar state
 /// tensor is a one-element tensor: then there is nothing to report. False: take the slow path
-/// ([`check_param`]), which overwrites what was written.
+/// ([`check_slow`]), which overwrites what was written.
 ///
 /// Only reads libtorch metadata (see `csrc/inspect.cpp`), so it may run on several threads
 /// at once for distinct parameters, and it allocates nothing.

@@ -16,8 +16,9 @@ extern "C" {
     fn ferroptim_bump_versions(ts: *const *const c_void, n: usize) -> i32;
 }
 
-/// True if `t` may be updated in place on this thread: it is not an inference tensor, or
-/// `torch.inference_mode` is on (it is thread-local: call this on the caller's thread).
+/// True if `t` may be updated in place on this thread, as an in-place ATen op checks it: it
+/// has a version counter (it is not an inference tensor), or `torch.inference_mode` is on
+/// (which is thread-local: call this on the caller's thread).
 pub(crate) fn inplace_allowed(t: &Tensor) -> bool {
     // SAFETY: `t.as_ptr()` is a live `at::Tensor*` (tch's `C_tensor`) borrowed for the call;
     // the function only reads it and catches every exception.
@@ -26,11 +27,11 @@ pub(crate) fn inplace_allowed(t: &Tensor) -> bool {
 
 /// Bumps the version counter of each tensor in `tensors`, given as the addresses of their
 /// `at::Tensor`s (`Tensor::as_ptr`), which the caller keeps alive for the call; undefined
-/// tensors are skipped.
+/// tensors and tensors without a counter (admitted by [`inplace_allowed`] only inside
+/// inference mode, where a bump does nothing) are skipped. Any thread may call it.
 ///
 /// # Errors
-/// [`Error::Torch`] if libtorch refuses a bump, which validation rules out beforehand (see
-/// [`inplace_allowed`]).
+/// [`Error::Torch`] if libtorch throws, which nothing validation admits is known to cause.
 pub(crate) fn bump(tensors: &[usize]) -> Result<()> {
     // SAFETY: every address is a live `at::Tensor*` borrowed by the caller for this call, and a
     // `usize` has a pointer's size and alignment, so the slice reads as `n` pointers; the
@@ -58,7 +59,7 @@ fn refused() -> Error {
 /// taking every line from the other cores one atomic increment at a time.
 ///
 /// # Errors
-/// As [`bump`]; the parts that did not fail are bumped.
+/// As [`bump`] (if it fails on any part; the others are bumped).
 pub(crate) fn bump_split(tensors: &[usize], threads: usize) -> Result<()> {
     if threads <= 1 || tensors.is_empty() {
         return bump(tensors);
