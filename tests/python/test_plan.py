@@ -69,6 +69,23 @@ def test_the_plan_is_made_and_used() -> None:
     assert plan.step({}, opt.param_groups, hypers, None) is False
 
 
+@pytest.mark.parametrize("index", [0, 15, 16, 39])
+def test_a_replaced_state_tensor_in_any_batch_makes_the_plan_decline(index: int) -> None:
+    # The plan checks the state dicts in batches of 16 (their cache misses overlapping).
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, generator=gen)) for _ in range(40)]
+    opt = ferroptim.AdamW(params, lr=0.1)
+    _grads(params, 0)
+    opt.step()
+    plan, _ = opt._ferroptim_plan  # type: ignore[attr-defined]
+    hypers = [opt._hyper(g) for g in opt.param_groups]
+    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+    opt.state[params[index]]["exp_avg"] = opt.state[params[index]]["exp_avg"].clone()
+    before = [p.detach().clone() for p in params]
+    assert plan.step(opt.state, opt.param_groups, hypers, None) is False
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+
+
 @pytest.mark.parametrize(
     "cls_name, kwargs",
     [
