@@ -294,8 +294,8 @@ fn run<R: Rule, E: Entry>(
 }
 
 /// The first half of [`run`]: validates every input into `metas` (one per parameter, in
-/// order), then checks that no written tensor overlaps another. Returns the number of threads
-/// that shared the metadata reads.
+/// order), then checks that no written tensor overlaps another. Returns the number of parts
+/// the metadata reads were split into (see `metadata::check_all`).
 fn check<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     unscale: bool,
@@ -327,8 +327,8 @@ fn check<R: Rule, E: Entry>(
     Ok(split)
 }
 
-/// The second half of [`run`], once every input is validated (`metas`, in order, read by
-/// `split` threads).
+/// The second half of [`run`], once every input is validated (`metas`, in order, read in
+/// `split` parts, which the version bumps follow).
 fn update<R: Rule, E: Entry>(
     groups: &[(&R, &[E])],
     metas: &[ParamMeta],
