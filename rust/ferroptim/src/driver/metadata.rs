@@ -2,9 +2,10 @@
 //!
 //! After the previous step has streamed the model through the caches, reading each tensor's
 //! metadata (handle, TensorImpl, StorageImpl, version counter, first data line) misses the
-//! cache: for 500 AdamW parameters that is about 20 000 lines and a quarter of a millisecond
-//! on one core, even with the misses of a batch overlapping (`fast::prefetch`). The reads
-//! are independent, so the threads the kernel will use share them out.
+//! cache: for 500 AdamW parameters that is about 20 000 lines and 0.3–0.4 ms on one core of
+//! the 2-core test machine, even with the misses of a batch overlapping (`fast::prefetch`);
+//! 0.2–0.28 ms on two (`benches/RESULTS.md`). The reads are independent, so the threads the
+//! kernel will use share them out.
 
 use super::kernel::parallel;
 use super::validate::{check_slow, fast_check, ParamMeta};
