@@ -16,11 +16,14 @@ from optim_testlib import (
     TOLERANCES,
     assert_snapshots_close,
     assert_snapshots_equal,
+    assert_synced_steps_close,
+    load_snapshot,
     make_data,
     make_mlp,
     make_opt,
     mlp_loss,
     snapshot,
+    synced_run,
     train,
 )
 
@@ -87,7 +90,47 @@ def test_negative_lr_raises_torchs_error(name):
     assert str(ours.value) == str(ref.value)
 
 
-def hand_over(src: str, dst: str, name: str):
+def hand_over(src: str, name: str):
+    """20 float64 steps with implementation ``src``; its state_dict loaded into a fresh torch
+    optimizer (the reference) and a fresh ferroptim one, each over a copy of the model; then
+    20 synced steps (optim_testlib.synced_run) of the two from the reference's inputs."""
+    data = make_data(torch.float64)
+    model = make_mlp(torch.float64)
+    opt = make_opt(src, name, model.parameters(), **CONFIGS[name])
+    train(model, opt, data, 20)
+    sd = copy.deepcopy(opt.state_dict())
+    ref_model, our_model = copy.deepcopy(model), copy.deepcopy(model)
+    ref = make_opt("forloop", name, ref_model.parameters(), **CONFIGS[name])
+    ours = make_opt("ours", name, our_model.parameters(), **CONFIGS[name])
+    ref.load_state_dict(copy.deepcopy(sd))
+    ours.load_state_dict(copy.deepcopy(sd))
+    first = (snapshot(ref_model.parameters(), ref), snapshot(our_model.parameters(), ours))
+    peers = {"ours": (list(our_model.parameters()), ours)}
+    return first, synced_run(ref_model, data, ref, peers, 20, lr_checked={"ours"})
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("src", ["ours", "forloop"], ids=["ours_to_torch", "torch_to_ours"])
+def test_state_dict_interchange_with_torch(name, src):
+    """A state_dict of ferroptim (or of torch.optim) loads into torch.optim and into ferroptim
+    alike, and both continue from it with the same steps (float64, step by step; torch's
+    load_state_dict casts every state entry but ``step`` to the parameter's dtype, in both)."""
+    if name in TENSOR_RULES:  # torch's own operations, bit for bit: free-running trajectories
+        dst = "forloop" if src == "ours" else "ours"
+        assert_snapshots_close(
+            widen_scalar_state(free_hand_over(src, dst, name)),
+            widen_scalar_state(free_hand_over("forloop", "forloop", name)),
+            F64_RTOL,
+            F64_ATOL,
+            what=f"{name} from {src}",
+        )
+        return
+    (ref_loaded, our_loaded), record = hand_over(src, name)
+    assert_snapshots_equal(our_loaded, ref_loaded, what=f"{name} loaded from {src}")
+    assert_synced_steps_close(record, "ours", F64_RTOL, F64_ATOL, what=f"{name} from {src}")
+
+
+def free_hand_over(src: str, dst: str, name: str):
     """20 steps with implementation ``src``, its state_dict into a fresh ``dst`` optimizer
     over a copy of the model, 20 more steps."""
     data = make_data(torch.float64)
@@ -102,25 +145,10 @@ def hand_over(src: str, dst: str, name: str):
     return snapshot(model2.parameters(), opt2)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("direction", ["ours_to_torch", "torch_to_ours"])
-def test_state_dict_interchange_with_torch(name, direction):
-    """A hand-over between ferroptim and torch.optim continues as the same hand-over within
-    torch.optim does (float64; torch's load_state_dict casts some scalar state, see below)."""
-    src, dst = ("ours", "forloop") if direction == "ours_to_torch" else ("forloop", "ours")
-    assert_snapshots_close(
-        widen_scalar_state(hand_over(src, dst, name)),
-        widen_scalar_state(hand_over("forloop", "forloop", name)),
-        F64_RTOL,
-        F64_ATOL,
-        what=f"{name} {direction}",
-    )
-
-
 def widen_scalar_state(snap):
     """torch's load_state_dict casts every state entry but ``step`` to the parameter's dtype,
-    so ASGD's ``eta``/``mu`` and NAdam's ``mu_product`` become float64 after a hand-over into
-    either implementation, and ferroptim's state_dict carries float32 ones; compare values."""
+    so a state entry that is float32 in a fresh optimizer is float64 after a hand-over into
+    either implementation; compare values."""
     for state in snap.state:
         for key in ("eta", "mu", "mu_product"):
             if key in state:
@@ -147,53 +175,63 @@ def test_failed_step_changes_nothing(name):
     assert_snapshots_equal(snapshot(model.parameters(), opt), before, what=name)
 
 
-def amp_run(impl: str, name: str, inf_at: int, steps: int = 8):
-    """Train the MLP under bfloat16 autocast with a GradScaler (init_scale 2**10), making the
-    gradients of step ``inf_at`` infinite. Returns the snapshot, the scales and the grads of the
-    last step."""
-    model = make_mlp()
+def amp_synced(ref_impl: str, name: str, inf_at: int, steps: int = 8):
+    """ferroptim and torch's ``ref_impl`` ('forloop' or 'fused') train the MLP under bfloat16
+    autocast, each with its own GradScaler (init_scale 2**10); the gradients of step
+    ``inf_at`` are made infinite. Before every step ferroptim is given torch's parameters and
+    state (optim_testlib.load_snapshot): a bfloat16 forward turns a 1-ulp difference of a
+    parameter into a gradient difference of ~2**-8, so free-running trajectories part within
+    a few steps on some seeds and CPUs. Asserts at every step: the same scale, the same
+    gradients left in ``p.grad``, parameters and state within the float32 tolerances, and a
+    skipped step that changes nothing."""
+    models = {impl: make_mlp() for impl in ("ours", ref_impl)}
+    opts = {
+        impl: make_opt(impl, name, m.parameters(), **CONFIGS[name]) for impl, m in models.items()
+    }
+    scalers = {impl: torch.amp.GradScaler("cpu", init_scale=2.0**10) for impl in models}
     data = make_data()
-    opt = make_opt(impl, name, model.parameters(), **CONFIGS[name])
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
-    scales = []
+    rtol, atol = TOLERANCES[torch.float32]
     for k in range(steps):
-        opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = mlp_loss(model, data)
-        scaler.scale(loss).backward()
+        before = snapshot(models[ref_impl].parameters(), opts[ref_impl])
+        if k:
+            load_snapshot(list(models["ours"].parameters()), opts["ours"], before)
+        for impl, model in models.items():
+            opts[impl].zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = mlp_loss(model, data)
+            scalers[impl].scale(loss).backward()
+            if k == inf_at:
+                next(iter(model.parameters())).grad[0, 0] = float("inf")
+            scalers[impl].step(opts[impl])
+            scalers[impl].update()
+        what = f"{name} vs {ref_impl} step {k}"
+        assert scalers["ours"].get_scale() == scalers[ref_impl].get_scale(), what
+        ours = snapshot(models["ours"].parameters(), opts["ours"])
+        assert_snapshots_close(
+            ours, snapshot(models[ref_impl].parameters(), opts[ref_impl]), rtol, atol, what=what
+        )
         if k == inf_at:
-            next(iter(model.parameters())).grad[0, 0] = float("inf")
-        scaler.step(opt)
-        scaler.update()
-        scales.append(scaler.get_scale())
-    grads = [p.grad.clone() for p in model.parameters()]
-    return snapshot(model.parameters(), opt), scales, grads
+            assert scalers["ours"].get_scale() == 2.0**9, what  # the inf step backed off
+            assert_snapshots_equal(ours, before, what=f"{what} (skipped)")
+        elif ref_impl == "forloop" and name not in REFERENCE_OVERWRITES_GRAD:
+            for a, b in zip(models["ours"].parameters(), models[ref_impl].parameters()):
+                torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=what)
 
 
 @pytest.mark.parametrize("name", FUSED_NAMES)
 def test_grad_scaler_matches_torch_including_a_skipped_step(name):
     """ferroptim takes GradScaler's ``grad_scale``/``found_inf`` (unscaling inside the native
-    pass); torch's for-loop is unscaled by the scaler itself. Same trajectory, same skipped
-    step (scale halved, nothing updated), and the same unscaled gradients left in ``p.grad``."""
-    ours, our_scales, our_grads = amp_run("ours", name, inf_at=3)
-    ref, ref_scales, ref_grads = amp_run("forloop", name, inf_at=3)
-    assert our_scales == ref_scales
-    assert our_scales[3] == 2.0**9  # the inf step backed off
-    rtol, atol = TOLERANCES[torch.float32]
-    assert_snapshots_close(ours, ref, rtol, atol, what=name)
-    if name in REFERENCE_OVERWRITES_GRAD:
-        return  # test_grad_scale_unscales_in_the_native_pass checks ours
-    for a, b in zip(our_grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    pass); torch's for-loop is unscaled by the scaler itself. The same steps, the same skipped
+    step (scale halved, nothing updated), and the same unscaled gradients left in ``p.grad``
+    (test_grad_scale_unscales_in_the_native_pass checks ours where the reference overwrites
+    them)."""
+    amp_synced("forloop", name, inf_at=3)
 
 
 @pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD", "Adagrad"])
 def test_grad_scaler_matches_torch_fused(name):
     """Against torch's fused CPU kernel, which also unscales in its own pass."""
-    ours = amp_run("ours", name, inf_at=2)[0]
-    fused = amp_run("fused", name, inf_at=2)[0]
-    rtol, atol = TOLERANCES[torch.float32]
-    assert_snapshots_close(ours, fused, rtol, atol, what=name)
+    amp_synced("fused", name, inf_at=2)
 
 
 @pytest.mark.parametrize("name", FUSED_NAMES)

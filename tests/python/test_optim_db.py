@@ -7,14 +7,25 @@ flags ``foreach``/``fused``/``capturable``/``differentiable``) trains the seeded
 parameter group and with two (the second at half the learning rate), against torch's for-loop
 implementation:
 
-* in float64, parameters and every state tensor must match to rtol 1e-10 / atol 1e-12 (the
-  algorithm, operation by operation);
-* in float32, ferroptim must stay as close to the float64 trajectory as torch's own float32
-  run does (within 2x, plus 1e-6). Bit-identity with torch's float32 for-loop is out of reach:
-  ATen's vectorised ``sqrt`` is not correctly rounded (1 ulp off in ~16% of elements on this
-  machine's torch 2.11 wheel), and some algorithms (RMSprop with momentum) amplify single-ulp
-  differences on this problem beyond any fixed float32 tolerance, for torch itself as much as
-  for ferroptim.
+step by step along torch's float64 trajectory (``optim_testlib.synced_steps``: at every one
+of 50 steps ferroptim is given torch's parameters, gradients and state and takes one step):
+
+* in float64, the change of every parameter and state tensor matches torch's step from the
+  same inputs to rtol 1e-10 / atol 1e-12 (the algorithm, operation by operation);
+* in float32, ferroptim's step is as accurate as torch's own float32 step from the same
+  inputs (``optim_testlib.check_float32_steps``: each against the exact float64 step, in
+  float32 rounding units). Bit-identity with torch's float32 for-loop is out of reach:
+  ATen's vectorised ``sqrt`` is not correctly rounded, and ``ATEN_CPU_CAPABILITY=default``
+  rounds without FMA.
+
+Why step by step and not two free-running trajectories: the MLP amplifies a rounding
+difference by up to 10-100x in float32 (RMSprop) and, for some seeds, ~2.5x per step even in
+float64 (ADOPT with weight decay), and which rounding differences occur depends on the CPU's
+BLAS (MKL rounds a matmul differently on Intel and AMD) and on ATen's instruction set. A bound
+on two free-running trajectories then compares two draws of that amplification and fails on
+some machines; a bound per step holds on all of them (tests/sweep.sh checks that). The
+classes written with ATen operations (``TENSOR_RULES``) are bit-identical to torch and keep
+free-running trajectories.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ from optim_testlib import (
     TOLERANCES,
     assert_snapshots_close,
     assert_snapshots_equal,
+    check_float32_steps,
+    check_float64_steps,
     run_mlp,
-    snapshot_max_diff,
 )
 from torch.testing._internal.common_optimizers import optim_db
 
@@ -69,24 +81,24 @@ def test_every_torch_optimizer_is_covered():
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
-def test_float64_trajectory_matches_torch(name, kwargs):
+def test_float64_steps_match_torch(name, kwargs):
     rtol, atol = TOLERANCES[torch.float64]
-    ours = run_mlp("ours", name, kwargs, dtype=torch.float64)
-    ref = run_mlp("forloop", name, kwargs, dtype=torch.float64)
-    assert_snapshots_close(ours, ref, rtol, atol, what=f"{name} {kwargs}")
+    if name in TENSOR_RULES:  # bit-identical to torch: free-running trajectories agree
+        ours = run_mlp("ours", name, kwargs, dtype=torch.float64)
+        ref = run_mlp("forloop", name, kwargs, dtype=torch.float64)
+        assert_snapshots_close(ours, ref, rtol, atol, what=f"{name} {kwargs}")
+    else:
+        check_float64_steps(name, kwargs, rtol, atol)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
-def test_float32_trajectory_is_as_accurate_as_torch(name, kwargs):
-    exact = run_mlp("forloop", name, kwargs, dtype=torch.float64)
-    ours = run_mlp("ours", name, kwargs)
-    torch_f32 = run_mlp("forloop", name, kwargs)
-    ours_error = snapshot_max_diff(ours, exact)
-    torch_error = snapshot_max_diff(torch_f32, exact)
-    assert ours_error <= 2 * torch_error + 1e-6, (ours_error, torch_error)
-    rtol, atol = TOLERANCES[torch.float32]
-    if torch_error <= atol:  # a well-conditioned case: the usual float32 tolerance holds
-        assert_snapshots_close(ours, torch_f32, rtol, atol, what=f"{name} {kwargs}")
+def test_float32_steps_are_as_accurate_as_torch(name, kwargs):
+    if name in TENSOR_RULES:  # torch's own operations: its float32 trajectory, bit for bit
+        ours = run_mlp("ours", name, kwargs)
+        ref = run_mlp("forloop", name, kwargs)
+        assert_snapshots_equal(ours, ref, what=f"{name} {kwargs}")
+    else:
+        check_float32_steps(name, kwargs)
 
 
 # torch.optim.LBFGS takes one parameter group only (ValueError otherwise).
@@ -97,6 +109,9 @@ def test_two_groups_match_torch(name, kwargs):
     default_lr = inspect.signature(cls.__init__).parameters["lr"].default
     lr = kwargs.get("lr", default_lr)
     groups = ({}, {"lr": 0.5 * float(lr)})
+    if name not in TENSOR_RULES:
+        check_float64_steps(name, kwargs, rtol, atol, groups=groups, steps=20)
+        return
     ours = run_mlp("ours", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
     ref = run_mlp("forloop", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
     assert_snapshots_close(ours, ref, rtol, atol, what=f"{name} {kwargs} two groups")

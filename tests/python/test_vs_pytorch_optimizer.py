@@ -1,8 +1,9 @@
 """Adan, AdEMAMix, ScheduleFreeAdamW, Lamb and LARS against ``pytorch_optimizer`` 4.1.0 (PyPI
 ``pytorch-optimizer``), adapted by ``optim_testlib.pytorch_optimizer_reference`` to the
 authors' reference code where the two differ (AdEMAMix's warmup schedules; no ``1e-15`` under
-ScheduleFreeAdamW's square root): float64 trajectories over 50 steps match to rtol 1e-10 /
-atol 1e-12, float32 ones are as accurate as the oracle's own float32 run. Also
+ScheduleFreeAdamW's square root): step by step along the oracle's 50-step float64 trajectory
+(``optim_testlib.synced_steps``, see test_optim_db.py), float64 steps match to rtol 1e-10 /
+atol 1e-12 and float32 steps are as accurate as the oracle's own float32 steps. Also
 ScheduleFreeAdamW's ``train()``/``eval()`` switching, and thread-count independence."""
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from optim_testlib import (
     TOLERANCES,
     assert_snapshots_close,
     assert_snapshots_equal,
+    check_float32_steps,
+    check_float64_steps,
     make_data,
     make_mlp,
     make_noise,
@@ -25,7 +28,6 @@ from optim_testlib import (
     run_manual,
     run_mlp,
     snapshot,
-    snapshot_max_diff,
     train,
 )
 
@@ -80,27 +82,20 @@ CASES = [
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
-def test_float64_trajectory_matches_reference(name, kwargs):
-    ours = run_mlp("ours", name, kwargs, dtype=torch.float64)
-    ref = run_mlp("forloop", name, kwargs, dtype=torch.float64)
-    assert_snapshots_close(ours, ref, *F64, what=f"{name} {kwargs}")
+def test_float64_steps_match_reference(name, kwargs):
+    check_float64_steps(name, kwargs, *F64)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)
-def test_float32_trajectory_is_as_accurate_as_reference(name, kwargs):
-    exact = run_mlp("forloop", name, kwargs, dtype=torch.float64)
-    ours = run_mlp("ours", name, kwargs)
-    ref = run_mlp("forloop", name, kwargs)
-    assert snapshot_max_diff(ours, exact) <= 2 * snapshot_max_diff(ref, exact) + 1e-6
+def test_float32_steps_are_as_accurate_as_reference(name, kwargs):
+    check_float32_steps(name, kwargs)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), [CASES[2], CASES[6], CASES[11], CASES[16], CASES[22]])
 def test_two_groups_match_reference(name, kwargs):
     lr = kwargs.get("lr", 1e-3)
     groups = ({}, {"lr": 0.5 * lr})
-    ours = run_mlp("ours", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
-    ref = run_mlp("forloop", name, kwargs, groups=groups, steps=20, dtype=torch.float64)
-    assert_snapshots_close(ours, ref, *F64, what=f"{name} two groups")
+    check_float64_steps(name, kwargs, *F64, groups=groups, steps=20)
 
 
 @pytest.mark.parametrize("name", ["Adan", "AdEMAMix", "ScheduleFreeAdamW", "Lamb", "LARS"])
