@@ -668,10 +668,9 @@ class Fp32Reference:
 @dataclass
 class SyncedStep:
     """One step of :func:`synced_steps`: the inputs every implementation was given (float64
-    copies of the rounded values), the gradients, and each implementation's result."""
+    copies of the rounded values) and each implementation's result."""
 
     before: Snapshot
-    grads: list[torch.Tensor]
     after: dict[str, Snapshot]
 
 
@@ -805,7 +804,7 @@ def synced_run(
         for sched in schedulers:
             sched.step()
         after["reference"] = snapshot(model.parameters(), driver)
-        out.append(SyncedStep(_rounded(before, torch.float64), grads, after))
+        out.append(SyncedStep(_rounded(before, torch.float64), after))
     return out
 
 
