@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from . import _ops, distributed
 from ._step_hooks import profile_hook_step
 
 #: Docstring fragment shared by every class: what the native path does and does not support.
@@ -54,8 +55,17 @@ def native(torch_cls: type) -> Callable[[type], type]:
 
 
 def scalar(value: float | torch.Tensor) -> float:
-    """A hyperparameter as a Python float (tensors, e.g. a tensor ``lr``, hold one element)."""
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+    """A hyperparameter as a Python float (tensors, e.g. a tensor ``lr``, hold one element).
+
+    Inside a region that ``torch.compile`` traces, a tensor is returned as it is (typed
+    ``float`` for the eager callers): the compiled step hands it to its custom op, which
+    reads it when it runs, so a scheduler changing a tensor ``lr`` causes no recompilation.
+    """
+    if isinstance(value, torch.Tensor):
+        if torch.compiler.is_compiling():
+            return value  # type: ignore[return-value]
+        return float(value.item())
+    return float(value)
 
 
 def hyper(
@@ -123,10 +133,23 @@ class NativeStep:
     #: ``ferroptim._core.<rule>_plan``, or None: no cached plans, every step takes the
     #: general path.
     _native_plan: Callable[..., Any] | None = None
+    #: True for rules that reduce over whole tensors (LAMB, LARS): DTensor parameters are
+    #: stepped on their gathered full tensors, not on their local shards (``distributed``).
+    _dtensor_gather = False
 
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
     #: ``record_function`` only while something observes it (see ``_step_hooks``).
     profile_hook_step = staticmethod(profile_hook_step)
+
+    #: The name of ``_native_step`` in ``ferroptim._core`` (e.g. ``"adam_step"``), set for each
+    #: subclass that defines ``_native_step``: the custom op of a compiled step calls it by name.
+    _native_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        native = cls.__dict__.get("_native_step")
+        if native is not None:
+            cls._native_name = getattr(native, "__func__", native).__name__
 
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
@@ -205,6 +228,8 @@ class NativeStep:
                 (shape, device, dtype), or a tensor to update is an inference tensor outside
                 ``torch.inference_mode``; nothing is modified in that case.
         """
+        if torch.compiler.is_compiling():
+            return self._compiled_step(closure)
         loss = call_closure(closure)
         skip, scale = grad_scaler_args(self)
         if skip:
@@ -236,19 +261,109 @@ class NativeStep:
             tensors = self._collect(group, created)
             if tensors["params"]:
                 calls.extend(self._native_calls(group, tensors))
-        if calls:
+        sharded = distributed.calls_are_sharded(calls)
+        if sharded:
+            distributed.native_step(type(self)._native_step, calls, scale, self._dtensor_gather)
+        elif calls:
             type(self)._native_step(calls, scale)
         for p, new in created:
             self.state[p].update(new)  # type: ignore[attr-defined]
         make_plan = type(self)._native_plan
-        if make_plan is not None:
+        if sharded:
+            # Plans step the tensors they hold, not local shards: DTensor steps take this path.
+            self.__dict__.pop("_ferroptim_plan", None)
+        elif make_plan is not None:
             self._ferroptim_plan = (make_plan(self.state, groups, names), names)  # type: ignore[attr-defined]
+
+    def _compiled_step(self, closure: Callable[[], float] | None) -> float | None:
+        """``step()`` inside a region that ``torch.compile`` traces: the tensors collected by
+        ``_init_group`` (which Dynamo runs eagerly, at trace time) and one ``ferroptim::step``
+        custom op for all groups (see ``_ops``), so the step stays in the graph.
+
+        DTensor parameters (FSDP2, tensor parallel) step eagerly instead: the op has no
+        sharding rule, and their step runs on local shards (``distributed``)."""
+        if distributed.groups_are_sharded(self.param_groups):  # type: ignore[attr-defined]
+            return _eager_step(self, closure)
+        loss = call_closure(closure)
+        calls = []
+        for group in self.param_groups:  # type: ignore[attr-defined]
+            check_differentiable(self, group)
+            params: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            states: list[torch.Tensor] = []
+            scalar_states: list[torch.Tensor] = []
+            fresh: list[torch.Tensor] = []
+            self._init_group(group, params, grads, states, scalar_states, fresh)
+            if params:
+                tensors = {
+                    "params": params,
+                    "grads": grads,
+                    "states": states,
+                    "scalar_states": scalar_states,
+                    "fresh": fresh,
+                }
+                calls.extend(self._native_calls(group, tensors))
+        if calls:
+            args = _ops.pack(self._native_name, calls)
+            grad_scale = getattr(self, "grad_scale", None)
+            found_inf = getattr(self, "found_inf", None)
+            with torch.no_grad():
+                _ops.step(*args, grad_scale, found_inf)
+        return loss
+
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[torch.Tensor],
+        scalar_states: list[torch.Tensor],
+        fresh: list[torch.Tensor],
+    ) -> bool:
+        """torch.optim's ``_init_group`` protocol, for ``_compiled_step``: appends the group's
+        parameters that have a gradient, their gradients, state tensors and scalar state
+        tensors (the rule's order) and one 0-d bool *fresh* flag tensor per parameter (set when
+        its state is created here; the custom op clears it after stepping). State that does
+        not exist yet is created, as torch.optim creates it. Dynamo runs this eagerly when it
+        traces a step and takes the result as a constant (always False: torch's classes return
+        whether a gradient is sparse, and the step refuses sparse gradients)."""
+        created: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        tensors = self._collect(group, created)
+        for p, new in created:
+            self.state[p].update(new)  # type: ignore[attr-defined]
+        flags = self.__dict__.setdefault("_ferroptim_fresh", {})
+        for p, is_fresh in zip(tensors["params"], tensors["fresh"]):
+            flag = flags.get(p)
+            if flag is None:
+                flag = flags[p] = torch.zeros((), dtype=torch.bool)
+            if is_fresh:
+                flag.fill_(True)
+            fresh.append(flag)
+        params.extend(tensors["params"])
+        grads.extend(tensors["grads"])
+        states.extend(tensors["states"])
+        scalar_states.extend(tensors["scalar_states"])
+        return False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # `load_state_dict` replaces the state through here: drop the plan, which holds the
         # old state tensors, so they are freed now rather than at the next step.
         self.__dict__.pop("_ferroptim_plan", None)
         super().__setstate__(state)  # type: ignore[misc]
+
+
+def _eager_step(optimizer: NativeStep, closure: Callable[[], float] | None) -> float | None:
+    """``NativeStep.step`` outside any compiled region (a graph break where it is called)."""
+    return run_eagerly(NativeStep.step, optimizer, closure)
+
+
+@torch.compiler.disable
+def run_eagerly(step: Callable[..., Any], optimizer: Any, *args: Any) -> Any:
+    """``step(optimizer, *args)``, an optimizer's step function without torch's hook wrapper
+    (the hooks already ran), outside any compiled region: one graph break where it is called
+    from a region that ``torch.compile`` traces."""
+    step = getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
+    return step(optimizer, *args)
 
 
 def grad_scaler_args(optimizer: object) -> tuple[bool, float | None]:

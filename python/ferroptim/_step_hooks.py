@@ -38,7 +38,8 @@ def profile_hook_step(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def step(*args: Any, **kwargs: Any) -> Any:
         optimizer = args[0]
-        if _core.record_function_observed():
+        # Dynamo ignores record_function regions (and cannot trace the extension call).
+        if not torch.compiler.is_compiling() and _core.record_function_observed():
             label = f"Optimizer.step#{type(optimizer).__name__}.step"
             with torch.autograd.profiler.record_function(label):
                 return _with_hooks(func, optimizer, args, kwargs)

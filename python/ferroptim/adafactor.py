@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _get_scalar_dtype, _to_scalar
 
-from ferroptim import _core
+from ferroptim import _core, distributed
 from ferroptim._base import amp_notes, call_closure, grad_scaler_args
 
 
@@ -51,6 +51,9 @@ class Adafactor(torch.optim.Adafactor):
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True
 
+    # One native call of ATen operations that Dynamo cannot trace: inside a compiled region
+    # the step runs eagerly (one graph break; torch.optim's own class takes as many or more).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Performs a single optimization step.
@@ -107,11 +110,26 @@ class Adafactor(torch.optim.Adafactor):
                     "maximize": bool(group["maximize"]),
                 }
             )
-        if calls:
+        if distributed.calls_are_sharded(calls):
+            # Factored moments reduce over whole matrices: step gathered full tensors.
+            distributed.native_step(
+                _core.adafactor_step, calls, grad_scale, True, _PER_PARAM, _STATE_SHAPES
+            )
+        elif calls:
             _core.adafactor_step(calls, grad_scale)
         for p, new in created:
             self.state[p].update(new)
         return loss
+
+
+#: The per-parameter lists of a native call, and the state among them with its global shape
+#: (for DTensor parameters, see ``ferroptim.distributed``).
+_PER_PARAM = ("params", "grads", "steps", "row_vars", "col_vars", "variances")
+_STATE_SHAPES = {
+    "row_vars": lambda shape: (*shape[:-1], 1),
+    "col_vars": lambda shape: (*shape[:-2], 1, shape[-1]),
+    "variances": tuple,
+}
 
 
 def _new_state(grad: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -57,6 +57,8 @@ class LARS(NativeStep, torch.optim.Optimizer):
     # The plan splits each group as `_native_calls` does (by dimension), and checks the split
     # again at every step.
     _native_plan = staticmethod(_core.lars_plan)
+    # The trust ratio needs whole-tensor norms: DTensor parameters step on full tensors.
+    _dtensor_gather = True
 
     def __init__(
         self,

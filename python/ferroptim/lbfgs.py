@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _to_scalar
 
-from ferroptim import _core
+from ferroptim import _core, distributed
 
 
 class LBFGS(torch.optim.LBFGS):
@@ -51,6 +51,9 @@ class LBFGS(torch.optim.LBFGS):
     the step (skipping it if they are not finite). Train L-BFGS without loss scaling.
     """
 
+    # One native call of ATen operations that Dynamo cannot trace: inside a compiled region
+    # the step runs eagerly (one graph break; torch.optim's own class takes as many or more).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
         """Performs a single optimization step.
@@ -62,6 +65,9 @@ class LBFGS(torch.optim.LBFGS):
         Returns:
             The loss the closure returned first.
         """
+        if distributed.groups_are_sharded(self.param_groups):
+            # DTensor parameters: torch.optim's own step (see ferroptim.distributed).
+            return distributed.torch_step(self, torch.optim.LBFGS, closure)
         if len(self.param_groups) != 1:
             raise AssertionError(
                 f"Expected exactly one param_group, but got {len(self.param_groups)}"

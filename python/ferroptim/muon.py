@@ -7,8 +7,8 @@ from typing import Callable
 import torch
 from torch.optim.optimizer import _to_scalar
 
-from ferroptim import _core
-from ferroptim._base import amp_notes, call_closure, grad_scaler_args
+from ferroptim import _core, distributed
+from ferroptim._base import amp_notes, call_closure, grad_scaler_args, run_eagerly
 
 
 class Muon(torch.optim.Muon):
@@ -61,6 +61,10 @@ class Muon(torch.optim.Muon):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Performs a single optimization step.
 
+        Inside a region that ``torch.compile`` traces, torch.optim.Muon's own step is traced
+        instead (the same ATen operations, so no graph break), except with DTensor parameters
+        or GradScaler's hand-over, where this step runs eagerly (one graph break).
+
         Args:
             closure (Callable, optional): A closure that reevaluates the model and returns the
                 loss; it is called with gradients enabled.
@@ -68,6 +72,13 @@ class Muon(torch.optim.Muon):
         Returns:
             The closure's loss, or None.
         """
+        if torch.compiler.is_compiling():
+            handed_over = getattr(self, "grad_scale", None) is not None or (
+                getattr(self, "found_inf", None) is not None
+            )
+            if handed_over or distributed.groups_are_sharded(self.param_groups):
+                return run_eagerly(Muon.step, self, closure)
+            return distributed.torch_step(self, torch.optim.Muon, closure)
         loss = call_closure(closure)
         skip, grad_scale = grad_scaler_args(self)
         if skip:
@@ -108,7 +119,17 @@ class Muon(torch.optim.Muon):
                     "adjust_lr_fn": group["adjust_lr_fn"],
                 }
             )
-        if calls:
+        if distributed.calls_are_sharded(calls):
+            # Newton–Schulz orthogonalises whole matrices: step gathered full tensors.
+            distributed.native_step(
+                _core.muon_step,
+                calls,
+                grad_scale,
+                True,
+                ("params", "grads", "momentum_buffers"),
+                {"momentum_buffers": tuple},
+            )
+        elif calls:
             _core.muon_step(calls, grad_scale)
         for p, buf in created:
             self.state[p]["momentum_buffer"] = buf

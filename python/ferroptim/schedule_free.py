@@ -160,6 +160,10 @@ class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
             "weight_sum": weight_sum,
         }
 
+    # The schedule is Python arithmetic on group entries that change at every step (``k``,
+    # ``lr_max``, ``weight_sum``): traced by torch.compile, each step would recompile. Inside a
+    # compiled region the step therefore runs eagerly (one graph break, no recompilation).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Performs a single optimization step (in train mode).

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _to_scalar
 
-from ferroptim import _core
+from ferroptim import _core, distributed
 from ferroptim._base import amp_notes, call_closure, grad_scaler_args
 
 
@@ -49,6 +49,9 @@ class SparseAdam(torch.optim.SparseAdam):
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True
 
+    # One native call of ATen operations that Dynamo cannot trace: inside a compiled region
+    # the step runs eagerly (one graph break; torch.optim's own class takes as many or more).
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Performs a single optimization step.
@@ -60,6 +63,9 @@ class SparseAdam(torch.optim.SparseAdam):
         Returns:
             The closure's loss, or None.
         """
+        if distributed.groups_are_sharded(self.param_groups):
+            # DTensor parameters: torch.optim's own step (see ferroptim.distributed).
+            return distributed.torch_step(self, torch.optim.SparseAdam, closure)
         loss = call_closure(closure)
         skip, grad_scale = grad_scaler_args(self)
         if skip:
