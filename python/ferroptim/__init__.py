@@ -9,7 +9,13 @@ pass first for ``Lamb`` and ``LARS``), torch's own ATen operations in torch's or
 ``Adafactor``, ``Muon``, ``SparseAdam`` and ``LBFGS``.
 """
 
-import torch  # noqa: F401  (loads libtorch before the extension that links it)
+import torch  # loads libtorch before the extension that links it
+
+from ferroptim._torch_build import check_torch
+
+# Before the native module is loaded: a torch of another minor release is an ImportError
+# naming both versions, not an undefined symbol.
+check_torch(torch.__version__)
 
 from ferroptim import _core
 from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
