@@ -12,12 +12,56 @@ once, so that later steps convert nothing per parameter (see ``rust/ferroptim-py
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, final
 
 import torch
 
 __version__: str
+__all__ = [
+    "__version__",
+    "record_function_observed",
+    "Plan",
+    "sgd_step",
+    "sgd_plan",
+    "adam_step",
+    "adam_plan",
+    "adagrad_step",
+    "adagrad_plan",
+    "adamax_step",
+    "adamax_plan",
+    "nadam_step",
+    "nadam_plan",
+    "radam_step",
+    "radam_plan",
+    "rmsprop_step",
+    "rmsprop_plan",
+    "rprop_step",
+    "rprop_plan",
+    "adadelta_step",
+    "adadelta_plan",
+    "asgd_step",
+    "asgd_plan",
+    "lion_step",
+    "lion_plan",
+    "adopt_step",
+    "adopt_plan",
+    "adan_step",
+    "adan_plan",
+    "ademamix_step",
+    "ademamix_plan",
+    "schedule_free_adamw_step",
+    "schedule_free_adamw_plan",
+    "lamb_step",
+    "lamb_plan",
+    "lars_step",
+    "lars_plan",
+    "adafactor_step",
+    "muon_step",
+    "sparse_adam_step",
+    "lbfgs_step",
+]
 
+@final
 class Plan:
     """A cached plan of one optimizer's steps."""
 
@@ -231,6 +275,11 @@ def adadelta_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: 
 def asgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def lion_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adopt_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def adan_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def ademamix_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def schedule_free_adamw_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def lamb_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+def lars_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 
 # Tensor rules (rust/ferroptim/src/tensor_rules/): ATen operations in torch's order, one call
 # for all groups, GIL released; an optional grad_scale unscales the gradients first with
