@@ -13,6 +13,7 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from ferroptim import _core
 from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
+from ferroptim._device import force_device_path
 from ferroptim.adadelta import Adadelta
 from ferroptim.adafactor import Adafactor
 from ferroptim.adagrad import Adagrad
@@ -60,4 +61,5 @@ __all__ = [
     "ScheduleFreeAdamW",
     "SparseAdam",
     "__version__",
+    "force_device_path",
 ]

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+from . import _device
 from ._step_hooks import profile_hook_step
 
 #: Docstring fragment shared by every class: what the native path does and does not support.
@@ -18,10 +19,14 @@ NATIVE_NOTES = r"""
         Parameters of dtype float32, float64, bfloat16 or float16 are supported; half types are
         computed in float32 and rounded once when stored (as torch's fused kernels do).
         Contiguous CPU tensors are updated in place by the fused multi-threaded kernel (thread
-        count: ``torch.get_num_threads()``; results do not depend on it). Non-contiguous tensors,
-        tensors on other devices (e.g. CUDA) and state whose dtype differs from the parameter's
-        take a slower *staged* path: copied to contiguous CPU float32 (float64 if any is float64),
-        updated by the same kernel, and copied back.
+        count: ``torch.get_num_threads()``; results do not depend on it). Non-contiguous CPU
+        tensors and state whose dtype differs from the parameter's take a slower *staged*
+        path: copied to contiguous CPU float32 (float64 if any is float64), updated by the same
+        kernel, and copied back. Tensors on other devices (e.g. CUDA) take the ATen device path
+        where the class has one (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta:
+        torch's ``fused=True`` kernels, else its ``foreach=True`` composition, bit for bit;
+        untested on a GPU so far; ``ferroptim.force_device_path()`` forces it for CPU
+        tensors), else the staged path, with a one-time RuntimeWarning.
         ``foreach``, ``fused`` and ``capturable`` are accepted for signature compatibility and
         recorded in ``param_groups``; they do not change how ferroptim computes.
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
@@ -124,6 +129,13 @@ class NativeStep:
     #: general path.
     _native_plan: Callable[..., Any] | None = None
 
+    #: The ATen device path's rule name (``_core.aten_step``), or None: no device path.
+    _aten_rule: str | None = None
+    #: Device types on which that path uses an ATen fused kernel (None: every device).
+    _aten_fused: tuple[str, ...] | None = ()
+    #: Whether ``force_device_path(foreach=True)`` swaps the fused kernel for a foreach one.
+    _aten_foreach_too: bool = False
+
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
     #: ``record_function`` only while something observes it (see ``_step_hooks``).
     profile_hook_step = staticmethod(profile_hook_step)
@@ -131,9 +143,19 @@ class NativeStep:
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
             check_differentiable(self, group)
-        # GradScaler hands over `grad_scale` and `found_inf` instead of unscaling gradients
-        # itself; the native step unscales in its fused pass (as torch's fused kernels do).
-        self._step_supports_amp_scaling = True
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether GradScaler hands over ``grad_scale`` and ``found_inf`` instead of
+        unscaling the gradients itself: the native step unscales in its fused pass (as torch's
+        fused kernels do), except where a parameter takes a foreach composition of the device
+        path (as torch's foreach optimizers, those leave it to GradScaler)."""
+        return _device.supports_amp_scaling(self)
+
+    @_step_supports_amp_scaling.setter
+    def _step_supports_amp_scaling(self, value: bool) -> None:
+        # torch's constructors set it for fused=True; ferroptim decides by itself.
+        pass
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -206,10 +228,23 @@ class NativeStep:
                 ``torch.inference_mode``; nothing is modified in that case.
         """
         loss = call_closure(closure)
+        groups = self.param_groups  # type: ignore[attr-defined]
+        mode = _device.forced()
+        plan = self.__dict__.get("_ferroptim_plan")
+        if plan is None or mode is not None:
+            # The general path: parameters on a device (or all, when forced) take the ATen
+            # device path, which reads no device value (found_inf) on the host.
+            if self._aten_rule is not None and (
+                mode is not None or _device.has_device_params(groups)
+            ):
+                with torch.no_grad():
+                    _device.device_step(self, groups, mode)
+                return loss
+            if self._aten_rule is None and _device.has_device_params(groups):
+                _device.warn_staged(self)
         skip, scale = grad_scaler_args(self)
         if skip:
             return loss
-        groups = self.param_groups  # type: ignore[attr-defined]
         hypers, names = [], []
         for group in groups:
             check_differentiable(self, group)
@@ -218,8 +253,8 @@ class NativeStep:
         # The cached plan steps without any per-parameter work here; it declines (changing
         # nothing) if parameters or state changed since it was made. Its native call records
         # nothing for autograd, so unlike the general path it needs no `no_grad` region
-        # (entering one costs ~50 µs when the caches are cold).
-        plan = self.__dict__.get("_ferroptim_plan")
+        # (entering one costs ~50 µs when the caches are cold). A plan is only made by a step
+        # whose parameters were all on the CPU.
         state = self.state  # type: ignore[attr-defined]
         if plan is not None and plan[1] == names and plan[0].step(state, groups, hypers, scale):
             return loss
