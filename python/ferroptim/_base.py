@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _ops, distributed
+from . import _device, _ops, distributed
 from ._step_hooks import profile_hook_step
 
 #: Docstring fragment shared by every class: what the native path does and does not support.
@@ -19,10 +19,14 @@ NATIVE_NOTES = r"""
         Parameters of dtype float32, float64, bfloat16 or float16 are supported; half types are
         computed in float32 and rounded once when stored (as torch's fused kernels do).
         Contiguous CPU tensors are updated in place by the fused multi-threaded kernel (thread
-        count: ``torch.get_num_threads()``; results do not depend on it). Non-contiguous tensors,
-        tensors on other devices (e.g. CUDA) and state whose dtype differs from the parameter's
-        take a slower *staged* path: copied to contiguous CPU float32 (float64 if any is float64),
-        updated by the same kernel, and copied back.
+        count: ``torch.get_num_threads()``; results do not depend on it). Non-contiguous CPU
+        tensors and state whose dtype differs from the parameter's take a slower *staged*
+        path: copied to contiguous CPU float32 (float64 if any is float64), updated by the same
+        kernel, and copied back. Tensors on other devices (e.g. CUDA) take the ATen device path
+        where the class has one (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta:
+        torch's ``fused=True`` kernels, else its ``foreach=True`` composition, bit for bit;
+        untested on a GPU so far; ``ferroptim.force_device_path()`` forces it for CPU
+        tensors), else the staged path, with a one-time RuntimeWarning.
         ``foreach``, ``fused`` and ``capturable`` are accepted for signature compatibility and
         recorded in ``param_groups``; they do not change how ferroptim computes.
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
@@ -137,6 +141,13 @@ class NativeStep:
     #: stepped on their gathered full tensors, not on their local shards (``distributed``).
     _dtensor_gather = False
 
+    #: The ATen device path's rule name (``_core.aten_step``), or None: no device path.
+    _aten_rule: str | None = None
+    #: Device types on which that path uses an ATen fused kernel (None: every device).
+    _aten_fused: tuple[str, ...] | None = ()
+    #: Whether ``force_device_path(foreach=True)`` swaps the fused kernel for a foreach one.
+    _aten_foreach_too: bool = False
+
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
     #: ``record_function`` only while something observes it (see ``_step_hooks``).
     profile_hook_step = staticmethod(profile_hook_step)
@@ -154,9 +165,19 @@ class NativeStep:
     def _check_supported(self) -> None:
         for group in self.param_groups:  # type: ignore[attr-defined]
             check_differentiable(self, group)
-        # GradScaler hands over `grad_scale` and `found_inf` instead of unscaling gradients
-        # itself; the native step unscales in its fused pass (as torch's fused kernels do).
-        self._step_supports_amp_scaling = True
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether GradScaler hands over ``grad_scale`` and ``found_inf`` instead of
+        unscaling the gradients itself: the native step unscales in its fused pass (as torch's
+        fused kernels do), except where a parameter takes a foreach composition of the device
+        path (as torch's foreach optimizers, those leave it to GradScaler)."""
+        return _device.supports_amp_scaling(self)
+
+    @_step_supports_amp_scaling.setter
+    def _step_supports_amp_scaling(self, value: bool) -> None:
+        # torch's constructors set it for fused=True; ferroptim decides by itself.
+        pass
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -231,10 +252,23 @@ class NativeStep:
         if torch.compiler.is_compiling():
             return self._compiled_step(closure)
         loss = call_closure(closure)
+        groups = self.param_groups  # type: ignore[attr-defined]
+        mode = _device.forced()
+        plan = self.__dict__.get("_ferroptim_plan")
+        if plan is None or mode is not None:
+            # The general path: parameters on a device (or all, when forced) take the ATen
+            # device path, which reads no device value (found_inf) on the host.
+            if self._aten_rule is not None and (
+                mode is not None or _device.has_device_params(groups)
+            ):
+                with torch.no_grad():
+                    _device.device_step(self, groups, mode)
+                return loss
+            if self._aten_rule is None and _device.has_device_params(groups):
+                _device.warn_staged(self)
         skip, scale = grad_scaler_args(self)
         if skip:
             return loss
-        groups = self.param_groups  # type: ignore[attr-defined]
         hypers, names = [], []
         for group in groups:
             check_differentiable(self, group)
@@ -243,8 +277,8 @@ class NativeStep:
         # The cached plan steps without any per-parameter work here; it declines (changing
         # nothing) if parameters or state changed since it was made. Its native call records
         # nothing for autograd, so unlike the general path it needs no `no_grad` region
-        # (entering one costs ~50 µs when the caches are cold).
-        plan = self.__dict__.get("_ferroptim_plan")
+        # (entering one costs ~50 µs when the caches are cold). A plan is only made by a step
+        # whose parameters were all on the CPU.
         state = self.state  # type: ignore[attr-defined]
         if plan is not None and plan[1] == names and plan[0].step(state, groups, hypers, scale):
             return loss
@@ -280,9 +314,16 @@ class NativeStep:
         ``_init_group`` (which Dynamo runs eagerly, at trace time) and one ``ferroptim::step``
         custom op for all groups (see ``_ops``), so the step stays in the graph.
 
-        DTensor parameters (FSDP2, tensor parallel) step eagerly instead: the op has no
-        sharding rule, and their step runs on local shards (``distributed``)."""
-        if distributed.groups_are_sharded(self.param_groups):  # type: ignore[attr-defined]
+        DTensor parameters (FSDP2, tensor parallel) step eagerly instead (the op has no
+        sharding rule, and their step runs on local shards, ``distributed``), and so do
+        parameters on other devices and steps under ``force_device_path()`` (the ATen device
+        path, ``_device``)."""
+        groups = self.param_groups  # type: ignore[attr-defined]
+        if (
+            distributed.groups_are_sharded(groups)
+            or _device.forced() is not None
+            or _device.has_device_params(groups)
+        ):
             return _eager_step(self, closure)
         loss = call_closure(closure)
         calls = []

@@ -244,6 +244,17 @@ class LarsGroup(_Tensors):
     maximize: bool
 
 def record_function_observed() -> bool: ...
+def aten_step(
+    rule: str,
+    groups: Sequence[Mapping[str, Any]],
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+    prefer_foreach: bool = False,
+) -> None:
+    """One step of the ATen device path (``rule``: ``"sgd"``, ``"adam"``, ``"adagrad"``,
+    ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``); groups as for ``<rule>_step``
+    plus ``lr_tensor`` (torch's tensor ``lr`` or None)."""
+
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...
 def adagrad_step(groups: Sequence[AdagradGroup], grad_scale: float | None = None) -> None: ...

@@ -48,6 +48,7 @@ class Adadelta(NativeStep, torch.optim.Adadelta):
 
     _native_step = staticmethod(_core.adadelta_step)
     _native_plan = staticmethod(_core.adadelta_plan)
+    _aten_rule = "adadelta"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(group, ("lr", "rho", "eps", "weight_decay"), ("maximize",))

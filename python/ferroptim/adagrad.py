@@ -44,6 +44,9 @@ class Adagrad(NativeStep, torch.optim.Adagrad):
 
     _native_step = staticmethod(_core.adagrad_step)
     _native_plan = staticmethod(_core.adagrad_plan)
+    _aten_rule = "adagrad"
+    _aten_fused = ("cpu",)
+    _aten_foreach_too = True
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

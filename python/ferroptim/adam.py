@@ -50,6 +50,8 @@ _ADAM_DOC = r"""
 class _NativeAdam(NativeStep):
     _native_step = staticmethod(_core.adam_step)
     _native_plan = staticmethod(_core.adam_plan)
+    _aten_rule = "adam"
+    _aten_fused = None
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

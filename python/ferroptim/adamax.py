@@ -49,6 +49,7 @@ class Adamax(NativeStep, torch.optim.Adamax):
 
     _native_step = staticmethod(_core.adamax_step)
     _native_plan = staticmethod(_core.adamax_plan)
+    _aten_rule = "adamax"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(group, ("lr", "eps", "weight_decay"), ("maximize",))

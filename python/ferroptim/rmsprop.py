@@ -53,6 +53,7 @@ class RMSprop(NativeStep, torch.optim.RMSprop):
 
     _native_step = staticmethod(_core.rmsprop_step)
     _native_plan = staticmethod(_core.rmsprop_plan)
+    _aten_rule = "rmsprop"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

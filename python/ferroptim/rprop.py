@@ -53,6 +53,7 @@ class Rprop(NativeStep, torch.optim.Rprop):
 
     _native_step = staticmethod(_core.rprop_step)
     _native_plan = staticmethod(_core.rprop_plan)
+    _aten_rule = "rprop"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         etaminus, etaplus = group["etas"]

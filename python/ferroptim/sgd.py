@@ -46,6 +46,8 @@ class SGD(NativeStep, torch.optim.SGD):
 
     _native_step = staticmethod(_core.sgd_step)
     _native_plan = staticmethod(_core.sgd_plan)
+    _aten_rule = "sgd"
+    _aten_fused = None
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

@@ -1,5 +1,6 @@
 //! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp`, `csrc/grad.cpp`,
-//! `csrc/version.cpp` and `csrc/profiling.cpp`
+//! `csrc/version.cpp`, `csrc/profiling.cpp` and the device path's `csrc/aten_step.cpp` /
+//! `csrc/aten_foreach.cpp`
 //! against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
@@ -12,6 +13,9 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/grad.cpp");
     println!("cargo:rerun-if-changed=csrc/version.cpp");
     println!("cargo:rerun-if-changed=csrc/profiling.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_step.h");
+    println!("cargo:rerun-if-changed=csrc/aten_step.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach.cpp");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -42,6 +46,8 @@ fn main() {
         .file("csrc/grad.cpp")
         .file("csrc/version.cpp")
         .file("csrc/profiling.cpp")
+        .file("csrc/aten_step.cpp")
+        .file("csrc/aten_foreach.cpp")
         .compile("ferroptim_inspect");
 }
 

@@ -4,6 +4,7 @@
 //! the core crate per optimizer step, and maps errors to Python exceptions. The Python classes
 //! in `python/ferroptim/` own validation, `param_groups` and state.
 
+mod device;
 mod error;
 mod groups;
 mod lbfgs;
@@ -20,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(record_function_observed, m)?)?;
     rules::register(m)?;
+    device::register(m)?;
     tensor_rules::register(m)
 }
 

@@ -84,6 +84,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod device;
 mod driver;
 pub mod element;
 mod error;

@@ -5,7 +5,7 @@ mod kernel;
 mod metadata;
 mod norms;
 mod validate;
-mod version;
+pub(crate) mod version;
 
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};

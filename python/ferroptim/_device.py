@@ -1,0 +1,199 @@
+"""The ATen device path: steps for parameters that are not on the CPU (e.g. CUDA), through
+ATen's own multi-tensor kernels (core crate ``ferroptim::device::aten``, ``csrc/aten_*.cpp``).
+
+``_fused_sgd_`` / ``_fused_adam_`` / ``_fused_adamw_`` / ``_fused_adagrad_`` where ATen has a
+fused kernel for the device (Adagrad's exists for the CPU only), and otherwise the
+``_foreach_*`` composition of torch's ``_multi_tensor_<class>`` (Adagrad on CUDA, Adamax,
+RMSprop, Rprop, Adadelta), so that results are bit-identical to torch.optim's ``fused=True`` /
+``foreach=True``. Classes without a device composition keep the staged path (copy to the CPU
+and back at every step) and warn once.
+
+:func:`force_device_path` sends CPU parameters through the same path, which is how it is
+tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+
+from ferroptim import _core
+
+
+class _Mode(NamedTuple):
+    foreach: bool
+
+
+_forced: list[_Mode] = []
+_warned: set[str] = set()
+
+
+@contextlib.contextmanager
+def force_device_path(foreach: bool = False) -> Iterator[None]:
+    """Within this context, every ``ferroptim`` optimizer that has an ATen device path (``SGD``,
+    ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``, ``RMSprop``, ``Rprop``, ``Adadelta``) steps
+    *all* its parameters, CPU ones included, through it instead of ferroptim's own CPU kernel:
+    ATen's fused kernel where ATen has one for the device (on the CPU: SGD, Adam, AdamW,
+    Adagrad), else torch's foreach composition. Results then equal ``torch.optim``'s
+    ``fused=True`` (resp. ``foreach=True``) implementation bit for bit; this is how the path
+    CUDA tensors take by default is tested on machines without a GPU.
+
+    Args:
+        foreach (bool, optional): use the foreach composition even where ATen has a fused
+            kernel and ferroptim has the composition (Adagrad: ``foreach=True``, the path
+            Adagrad takes on CUDA). Default: False.
+
+    The switch is process-wide (not per thread) and nests; optimizers without a device path
+    are unaffected. Under it, GradScaler's hand-over is accepted only by the fused kernels:
+    the other classes report ``_step_supports_amp_scaling = False`` and GradScaler unscales
+    their gradients itself, as for torch's foreach optimizers.
+    """
+    _forced.append(_Mode(bool(foreach)))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def forced() -> _Mode | None:
+    """The innermost :func:`force_device_path` in effect, or None."""
+    return _forced[-1] if _forced else None
+
+
+def has_device_params(groups: list[dict[str, Any]]) -> bool:
+    """True if any parameter of ``groups`` is not on the CPU."""
+    return any(p.device.type != "cpu" for g in groups for p in g["params"])
+
+
+def fused_on(opt: Any, device_type: str, mode: _Mode | None) -> bool:
+    """Whether ``opt``'s device path uses an ATen fused kernel (which takes GradScaler's
+    ``grad_scale``/``found_inf``) on ``device_type``."""
+    devices = opt._aten_fused
+    if mode is not None and mode.foreach and opt._aten_foreach_too:
+        return False
+    return devices is None or device_type in devices
+
+
+def supports_amp_scaling(opt: Any) -> bool:
+    """``_step_supports_amp_scaling`` of a native optimizer: True unless some parameter takes a
+    foreach composition of the device path, whose torch counterpart leaves unscaling (and
+    skipping non-finite steps) to GradScaler."""
+    if opt._aten_rule is None:
+        return True
+    mode = forced()
+    if mode is not None:
+        return fused_on(opt, "cpu", mode)
+    types = {p.device.type for g in opt.param_groups for p in g["params"]}
+    return all(fused_on(opt, t, None) for t in types if t != "cpu")
+
+
+def warn_staged(opt: Any) -> None:
+    """Warns once per class that its CUDA (non-CPU) parameters take the staged path."""
+    name = type(opt).__name__
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(
+            f"ferroptim.{name} has no device kernel yet (no ATen fused kernel and no foreach "
+            "composition): its non-CPU parameters are copied to the CPU, updated and copied "
+            "back at every step (the staged path), which is slow",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _split(
+    tensors: dict[str, Any], on_device: list[bool], n_state: int, n_scalar: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``tensors`` (see ``NativeStep._collect``) split into the parameters that take the device
+    path and the others."""
+    parts: tuple[dict[str, list], dict[str, list]] = (
+        {k: [] for k in tensors},
+        {k: [] for k in tensors},
+    )
+    for i, dev in enumerate(on_device):
+        part = parts[0] if dev else parts[1]
+        part["params"].append(tensors["params"][i])
+        part["grads"].append(tensors["grads"][i])
+        part["fresh"].append(tensors["fresh"][i])
+        part["states"].extend(tensors["states"][i * n_state : (i + 1) * n_state])
+        part["scalar_states"].extend(tensors["scalar_states"][i * n_scalar : (i + 1) * n_scalar])
+    return parts
+
+
+def _place_scalar_state(
+    opt: Any,
+    dev: dict[str, Any],
+    scalar_names: tuple[str, ...],
+    created: dict[int, dict[str, Any]],
+    mode: _Mode | None,
+) -> None:
+    """Puts each scalar state tensor (``step``, …) where torch's implementation keeps it: on
+    the parameter's device (float32) for a fused kernel on a non-CPU device, on the CPU for a
+    foreach composition (torch's ``capturable=False``). Replaces the entry in the state dict
+    (as torch's ``load_state_dict`` moves ``step`` for fused optimizers)."""
+    n = len(scalar_names)
+    for i, p in enumerate(dev["params"]):
+        fused = p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
+        want = p.device if fused else torch.device("cpu")
+        for k, name in enumerate(scalar_names):
+            t = dev["scalar_states"][i * n + k]
+            if t.device == want:
+                continue
+            moved = t.to(want, dtype=torch.float32 if fused else t.dtype)
+            dev["scalar_states"][i * n + k] = moved
+            for holder in (created.get(id(p)), opt.state.get(p)):
+                if holder is not None and holder.get(name) is t:
+                    holder[name] = moved
+
+
+def _device_hyper(opt: Any, group: dict[str, Any]) -> dict[str, Any]:
+    """The group's hyperparameters for the device path: a tensor ``lr`` is passed as the tensor
+    (``lr_tensor``), never read on the host here."""
+    lr = group["lr"]
+    if isinstance(lr, torch.Tensor):
+        return {**opt._hyper({**group, "lr": 0.0}), "lr_tensor": lr}
+    return {**opt._hyper(group), "lr_tensor": None}
+
+
+def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> None:
+    """One step of ``opt`` (a ``NativeStep`` with an ``_aten_rule``): parameters not on the CPU
+    (all of them under :func:`force_device_path`) in one ``_core.aten_step`` call, the others
+    in one call of the CPU kernel. GradScaler's ``grad_scale``/``found_inf`` go to the device
+    path as tensors (no host read); the CPU part reads them as before."""
+    from ferroptim._base import check_differentiable, grad_scaler_args
+
+    opt.__dict__.pop("_ferroptim_plan", None)
+    created_list: list[tuple[torch.Tensor, dict[str, Any]]] = []
+    dev_calls, cpu_calls = [], []
+    for group in groups:
+        check_differentiable(opt, group)
+        names, scalar_names = opt._state_names(group)
+        tensors = opt._collect(group, created_list)
+        if not tensors["params"]:
+            continue
+        on_device = [mode is not None or p.device.type != "cpu" for p in tensors["params"]]
+        dev, cpu = _split(tensors, on_device, len(names), len(scalar_names))
+        if dev["params"]:
+            created = {id(p): new for p, new in created_list}
+            _place_scalar_state(opt, dev, scalar_names, created, mode)
+            dev_calls.append({**dev, **_device_hyper(opt, group)})
+        if cpu["params"]:
+            cpu_calls.extend(opt._native_calls(group, cpu))
+    if dev_calls:
+        _core.aten_step(
+            opt._aten_rule,
+            dev_calls,
+            getattr(opt, "grad_scale", None),
+            getattr(opt, "found_inf", None),
+            bool(mode is not None and mode.foreach),
+        )
+    if cpu_calls:
+        skip, scale = grad_scaler_args(opt)
+        if not skip:
+            type(opt)._native_step(cpu_calls, scale)
+    for p, new in created_list:
+        opt.state[p].update(new)

@@ -1,0 +1,75 @@
+//! `_core.aten_step`: one step of the ATen device path (core `ferroptim::device::aten`) over
+//! all groups that take it; group dicts as for the CPU step functions, plus `lr_tensor`.
+
+use crate::error::CoreError;
+use crate::groups::TensorArgs;
+use crate::plan::FromGroup;
+use crate::tensor::PyTensor;
+use ferroptim::device::aten::{self, AtenOptions, AtenRule, DeviceGroup};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// One device-path step of the rule named `rule` (`"sgd"`, `"adam"`, `"adagrad"`,
+/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`) over `groups` (dicts: the rule's
+/// hyperparameters, `params`, `grads`, `states`, `scalar_states`, `fresh`, and `lr_tensor`:
+/// torch's tensor `lr` or None); `grad_scale`/`found_inf`: GradScaler's hand-over (fused
+/// kernels only); `prefer_foreach`: torch's foreach composition even where ATen has a fused
+/// kernel. Extracts with the GIL held, then releases it for the step.
+#[pyfunction]
+#[pyo3(signature = (rule, groups, grad_scale = None, found_inf = None, prefer_foreach = false))]
+pub fn aten_step(
+    py: Python<'_>,
+    rule: &str,
+    groups: Vec<Bound<'_, PyDict>>,
+    grad_scale: Option<PyTensor>,
+    found_inf: Option<PyTensor>,
+    prefer_foreach: bool,
+) -> PyResult<()> {
+    let amp = (grad_scale.map(|t| t.0), found_inf.map(|t| t.0));
+    let options = AtenOptions { prefer_foreach };
+    match rule {
+        "sgd" => run::<ferroptim::Sgd>(py, groups, amp, options),
+        "adam" => run::<ferroptim::Adam>(py, groups, amp, options),
+        "adagrad" => run::<ferroptim::Adagrad>(py, groups, amp, options),
+        "adamax" => run::<ferroptim::Adamax>(py, groups, amp, options),
+        "rmsprop" => run::<ferroptim::RMSprop>(py, groups, amp, options),
+        "rprop" => run::<ferroptim::Rprop>(py, groups, amp, options),
+        "adadelta" => run::<ferroptim::Adadelta>(py, groups, amp, options),
+        other => Err(PyValueError::new_err(format!(
+            "no ATen device path for rule '{other}'"
+        ))),
+    }
+}
+
+fn run<R: FromGroup + AtenRule>(
+    py: Python<'_>,
+    groups: Vec<Bound<'_, PyDict>>,
+    (grad_scale, found_inf): (Option<tch::Tensor>, Option<tch::Tensor>),
+    options: AtenOptions,
+) -> PyResult<()> {
+    let mut core = Vec::with_capacity(groups.len());
+    for d in &groups {
+        let rule = R::from_group(d)?;
+        let lr = match d.get_item("lr_tensor")? {
+            Some(v) if !v.is_none() => Some(v.extract::<PyTensor>()?.0),
+            _ => None,
+        };
+        let group = d
+            .extract::<TensorArgs>()?
+            .into_group(rule)
+            .map_err(PyErr::from)?;
+        core.push(DeviceGroup {
+            rule: group.rule,
+            lr,
+            params: group.params,
+        });
+    }
+    py.detach(move || aten::step(&core, grad_scale.as_ref(), found_inf.as_ref(), options))
+        .map_err(|e| PyErr::from(CoreError::from(e)))
+}
+
+/// Adds `aten_step` to the module.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(aten_step, m)?)
+}
