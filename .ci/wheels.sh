@@ -168,3 +168,28 @@ PY
       "$root/tests/python/test_state_dict.py" -k "SGD or AdamW" -x
   )
 }
+
+# The whole test suite against the wheel of torch MINOR (`bash .ci/dev wheel-test MINOR`,
+# after `bash .ci/dev wheels MINOR`): the wheel installed into that torch's venv with the test
+# requirements (torch held at the venv's), then the core crate's cargo tests and pytest run in
+# the rewritten copy of the tree the wheel was built from (its Cargo.toml names the tch of
+# that torch, which test_rust_api's Rust examples need).
+wheel_test() {
+  local minor=$1 env src whl torch_version torch_lib
+  env=$(minor_venv "$minor")
+  src="$cache/src-$minor"
+  whl=$(ls "$root"/dist/ferroptim-*"+torch$minor-"*.whl)
+  torch_version=$("$env/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+  log "testing $(basename "$whl") with torch $torch_version ($env)"
+  grep -v '^torch==' "$root/.ci/requirements.txt" >"$src/requirements-test.txt"
+  "$env/bin/python" -m pip install -q "torch==$torch_version" -r "$src/requirements-test.txt"
+  "$env/bin/python" -m pip install -q --no-deps --force-reinstall "$whl"
+  torch_lib=$("$env/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+  (
+    cd "$src"
+    export VIRTUAL_ENV=$env PATH=$env/bin:$PATH LIBTORCH_USE_PYTORCH=1
+    if [ "$minor" != 2.11 ]; then export CARGO_TARGET_DIR=$cache/target-$minor; fi
+    LD_LIBRARY_PATH="$torch_lib" cargo test --release -p ferroptim
+    python -m pytest -q -p no:cacheprovider tests
+  )
+}

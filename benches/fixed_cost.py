@@ -7,6 +7,10 @@ For each optimizer and layout, the median over interleaved repetitions of
 and the issue-3 target for the native call, 20 µs + 0.1 µs per tensor.
 
     python benches/fixed_cost.py [--optimizers AdamW SGD] [--layouts 200x256 1000x1] [--reps 400]
+    python benches/fixed_cost.py --zero-grad --layouts 500x64 2000x64 200x256
+
+``--zero-grad`` times ``zero_grad()`` instead, and a whole iteration's optimizer work
+(``step()`` + ``zero_grad()``), against torch.optim's for-loop, foreach and fused classes.
 
 ``--baseline MODULE`` adds, interleaved with the others, the whole ``step()`` of another
 build of ferroptim importable as ``MODULE``, to compare two commits in one process. To make
@@ -31,6 +35,8 @@ import ferroptim
 import torch
 
 LAYOUTS = {
+    "500x64": (500, 64),
+    "2000x64": (2000, 64),
     "200x256": (200, 256),
     "1000x1": (1000, 1),
     "200x1": (200, 1),
@@ -73,7 +79,15 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=400)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--baseline", metavar="MODULE", help="another ferroptim build to compare")
+    parser.add_argument(
+        "--zero-grad", action="store_true", help="only the zero_grad and step+zero_grad table"
+    )
     args = parser.parse_args()
+    if args.zero_grad:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        zero_grad_table(args)
+        return
     base = importlib.import_module(args.baseline) if args.baseline else None
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,6 +142,73 @@ def main() -> None:
                 f"{med['torch']:.1f} | {med['torch'] / med['step']:.2f} |"
                 + (f" {med['base']:.1f} | {med['base'] / med['step']:.2f} |" if base else "")
             )
+
+
+def zero_grad_table(args: argparse.Namespace) -> None:
+    """``--zero-grad``: medians (µs) of ``zero_grad()`` (set_to_none=True and False) of
+    ferroptim and torch.optim (for-loop and foreach defaults), and of a whole iteration's
+    optimizer work (``step()`` then ``zero_grad()``) against torch's for-loop, foreach and
+    fused AdamW. Gradients are reassigned (untimed) before every timed call."""
+    print(
+        f"\nzero_grad: torch {torch.__version__}, {torch.get_num_threads()} threads; medians "
+        f"of {args.reps} interleaved calls (µs)"
+    )
+    print(
+        "| optimizer | layout | set_to_none | ferroptim zero_grad | torch zero_grad "
+        "(for-loop / foreach) | torch/ours | ferroptim step+zero_grad | torch step+zero_grad "
+        "(for-loop / foreach / fused) | best torch/ours |"
+    )
+    print("|---|---|---|---:|---|---:|---:|---|---:|")
+    for name in args.optimizers:
+        for layout in args.layouts:
+            count, numel = LAYOUTS[layout]
+            impls = {}
+            for impl, flags in (
+                ("ferroptim", {}),
+                ("for-loop", {"foreach": False}),
+                ("foreach", {"foreach": True}),
+                ("fused", {"fused": True}),
+            ):
+                gen = torch.Generator().manual_seed(0)
+                params = [
+                    torch.nn.Parameter(torch.randn(numel, generator=gen)) for _ in range(count)
+                ]
+                grads = [torch.randn(numel, generator=gen) * 1e-3 for _ in range(count)]
+                kwargs = dict(KWARGS.get(name, {"lr": 1e-3}))
+                cls = getattr(ferroptim if impl == "ferroptim" else torch.optim, name)
+                try:
+                    opt = cls(params, **kwargs, **flags)
+                except (RuntimeError, TypeError, ValueError):
+                    continue
+                impls[impl] = (opt, params, grads)
+            for set_to_none in (True, False):
+                zero: dict[str, list[float]] = {k: [] for k in impls}
+                both: dict[str, list[float]] = {k: [] for k in impls}
+                for _ in range(args.reps):
+                    for impl, (opt, params, grads) in impls.items():
+                        for p, g in zip(params, grads):
+                            p.grad = g.clone() if not set_to_none else g
+                        zero[impl].append(timed(lambda: opt.zero_grad(set_to_none)))  # noqa: B023
+                        for p, g in zip(params, grads):
+                            p.grad = g.clone() if not set_to_none else g
+
+                        def iteration(opt=opt, set_to_none=set_to_none) -> None:
+                            opt.step()
+                            opt.zero_grad(set_to_none)
+
+                        both[impl].append(timed(iteration))
+                z = {k: statistics.median(v) * 1e6 for k, v in zero.items()}
+                b = {k: statistics.median(v) * 1e6 for k, v in both.items()}
+                torch_impls = [k for k in ("for-loop", "foreach", "fused") if k in b]
+                best = min(b[k] for k in torch_impls)
+                print(
+                    f"| {name} | {layout} | {set_to_none} | {z['ferroptim']:.1f} | "
+                    f"{z['for-loop']:.1f} / {z['foreach']:.1f} | "
+                    f"{min(z['for-loop'], z['foreach']) / z['ferroptim']:.2f} | "
+                    f"{b['ferroptim']:.1f} | "
+                    + " / ".join(f"{b[k]:.1f}" for k in torch_impls)
+                    + f" | {best / b['ferroptim']:.2f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _device, _ops, distributed
+from . import _core, _device, _ops, distributed
 from ._step_hooks import profile_hook_step
 
 #: Docstring fragment shared by every class: what the native path does and does not support.
@@ -178,6 +178,17 @@ class NativeStep:
     def _step_supports_amp_scaling(self, value: bool) -> None:
         # torch's constructors set it for fused=True; ferroptim decides by itself.
         pass
+
+    @torch._disable_dynamo
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Resets the gradients of all optimized tensors, as ``torch.optim.Optimizer.zero_grad``
+        does, in one native call for all groups (see :func:`native_zero_grad`).
+
+        Args:
+            set_to_none (bool, optional): set the gradients to None instead of zeroing them.
+                Default: ``True``.
+        """
+        native_zero_grad(self, set_to_none)
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -405,6 +416,25 @@ def run_eagerly(step: Callable[..., Any], optimizer: Any, *args: Any) -> Any:
     from a region that ``torch.compile`` traces."""
     step = getattr(step, "__wrapped__", step) if getattr(step, "hooked", False) else step
     return step(optimizer, *args)
+
+
+def native_zero_grad(optimizer: Any, set_to_none: bool = True) -> None:
+    """``torch.optim.Optimizer.zero_grad(optimizer, set_to_none)`` as one native call
+    (``_core.zero_grad``) for all groups: with ``set_to_none`` every gradient becomes None;
+    otherwise each is detached in place if it has a ``grad_fn`` (else made not to require
+    grad) and zeroed in place, dense or sparse. The profiler sees torch's label
+    ``Optimizer.zero_grad#<class>.zero_grad`` while anything observes it (as ``step``). If a
+    parameter is not a leaf tensor, nothing is done natively and torch's own method runs
+    (with its warning about ``.grad`` of non-leaf tensors)."""
+    if not hasattr(optimizer, "_zero_grad_profile_name"):
+        optimizer._patch_step_function()
+    if _core.record_function_observed():
+        with torch.autograd.profiler.record_function(optimizer._zero_grad_profile_name):
+            done = _core.zero_grad(optimizer.param_groups, set_to_none)
+    else:
+        done = _core.zero_grad(optimizer.param_groups, set_to_none)
+    if not done:
+        torch.optim.Optimizer.zero_grad(optimizer, set_to_none)
 
 
 def grad_scaler_args(optimizer: object) -> tuple[bool, float | None]:

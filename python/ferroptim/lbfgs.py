@@ -8,6 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core, distributed
+from ferroptim._base import NativeStep
 
 
 class LBFGS(torch.optim.LBFGS):
@@ -50,6 +51,9 @@ class LBFGS(torch.optim.LBFGS):
     ``scaler.step(optimizer, closure)`` only unscales and checks the gradients present before
     the step (skipping it if they are not finite). Train L-BFGS without loss scaling.
     """
+
+    # One native call for all groups, torch.optim's semantics (see ``native_zero_grad``).
+    zero_grad = NativeStep.zero_grad
 
     # One native call of ATen operations that Dynamo cannot trace: inside a compiled region
     # the step runs eagerly (one graph break; torch.optim's own class takes as many or more).

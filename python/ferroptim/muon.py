@@ -8,7 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core, distributed
-from ferroptim._base import amp_notes, call_closure, grad_scaler_args, run_eagerly
+from ferroptim._base import NativeStep, amp_notes, call_closure, grad_scaler_args, run_eagerly
 
 
 class Muon(torch.optim.Muon):
@@ -56,6 +56,9 @@ class Muon(torch.optim.Muon):
 
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True
+
+    # One native call for all groups, torch.optim's semantics (see ``native_zero_grad``).
+    zero_grad = NativeStep.zero_grad
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

@@ -8,7 +8,7 @@ import torch
 from torch.optim.optimizer import _to_scalar
 
 from ferroptim import _core, distributed
-from ferroptim._base import amp_notes, call_closure, grad_scaler_args
+from ferroptim._base import NativeStep, amp_notes, call_closure, grad_scaler_args
 
 
 class SparseAdam(torch.optim.SparseAdam):
@@ -48,6 +48,9 @@ class SparseAdam(torch.optim.SparseAdam):
 
     # GradScaler hands over `grad_scale` and `found_inf` (see `grad_scaler_args`).
     _step_supports_amp_scaling = True
+
+    # One native call for all groups, torch.optim's semantics (see ``native_zero_grad``).
+    zero_grad = NativeStep.zero_grad
 
     # One native call of ATen operations that Dynamo cannot trace: inside a compiled region
     # the step runs eagerly (one graph break; torch.optim's own class takes as many or more).

@@ -6,6 +6,7 @@
 
 mod device;
 mod error;
+mod grads;
 mod groups;
 mod lbfgs;
 mod plan;
@@ -22,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(record_function_observed, m)?)?;
     rules::register(m)?;
     device::register(m)?;
+    grads::register(m)?;
     tensor_rules::register(m)
 }
 

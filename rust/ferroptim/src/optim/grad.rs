@@ -8,6 +8,7 @@ use tch::{TchError, Tensor};
 extern "C" {
     fn ferroptim_clear_grad(t: *const c_void) -> i32;
     fn ferroptim_set_grad(t: *const c_void, g: *const c_void) -> i32;
+    fn ferroptim_zero_grads(params: *const *const c_void, n: i64, set_to_none: i32) -> i64;
 }
 
 /// Makes `p`'s gradient undefined (Python's `p.grad = None`).
@@ -81,4 +82,35 @@ pub fn set_grad(param: &Tensor, grad: &Tensor) -> Result<()> {
 /// [`crate::Error::Torch`] if a tensor is undefined.
 pub fn clear_grads(params: &[Tensor]) -> Result<()> {
     params.iter().try_for_each(clear)
+}
+
+/// Resets the gradients of `params` in one native call, as `torch.optim.Optimizer.zero_grad`
+/// does: with `set_to_none` (torch's default) every defined gradient becomes undefined
+/// (Python's `p.grad = None`); otherwise each defined gradient is detached in place if it has
+/// a `grad_fn`, else marked not to require grad, and zeroed in place (dense or sparse).
+/// Parameters without a gradient are left alone.
+///
+/// # Errors
+/// [`crate::Error::InvalidArgument`] (name `params`, the value naming `params[i]`) if a
+/// parameter is undefined or not a leaf tensor (torch.optim's parameters are leaves); nothing has changed then.
+/// [`crate::Error::Torch`] if libtorch fails while zeroing (the parameters before the failing
+/// one are done).
+pub fn zero_grads(params: &[Tensor], set_to_none: bool) -> Result<()> {
+    let ptrs: Vec<*const c_void> = params.iter().map(|p| p.as_ptr() as *const c_void).collect();
+    let n = i64::try_from(ptrs.len()).map_err(|_| crate::Error::InvalidArgument {
+        name: "params",
+        value: format!("{} tensors", ptrs.len()),
+    })?;
+    // SAFETY: `ptrs` holds `n` pointers to live `at::Tensor`s (tch's `C_tensor`) borrowed from
+    // `params` for the call, and stays alive across it; the C++ side reads only those `n`
+    // entries and catches every exception.
+    let status = unsafe { ferroptim_zero_grads(ptrs.as_ptr(), n, i32::from(set_to_none)) };
+    match status {
+        -1 => Ok(()),
+        i if i >= 0 => Err(crate::Error::InvalidArgument {
+            name: "params",
+            value: format!("params[{i}] is undefined or not a leaf tensor"),
+        }),
+        _ => Err(TchError::Torch("zeroing a gradient failed".into()).into()),
+    }
 }

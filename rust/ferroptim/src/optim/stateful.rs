@@ -194,23 +194,19 @@ impl<R: Hyperparameters> Optim<R> {
         })
     }
 
-    /// Resets the gradients: `set_to_none` (torch's default, and [`Optimizer::zero_grad`]'s)
-    /// makes them undefined, like `p.grad = None`, so that parameters without a gradient in
-    /// the next backward pass are skipped by the step; otherwise they are filled with zeros
-    /// in place (tch's `Tensor::zero_grad`), and every parameter takes part in the next step.
+    /// Resets the gradients in one native call per group ([`zero_grads`](super::zero_grads),
+    /// torch.optim's `zero_grad` semantics): `set_to_none` (torch's default, and
+    /// [`Optimizer::zero_grad`]'s) makes them undefined, like `p.grad = None`, so that
+    /// parameters without a gradient in the next backward pass are skipped by the step;
+    /// otherwise they are detached (or marked not to require grad) and filled with zeros in
+    /// place, and every parameter takes part in the next step.
     ///
     /// # Errors
-    /// [`Error::Torch`] if libtorch reports an error.
+    /// [`Error::InvalidArgument`] if a parameter is not a leaf tensor (nothing changed in its
+    /// group); [`Error::Torch`] if libtorch reports an error.
     pub fn zero_grad_with(&mut self, set_to_none: bool) -> Result<()> {
-        for p in self.groups.iter().flat_map(|g| &g.params) {
-            if set_to_none {
-                grad::clear(p)?;
-            } else {
-                let g = p.f_grad()?;
-                if g.defined() {
-                    let _ = g.f_detach()?.f_zero_()?;
-                }
-            }
+        for g in &self.groups {
+            grad::zero_grads(&g.params, set_to_none)?;
         }
         Ok(())
     }

@@ -101,6 +101,31 @@ fn zero_grad_sets_gradients_to_none_and_those_parameters_are_skipped() {
 }
 
 #[test]
+fn zero_grads_follows_torch_and_refuses_non_leaves_before_changing_anything() {
+    use crate::optim::zero_grads;
+    let (a, b) = (param(&[1.0, 2.0]), param(&[3.0]));
+    set_grad(&a, &[4.0, 5.0]);
+    // In place: the same gradient tensor, zeroed, not requiring grad.
+    let g = a.grad();
+    zero_grads(&[a.shallow_clone(), b.shallow_clone()], false).unwrap();
+    assert_eq!(values(&g), [0.0, 0.0]);
+    assert_eq!(a.grad().data_ptr(), g.data_ptr());
+    assert!(!a.grad().requires_grad());
+    assert!(!b.grad().defined()); // no gradient: left alone
+                                  // A non-leaf tensor (the result of an operation on a tensor requiring grad) is refused,
+                                  // naming its index, and the other gradients are unchanged.
+    set_grad(&a, &[4.0, 5.0]);
+    let non_leaf = &b * 2.0;
+    let err = zero_grads(&[a.shallow_clone(), non_leaf], true).unwrap_err();
+    assert!(err.to_string().contains("params[1]"), "{err}");
+    assert_eq!(values(&a.grad()), [4.0, 5.0]);
+    zero_grads(&[a.shallow_clone()], true).unwrap();
+    assert!(!a.grad().defined());
+    // Nothing to do for no parameters.
+    zero_grads(&[], true).unwrap();
+}
+
+#[test]
 fn state_starts_as_torch_creates_it() {
     let p = Tensor::from_slice(&[1.0f32, 2.0]);
     let st = Rprop {
