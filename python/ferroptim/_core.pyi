@@ -55,6 +55,8 @@ __all__ = [
     "lamb_plan",
     "lars_step",
     "lars_plan",
+    "aten_step",
+    "zero_grad",
     "adafactor_step",
     "muon_step",
     "sparse_adam_step",
@@ -359,3 +361,8 @@ def lbfgs_step(
     """One torch.optim.LBFGS step; ``state`` is torch's ``state[params[0]]`` (read), the
     entries to store are returned. ``group``: lr (float or 0-d tensor), max_iter, max_eval,
     tolerance_grad, tolerance_change, history_size, strong_wolfe (bool). GIL held."""
+
+def zero_grad(param_groups: Sequence[Mapping[str, Any]], set_to_none: bool = True) -> bool:
+    """Resets the gradients of every parameter of ``param_groups`` as
+    ``torch.optim.Optimizer.zero_grad`` does, in one native call; False (nothing changed) if a
+    parameter is not a leaf tensor."""
