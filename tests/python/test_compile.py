@@ -131,7 +131,7 @@ def test_whole_training_step_breaks_no_more_than_torch_optim():
         torch.testing.assert_close(p.detach(), q, rtol=1e-6, atol=1e-7)
 
 
-def _closure_step_breaks(cls: type, **kwargs) -> tuple[int, list[torch.Tensor]]:
+def _closure_step_breaks(cls: type, **kwargs) -> tuple[dict[str, int], list[torch.Tensor]]:
     """Graph breaks of a compiled training step (aot_eager) of a bias-free MLP (Muon takes
     only matrices), the step given a closure for LBFGS."""
     torch._dynamo.reset()
@@ -159,7 +159,15 @@ def _closure_step_breaks(cls: type, **kwargs) -> tuple[int, list[torch.Tensor]]:
 
     for _ in range(3):
         train_step()
-    return sum(counters["graph_break"].values()), [p.detach().clone() for p in model.parameters()]
+    breaks = {reason.split("\n")[0]: n for reason, n in counters["graph_break"].items()}
+    return breaks, [p.detach().clone() for p in model.parameters()]
+
+
+#: The graph breaks of a call to a ``torch.compiler.disable``d function.
+DISABLED = {
+    "Skip inlining `torch.compiler.disable()`d function",
+    "Skip calling `torch.compiler.disable()`d function",
+}
 
 
 @pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adafactor", "Muon", "LBFGS"])
@@ -168,7 +176,12 @@ def test_compiled_training_step_breaks_no_more_than_torch_optim(name):
     inside a compiled region (as torch's LBFGS does), Muon traces torch's own step."""
     ours, ours_params = _closure_step_breaks(getattr(ferroptim, name), lr=0.01)
     theirs, their_params = _closure_step_breaks(getattr(torch.optim, name), lr=0.01)
-    assert ours <= theirs, (ours, theirs, dict(counters["graph_break"]))
+    if name == "LBFGS":
+        # torch disables Dynamo on its LBFGS step, as ferroptim does: only those breaks. (How
+        # many Dynamo counts for one disabled call, 1 or 2, depends on what ran before.)
+        assert set(ours) <= DISABLED and set(theirs) <= DISABLED, (ours, theirs)
+    else:
+        assert sum(ours.values()) <= sum(theirs.values()), (ours, theirs)
     if name in ("Adafactor", "Muon", "LBFGS"):  # torch's ATen operations, in torch's order
         for p, q in zip(ours_params, their_params):
             torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
