@@ -16,11 +16,15 @@
 # written to dist/. Expects: $root, $cache, $venv (from .ci/dev).
 set -euo pipefail
 
-# torch minor -> the tch version that links it.
+# torch minor -> the tch version that links it. With FERROPTIM_TRY_BYPASS=1, the minors no
+# tch release links are tried with the nearest tch and torch-sys's version check bypassed
+# (LIBTORCH_BYPASS_VERSION_CHECK): an experiment, not a supported wheel (see README, Install).
 tch_for() {
   case "$1" in
     2.11) echo 0.24.0 ;;
     2.13) echo 0.26.0 ;;
+    2.12) [ "${FERROPTIM_TRY_BYPASS:-0}" = 1 ] && echo 0.24.0 || echo "" ;;
+    2.14 | 2.15) [ "${FERROPTIM_TRY_BYPASS:-0}" = 1 ] && echo 0.26.0 || echo "" ;;
     *) echo "" ;;
   esac
 }
@@ -84,6 +88,7 @@ wheel_for() {
   (
     cd "$src"
     export VIRTUAL_ENV=$env PATH=$env/bin:$PATH LIBTORCH_USE_PYTORCH=1
+    case "$minor" in 2.11 | 2.13) ;; *) export LIBTORCH_BYPASS_VERSION_CHECK=1 ;; esac
     # 2.11 shares the development build's target dir (its dependencies are the same).
     if [ "$minor" != 2.11 ]; then export CARGO_TARGET_DIR=$cache/target-$minor; fi
     maturin build --release --quiet -i "$env/bin/python" -o "$raw" >&2

@@ -266,7 +266,9 @@ def refuse_inference(name: str) -> Callable[[int, int], None]:
 def restate_placements(rank: int, world_size: int) -> None:
     """AdamW state replicated while its parameters are sharded (as a state dict from
     another sharding loads): stepped on gathered tensors, as torch.optim's DTensor operations
-    redistribute; same result as torch.optim and as ferroptim unsharded."""
+    redistribute; same result as torch.optim and as ferroptim unsharded. (torch 2.13's
+    DTensor refuses torch.optim's in-place step there, "in-place operations that require
+    placement changes are not supported": then only the unsharded comparison is made.)"""
     from torch.distributed.tensor import Replicate
 
     kwargs = KWARGS["AdamW"]
@@ -280,10 +282,17 @@ def restate_placements(rank: int, world_size: int) -> None:
             for p in model.parameters():
                 state = opt.state[p]
                 state["exp_avg"] = state["exp_avg"].redistribute(placements=[Replicate()])
-        train(model, opt, data[1:])
+        try:
+            train(model, opt, data[1:])
+        except RuntimeError as e:
+            if impl != "forloop" or "placement changes are not supported" not in str(e):
+                raise
+            snaps.append(None)
+            continue
         snaps.append(snapshot(opt))
     ours, ref, unsharded = snaps
-    assert_snapshots_close(ours, ref, *F64, what="vs torch")
+    if ref is not None:
+        assert_snapshots_close(ours, ref, *F64, what="vs torch")
     assert_snapshots_equal(ours, unsharded, what="vs unsharded")
 
 
