@@ -23,10 +23,11 @@ NATIVE_NOTES = r"""
         tensors and state whose dtype differs from the parameter's take a slower *staged*
         path: copied to contiguous CPU float32 (float64 if any is float64), updated by the same
         kernel, and copied back. Tensors on other devices (e.g. CUDA) take the ATen device path
-        where the class has one (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta:
-        torch's ``fused=True`` kernels, else its ``foreach=True`` composition, bit for bit;
-        untested on a GPU so far; ``ferroptim.force_device_path()`` forces it for CPU
-        tensors), else the staged path, with a one-time RuntimeWarning.
+        where the class has one (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta,
+        NAdam, RAdam, ASGD: torch's ``fused=True`` kernels, else its ``foreach=True``
+        composition, bit for bit; untested on a GPU so far;
+        ``ferroptim.force_device_path()`` forces it for CPU tensors), else the staged path,
+        with a one-time RuntimeWarning.
         ``foreach``, ``fused`` and ``capturable`` are accepted for signature compatibility and
         recorded in ``param_groups``; they do not change how ferroptim computes.
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
@@ -147,6 +148,9 @@ class NativeStep:
     _aten_fused: tuple[str, ...] | None = ()
     #: Whether ``force_device_path(foreach=True)`` swaps the fused kernel for a foreach one.
     _aten_foreach_too: bool = False
+    #: Whether the foreach composition keeps scalar state on the parameter's device (ASGD, as
+    #: torch's ``capturable=False`` ASGD does) rather than on the CPU.
+    _aten_scalar_state_on_device: bool = False
 
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
     #: ``record_function`` only while something observes it (see ``_step_hooks``).

@@ -252,7 +252,8 @@ def aten_step(
     prefer_foreach: bool = False,
 ) -> None:
     """One step of the ATen device path (``rule``: ``"sgd"``, ``"adam"``, ``"adagrad"``,
-    ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``); groups as for ``<rule>_step``
+    ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``, ``"nadam"``, ``"radam"``,
+    ``"asgd"``); groups as for ``<rule>_step``
     plus ``lr_tensor`` (torch's tensor ``lr`` or None)."""
 
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...

@@ -4,9 +4,9 @@ ATen's own multi-tensor kernels (core crate ``ferroptim::device::aten``, ``csrc/
 ``_fused_sgd_`` / ``_fused_adam_`` / ``_fused_adamw_`` / ``_fused_adagrad_`` where ATen has a
 fused kernel for the device (Adagrad's exists for the CPU only), and otherwise the
 ``_foreach_*`` composition of torch's ``_multi_tensor_<class>`` (Adagrad on CUDA, Adamax,
-RMSprop, Rprop, Adadelta), so that results are bit-identical to torch.optim's ``fused=True`` /
-``foreach=True``. Classes without a device composition keep the staged path (copy to the CPU
-and back at every step) and warn once.
+RMSprop, Rprop, Adadelta, NAdam, RAdam, ASGD), so that results are bit-identical to
+torch.optim's ``fused=True`` / ``foreach=True``. Classes without a device composition keep the
+staged path (copy to the CPU and back at every step) and warn once.
 
 :func:`force_device_path` sends CPU parameters through the same path, which is how it is
 tested without a GPU.
@@ -35,7 +35,8 @@ _warned: set[str] = set()
 @contextlib.contextmanager
 def force_device_path(foreach: bool = False) -> Iterator[None]:
     """Within this context, every ``ferroptim`` optimizer that has an ATen device path (``SGD``,
-    ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``, ``RMSprop``, ``Rprop``, ``Adadelta``) steps
+    ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``, ``RMSprop``, ``Rprop``, ``Adadelta``,
+    ``NAdam``, ``RAdam``, ``ASGD``) steps
     *all* its parameters, CPU ones included, through it instead of ferroptim's own CPU kernel:
     ATen's fused kernel where ATen has one for the device (on the CPU: SGD, Adam, AdamW,
     Adagrad), else torch's foreach composition. Results then equal ``torch.optim``'s
@@ -132,13 +133,15 @@ def _place_scalar_state(
     mode: _Mode | None,
 ) -> None:
     """Puts each scalar state tensor (``step``, …) where torch's implementation keeps it: on
-    the parameter's device (float32) for a fused kernel on a non-CPU device, on the CPU for a
-    foreach composition (torch's ``capturable=False``). Replaces the entry in the state dict
+    the parameter's device (float32) for a fused kernel on a non-CPU device and for ASGD
+    (``_aten_scalar_state_on_device``), on the CPU for the other foreach compositions (torch's
+    ``capturable=False``). Replaces the entry in the state dict
     (as torch's ``load_state_dict`` moves ``step`` for fused optimizers)."""
     n = len(scalar_names)
     for i, p in enumerate(dev["params"]):
         fused = p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
-        want = p.device if fused else torch.device("cpu")
+        on_device = fused or opt._aten_scalar_state_on_device
+        want = p.device if on_device else torch.device("cpu")
         for k, name in enumerate(scalar_names):
             t = dev["scalar_states"][i * n + k]
             if t.device == want:

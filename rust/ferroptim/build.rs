@@ -16,6 +16,8 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/aten_step.h");
     println!("cargo:rerun-if-changed=csrc/aten_step.cpp");
     println!("cargo:rerun-if-changed=csrc/aten_foreach.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach_more.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -48,6 +50,7 @@ fn main() {
         .file("csrc/profiling.cpp")
         .file("csrc/aten_step.cpp")
         .file("csrc/aten_foreach.cpp")
+        .file("csrc/aten_foreach_more.cpp")
         .compile("ferroptim_inspect");
 }
 

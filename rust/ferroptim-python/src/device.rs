@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// One device-path step of the rule named `rule` (`"sgd"`, `"adam"`, `"adagrad"`,
-/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`) over `groups` (dicts: the rule's
+/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`, `"nadam"`, `"radam"`, `"asgd"`) over `groups` (dicts: the rule's
 /// hyperparameters, `params`, `grads`, `states`, `scalar_states`, `fresh`, and `lr_tensor`:
 /// torch's tensor `lr` or None); `grad_scale`/`found_inf`: GradScaler's hand-over (fused
 /// kernels only); `prefer_foreach`: torch's foreach composition even where ATen has a fused
@@ -36,6 +36,9 @@ pub fn aten_step(
         "rmsprop" => run::<ferroptim::RMSprop>(py, groups, amp, options),
         "rprop" => run::<ferroptim::Rprop>(py, groups, amp, options),
         "adadelta" => run::<ferroptim::Adadelta>(py, groups, amp, options),
+        "nadam" => run::<ferroptim::NAdam>(py, groups, amp, options),
+        "radam" => run::<ferroptim::RAdam>(py, groups, amp, options),
+        "asgd" => run::<ferroptim::Asgd>(py, groups, amp, options),
         other => Err(PyValueError::new_err(format!(
             "no ATen device path for rule '{other}'"
         ))),

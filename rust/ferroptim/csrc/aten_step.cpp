@@ -125,6 +125,9 @@ void run(int32_t algo, Bucket& b) {
     case kRMSpropForeach: return foreach_rmsprop(b);
     case kRpropForeach: return foreach_rprop(b);
     case kAdadeltaForeach: return foreach_adadelta(b);
+    case kNAdamForeach: return foreach_nadam(b);
+    case kRAdamForeach: return foreach_radam(b);
+    case kAsgdForeach: return foreach_asgd(b);
     default: throw std::runtime_error("ferroptim: unknown device-path algorithm " +
                                       std::to_string(algo));
   }

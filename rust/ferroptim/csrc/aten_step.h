@@ -20,6 +20,9 @@ enum Algo : int32_t {
   kRMSpropForeach = 5,
   kRpropForeach = 6,
   kAdadeltaForeach = 7,
+  kNAdamForeach = 8,
+  kRAdamForeach = 9,
+  kAsgdForeach = 10,
 };
 
 // Flag bits (`flags`), the meaning of each bit depends on the algorithm (see aten.rs).
@@ -46,5 +49,8 @@ void foreach_adamax(Bucket& b);
 void foreach_rmsprop(Bucket& b);
 void foreach_rprop(Bucket& b);
 void foreach_adadelta(Bucket& b);
+void foreach_nadam(Bucket& b);
+void foreach_radam(Bucket& b);
+void foreach_asgd(Bucket& b);
 
 }  // namespace ferroptim

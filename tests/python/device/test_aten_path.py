@@ -40,6 +40,9 @@ DEVICE_CLASSES = {
     "RMSprop": "foreach",
     "Rprop": "foreach",
     "Adadelta": "foreach",
+    "NAdam": "foreach",
+    "RAdam": "foreach",
+    "ASGD": "foreach",
 }
 #: Compositions reachable with force_device_path(foreach=True) (the CUDA path of Adagrad).
 FOREACH_TOO = {"Adagrad"}
@@ -167,6 +170,9 @@ class _nullcontext:
         ("RMSprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
         ("Rprop", {"lr": 0.01}),
         ("Adadelta", {"lr": 0.5, "weight_decay": 0.1}),
+        ("NAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+        ("RAdam", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+        ("ASGD", {"lr": 0.01, "t0": 3, "weight_decay": 0.1}),
     ],
 )
 def test_grad_scaler_with_an_inf_step_equals_torch(name, kwargs):

@@ -5,7 +5,8 @@ GPU when written: the same path is tested bit for bit on the CPU by test_aten_pa
 
 * float32 and bfloat16 training of the seeded MLP on CUDA: ``torch.equal`` to torch.optim's
   ``fused=True`` (SGD, Adam, AdamW) or ``foreach=True`` (Adagrad, Adamax, RMSprop, Rprop,
-  Adadelta) on CUDA, parameters and state, step counters on the device for fused classes;
+  Adadelta, NAdam, RAdam, ASGD) on CUDA, parameters and state, step counters on the device
+  for fused classes and ASGD (where torch keeps them), on the CPU for the others;
 * GradScaler on CUDA with an inf step, against the same torch implementation;
 * CUDA-graph capture and replay of ``step()`` with ``capturable=True`` (fused classes).
 """
@@ -30,7 +31,12 @@ IMPLS = {
     "RMSprop": "foreach",
     "Rprop": "foreach",
     "Adadelta": "foreach",
+    "NAdam": "foreach",
+    "RAdam": "foreach",
+    "ASGD": "foreach",
 }
+#: Classes whose foreach composition keeps ``step`` on the parameter's device (as torch's).
+STEP_ON_DEVICE = {"ASGD"}
 CONFIGS = {
     "SGD": {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
     "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
@@ -40,6 +46,9 @@ CONFIGS = {
     "RMSprop": {"lr": 0.01, "momentum": 0.5, "centered": True},
     "Rprop": {"lr": 0.01, "maximize": True},
     "Adadelta": {"lr": 0.5, "weight_decay": 0.1},
+    "NAdam": {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
+    "ASGD": {"lr": 0.01, "t0": 3, "weight_decay": 0.1},
 }
 
 
@@ -86,7 +95,7 @@ def test_cuda_equals_torch(name, dtype):
     assert_snapshots_equal(actual, expected, f"{name} on CUDA vs torch {impl}")
     for st in actual.state:
         if "step" in st:
-            want = "cuda" if impl == "fused" else "cpu"
+            want = "cuda" if impl == "fused" or name in STEP_ON_DEVICE else "cpu"
             assert st["step"].device.type == want
 
 
