@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// One device-path step of the rule named `rule` (`"sgd"`, `"adam"`, `"adagrad"`,
-/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`, `"nadam"`, `"radam"`, `"asgd"`) over `groups` (dicts: the rule's
+/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`, `"nadam"`, `"radam"`, `"asgd"`,
+/// `"lion"`, `"adopt"`) over `groups` (dicts: the rule's
 /// hyperparameters, `params`, `grads`, `states`, `scalar_states`, `fresh`, and `lr_tensor`:
 /// torch's tensor `lr` or None); `grad_scale`/`found_inf`: GradScaler's hand-over (fused
 /// kernels only); `prefer_foreach`: torch's foreach composition even where ATen has a fused
@@ -39,6 +40,8 @@ pub fn aten_step(
         "nadam" => run::<ferroptim::NAdam>(py, groups, amp, options),
         "radam" => run::<ferroptim::RAdam>(py, groups, amp, options),
         "asgd" => run::<ferroptim::Asgd>(py, groups, amp, options),
+        "lion" => run::<ferroptim::Lion>(py, groups, amp, options),
+        "adopt" => run::<ferroptim::Adopt>(py, groups, amp, options),
         other => Err(PyValueError::new_err(format!(
             "no ATen device path for rule '{other}'"
         ))),

@@ -128,6 +128,8 @@ void run(int32_t algo, Bucket& b) {
     case kNAdamForeach: return foreach_nadam(b);
     case kRAdamForeach: return foreach_radam(b);
     case kAsgdForeach: return foreach_asgd(b);
+    case kLionForeach: return foreach_lion(b);
+    case kAdoptForeach: return foreach_adopt(b);
     default: throw std::runtime_error("ferroptim: unknown device-path algorithm " +
                                       std::to_string(algo));
   }

@@ -23,6 +23,8 @@ enum Algo : int32_t {
   kNAdamForeach = 8,
   kRAdamForeach = 9,
   kAsgdForeach = 10,
+  kLionForeach = 11,
+  kAdoptForeach = 12,
 };
 
 // Flag bits (`flags`), the meaning of each bit depends on the algorithm (see aten.rs).
@@ -52,5 +54,10 @@ void foreach_adadelta(Bucket& b);
 void foreach_nadam(Bucket& b);
 void foreach_radam(Bucket& b);
 void foreach_asgd(Bucket& b);
+
+// Compositions of the classes torch.optim lacks (aten_foreach_beyond.cpp): ferroptim's CPU rule
+// as `_foreach_*` passes, equal to it to rounding.
+void foreach_lion(Bucket& b);
+void foreach_adopt(Bucket& b);
 
 }  // namespace ferroptim

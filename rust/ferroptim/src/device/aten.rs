@@ -12,6 +12,7 @@
 //! | [`Adam`] | `at::_fused_adam_` / `_fused_adamw_` (any device) | `Adam`/`AdamW(fused=True)` |
 //! | [`Adagrad`] | `at::_fused_adagrad_` on the CPU, `_foreach_*` elsewhere | `Adagrad(fused=True)` / `(foreach=True)` |
 //! | [`Adamax`], [`RMSprop`], [`Rprop`], [`Adadelta`], [`NAdam`], [`RAdam`], [`Asgd`] | `_foreach_*` | `<class>(foreach=True)` |
+//! | [`Lion`], [`Adopt`] | `_foreach_*` | none: ferroptim's CPU rule, to rounding |
 //!
 //! `fused=True` kernels take `grad_scale` / `found_inf` (torch.amp.GradScaler's hand-over) as
 //! tensors and skip the update on the device when `found_inf` is nonzero; step counters are
@@ -23,10 +24,17 @@
 //! the caller — except ASGD's (`step`, `eta`, `mu`), which torch keeps on the parameter's
 //! device and computes `eta` from with tensor operations. Capturable foreach compositions are
 //! not implemented.
+//!
+//! torch has no implementation of the other rules to match: their compositions
+//! (`csrc/aten_foreach_beyond.cpp`) are the CPU rule's arithmetic (`crate::rules`, which
+//! follows each algorithm's reference implementation) as one `_foreach_*` pass per operation,
+//! equal to the CPU rule to rounding (it fuses multiply-adds that they round twice).
 
 use crate::driver::version::inplace_allowed;
 use crate::error::{Error, Result};
-use crate::rules::{Adadelta, Adagrad, Adam, Adamax, Asgd, NAdam, RAdam, RMSprop, Rprop, Sgd};
+use crate::rules::{
+    Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
+};
 use crate::{ParamTensors, Rule};
 use std::ffi::{c_char, c_void, CStr};
 use tch::{Device, Kind, TchError, Tensor};
@@ -186,6 +194,23 @@ aten_rule!(Asgd, |r, _device, _foreach| Spec {
         flag(r.maximize, 0),
     )
 });
+aten_rule!(Lion, |r, _device, _foreach| foreach(
+    11,
+    vec![r.lr, r.beta1, r.beta2, r.weight_decay],
+    flag(r.maximize, 0)
+));
+aten_rule!(Adopt, |r, _device, _foreach| foreach(
+    12,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        r.clip_exponent.unwrap_or(0.0)
+    ],
+    flag(r.clip_exponent.is_some(), 0) | flag(r.decouple, 1) | flag(r.maximize, 2)
+));
 
 /// One parameter group for [`step`]: the rule (its `lr` is used unless `lr` is given), an
 /// optional tensor learning rate, and the parameters that have a gradient.
