@@ -5,8 +5,11 @@ ATen's own multi-tensor kernels (core crate ``ferroptim::device::aten``, ``csrc/
 fused kernel for the device (Adagrad's exists for the CPU only), and otherwise the
 ``_foreach_*`` composition of torch's ``_multi_tensor_<class>`` (Adagrad on CUDA, Adamax,
 RMSprop, Rprop, Adadelta, NAdam, RAdam, ASGD), so that results are bit-identical to
-torch.optim's ``fused=True`` / ``foreach=True``. Classes without a device composition keep the
-staged path (copy to the CPU and back at every step) and warn once.
+torch.optim's ``fused=True`` / ``foreach=True``; for the classes torch lacks (Lion, ADOPT,
+Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS), ``_foreach_*`` compositions of ferroptim's
+rule, equal to its CPU step to rounding. A subclass without a device composition
+(``_aten_rule = None``) keeps the staged path (copy to the CPU and back at every step) and
+warns once.
 
 :func:`force_device_path` sends CPU parameters through the same path, which is how it is
 tested without a GPU.
@@ -34,14 +37,14 @@ _warned: set[str] = set()
 
 @contextlib.contextmanager
 def force_device_path(foreach: bool = False) -> Iterator[None]:
-    """Within this context, every ``ferroptim`` optimizer that has an ATen device path (``SGD``,
-    ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``, ``RMSprop``, ``Rprop``, ``Adadelta``,
-    ``NAdam``, ``RAdam``, ``ASGD``) steps
-    *all* its parameters, CPU ones included, through it instead of ferroptim's own CPU kernel:
-    ATen's fused kernel where ATen has one for the device (on the CPU: SGD, Adam, AdamW,
-    Adagrad), else torch's foreach composition. Results then equal ``torch.optim``'s
-    ``fused=True`` (resp. ``foreach=True``) implementation bit for bit; this is how the path
-    CUDA tensors take by default is tested on machines without a GPU.
+    """Within this context, every ``ferroptim`` optimizer (every class but a subclass with
+    ``_aten_rule = None``: all have an ATen device path) steps *all* its parameters, CPU ones
+    included, through it instead of ferroptim's own CPU kernel: ATen's fused kernel where ATen
+    has one for the device (on the CPU: SGD, Adam, AdamW, Adagrad), else a foreach
+    composition. Results then equal ``torch.optim``'s ``fused=True`` (resp. ``foreach=True``)
+    implementation bit for bit (for the classes torch lacks: ferroptim's CPU step to
+    rounding); this is how the path CUDA tensors take by default is tested on machines
+    without a GPU.
 
     Args:
         foreach (bool, optional): use the foreach composition even where ATen has a fused
@@ -155,9 +158,10 @@ def _place_scalar_state(
 
 def _device_hyper(opt: Any, group: dict[str, Any]) -> dict[str, Any]:
     """The group's hyperparameters for the device path: a tensor ``lr`` is passed as the tensor
-    (``lr_tensor``), never read on the host here."""
+    (``lr_tensor``), never read on the host here (unless the class computes its step's
+    learning rate itself: ``_aten_tensor_lr`` False)."""
     lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
+    if isinstance(lr, torch.Tensor) and opt._aten_tensor_lr:
         return {**opt._hyper({**group, "lr": 0.0}), "lr_tensor": lr}
     return {**opt._hyper(group), "lr_tensor": None}
 
@@ -183,7 +187,7 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
         if dev["params"]:
             created = {id(p): new for p, new in created_list}
             _place_scalar_state(opt, dev, scalar_names, created, mode)
-            dev_calls.append({**dev, **_device_hyper(opt, group)})
+            dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))
         if cpu["params"]:
             cpu_calls.extend(opt._native_calls(group, cpu))
     if dev_calls:

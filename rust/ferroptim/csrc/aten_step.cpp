@@ -130,6 +130,11 @@ void run(int32_t algo, Bucket& b) {
     case kAsgdForeach: return foreach_asgd(b);
     case kLionForeach: return foreach_lion(b);
     case kAdoptForeach: return foreach_adopt(b);
+    case kAdanForeach: return foreach_adan(b);
+    case kAdEMAMixForeach: return foreach_ademamix(b);
+    case kScheduleFreeAdamWForeach: return foreach_schedule_free_adamw(b);
+    case kLambForeach: return foreach_lamb(b);
+    case kLarsForeach: return foreach_lars(b);
     default: throw std::runtime_error("ferroptim: unknown device-path algorithm " +
                                       std::to_string(algo));
   }

@@ -25,6 +25,11 @@ enum Algo : int32_t {
   kAsgdForeach = 10,
   kLionForeach = 11,
   kAdoptForeach = 12,
+  kAdanForeach = 13,
+  kAdEMAMixForeach = 14,
+  kScheduleFreeAdamWForeach = 15,
+  kLambForeach = 16,
+  kLarsForeach = 17,
 };
 
 // Flag bits (`flags`), the meaning of each bit depends on the algorithm (see aten.rs).
@@ -59,5 +64,10 @@ void foreach_asgd(Bucket& b);
 // as `_foreach_*` passes, equal to it to rounding.
 void foreach_lion(Bucket& b);
 void foreach_adopt(Bucket& b);
+void foreach_adan(Bucket& b);
+void foreach_ademamix(Bucket& b);
+void foreach_schedule_free_adamw(Bucket& b);
+void foreach_lamb(Bucket& b);
+void foreach_lars(Bucket& b);
 
 }  // namespace ferroptim

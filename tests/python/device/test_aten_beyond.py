@@ -37,8 +37,7 @@ from optim_testlib import (
 from test_beyond_torch import CASES as LION_ADOPT_CASES
 from test_vs_pytorch_optimizer import CASES as PYTORCH_OPTIMIZER_CASES
 
-#: The classes of this file that have a device path so far, in the order of issue 19.
-CLASSES = ["Lion", "ADOPT"]
+CLASSES = ["Lion", "ADOPT", "Adan", "AdEMAMix", "ScheduleFreeAdamW", "Lamb", "LARS"]
 CASES = [c for c in LION_ADOPT_CASES + PYTORCH_OPTIMIZER_CASES if c.values[0] in CLASSES]
 STEPS = 5
 

@@ -12,7 +12,7 @@
 //! | [`Adam`] | `at::_fused_adam_` / `_fused_adamw_` (any device) | `Adam`/`AdamW(fused=True)` |
 //! | [`Adagrad`] | `at::_fused_adagrad_` on the CPU, `_foreach_*` elsewhere | `Adagrad(fused=True)` / `(foreach=True)` |
 //! | [`Adamax`], [`RMSprop`], [`Rprop`], [`Adadelta`], [`NAdam`], [`RAdam`], [`Asgd`] | `_foreach_*` | `<class>(foreach=True)` |
-//! | [`Lion`], [`Adopt`] | `_foreach_*` | none: ferroptim's CPU rule, to rounding |
+//! | [`Lion`], [`Adopt`], [`Adan`], [`AdEMAMix`], [`ScheduleFreeAdamW`], [`Lamb`], [`Lars`] | `_foreach_*` (`_foreach_norm` in float64 for LAMB's and LARS's per-tensor norms) | none: ferroptim's CPU rule, to rounding |
 //!
 //! `fused=True` kernels take `grad_scale` / `found_inf` (torch.amp.GradScaler's hand-over) as
 //! tensors and skip the update on the device when `found_inf` is nonzero; step counters are
@@ -33,7 +33,8 @@
 use crate::driver::version::inplace_allowed;
 use crate::error::{Error, Result};
 use crate::rules::{
-    Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Asgd, Lamb, Lars, Lion, NAdam, RAdam,
+    RMSprop, Rprop, ScheduleFreeAdamW, Sgd, LAMB_MAX_WEIGHT_NORM,
 };
 use crate::{ParamTensors, Rule};
 use std::ffi::{c_char, c_void, CStr};
@@ -210,6 +211,62 @@ aten_rule!(Adopt, |r, _device, _foreach| foreach(
         r.clip_exponent.unwrap_or(0.0)
     ],
     flag(r.clip_exponent.is_some(), 0) | flag(r.decouple, 1) | flag(r.maximize, 2)
+));
+aten_rule!(Adan, |r, _device, _foreach| foreach(
+    13,
+    vec![r.lr, r.beta1, r.beta2, r.beta3, r.eps, r.weight_decay],
+    flag(r.no_prox, 0) | flag(r.maximize, 1)
+));
+aten_rule!(AdEMAMix, |r, _device, _foreach| foreach(
+    14,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.beta3,
+        r.alpha,
+        r.beta3_warmup.unwrap_or(0.0),
+        r.alpha_warmup.unwrap_or(0.0),
+        r.eps,
+        r.weight_decay,
+    ],
+    flag(r.beta3_warmup.is_some(), 0) | flag(r.alpha_warmup.is_some(), 1) | flag(r.maximize, 2)
+));
+aten_rule!(ScheduleFreeAdamW, |r, _device, _foreach| foreach(
+    15,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        r.ckp1,
+        r.step
+    ],
+    flag(r.maximize, 0)
+));
+aten_rule!(Lamb, |r, _device, _foreach| foreach(
+    16,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        LAMB_MAX_WEIGHT_NORM
+    ],
+    flag(r.weight_decouple, 0) | flag(r.grad_averaging, 1) | flag(r.adam, 2) | flag(r.maximize, 3)
+));
+aten_rule!(Lars, |r, _device, _foreach| foreach(
+    17,
+    vec![
+        r.lr,
+        r.weight_decay,
+        r.momentum,
+        r.dampening,
+        r.trust_coefficient
+    ],
+    flag(r.nesterov, 0) | flag(r.trust, 1) | flag(r.maximize, 2)
 ));
 
 /// One parameter group for [`step`]: the rule (its `lr` is used unless `lr` is given), an
