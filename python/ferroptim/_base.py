@@ -268,7 +268,7 @@ class NativeStep:
         if plan is None or mode is not None:
             # The general path: parameters on a device (or all, when forced) take the ATen
             # device path, which reads no device value (found_inf) on the host.
-            if self._aten_rule is not None and (
+            if _device.has_path(self, groups) and (
                 mode is not None or _device.has_device_params(groups)
             ):
                 with torch.no_grad():

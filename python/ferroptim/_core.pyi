@@ -59,6 +59,7 @@ __all__ = [
     "muon_step",
     "sparse_adam_step",
     "lbfgs_step",
+    "aten_step",
 ]
 
 @final
@@ -253,8 +254,9 @@ def aten_step(
 ) -> None:
     """One step of the ATen device path (``rule``: ``"sgd"``, ``"adam"``, ``"adagrad"``,
     ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``, ``"nadam"``, ``"radam"``,
-    ``"asgd"``); groups as for ``<rule>_step``
-    plus ``lr_tensor`` (torch's tensor ``lr`` or None)."""
+    ``"asgd"``, ``"lion"``, ``"adopt"``, ``"adan"``, ``"ademamix"``, ``"schedule_free_adamw"``,
+    ``"lamb"``, ``"lars"``); groups as for ``<rule>_step`` plus ``lr_tensor`` (torch's tensor
+    ``lr`` or None)."""
 
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ferroptim import _core
+from ferroptim import _core, distributed
 
 
 class _Mode(NamedTuple):
@@ -68,6 +68,15 @@ def forced() -> _Mode | None:
     return _forced[-1] if _forced else None
 
 
+def has_path(opt: Any, groups: list[dict[str, Any]]) -> bool:
+    """Whether ``opt``'s step over ``groups`` can take the device path: its class has one, and
+    unless it reduces over whole tensors (LAMB, LARS: ``_dtensor_gather``, whose norms need
+    the full tensors that the general path gathers) with a DTensor parameter."""
+    if opt._aten_rule is None:
+        return False
+    return not (opt._dtensor_gather and distributed.groups_are_sharded(groups))
+
+
 def has_device_params(groups: list[dict[str, Any]]) -> bool:
     """True if any parameter of ``groups`` is not on the CPU."""
     return any(p.device.type != "cpu" for g in groups for p in g["params"])
@@ -86,7 +95,7 @@ def supports_amp_scaling(opt: Any) -> bool:
     """``_step_supports_amp_scaling`` of a native optimizer: True unless some parameter takes a
     foreach composition of the device path, whose torch counterpart leaves unscaling (and
     skipping non-finite steps) to GradScaler."""
-    if opt._aten_rule is None:
+    if not has_path(opt, opt.param_groups):
         return True
     mode = forced()
     if mode is not None:
