@@ -11,6 +11,7 @@ round some multiply-adds twice where the rule fuses them. So they are checked to
   reference (tests/python/test_beyond_torch.py, test_vs_pytorch_optimizer.py);
 * against the reference implementation (``optim_testlib.reference_class``), float64, step by
   step along its trajectory (``check_float64_steps``), to the same tolerance;
+* float16 and bfloat16: computed in float32 and rounded once, as the CPU rule (within an ulp);
 * under GradScaler with an inf step: GradScaler unscales and skips (the foreach classes'
   ``_step_supports_amp_scaling`` is False on this path), to rounding of the CPU path's result.
 """
@@ -86,6 +87,25 @@ def test_forced_device_path_equals_the_cpu_rule(name, kwargs, dtype, two_groups)
     expected = _run(name, kwargs, dtype, groups, forced=False)
     actual = _run(name, kwargs, dtype, groups, forced=True)
     assert_snapshots_close(actual, expected, *TOLERANCES[dtype], what=f"{name} device path")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("name", "kwargs"), CASES)
+def test_half_precision_is_computed_in_float32_and_rounded_once(name, kwargs, dtype):
+    """As the CPU rule: a float32 computation rounded once when stored (with float16 and
+    ``eps=1e-8`` a half-precision computation gives NaN). Parameters and state within one
+    unit in the last place of the CPU step's."""
+    expected = _run(name, kwargs, dtype, None, forced=False)
+    actual = _run(name, kwargs, dtype, None, forced=True)
+    pairs = zip(
+        actual.params + [v for st in actual.state for v in st.values() if v.dim()],
+        expected.params + [v for st in expected.state for v in st.values() if v.dim()],
+    )
+    info = torch.finfo(dtype)
+    for a, e in pairs:
+        assert a.dtype == dtype
+        ulp = info.eps * e.float().abs().clamp_min(info.tiny)
+        assert ((a.float() - e.float()).abs() <= ulp).all(), f"{name}: {a} vs {e}"
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES)

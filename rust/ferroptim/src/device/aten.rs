@@ -28,7 +28,9 @@
 //! torch has no implementation of the other rules to match: their compositions
 //! (`csrc/aten_foreach_beyond.cpp`) are the CPU rule's arithmetic (`crate::rules`, which
 //! follows each algorithm's reference implementation) as one `_foreach_*` pass per operation,
-//! equal to the CPU rule to rounding (it fuses multiply-adds that they round twice).
+//! equal to the CPU rule to rounding (it fuses multiply-adds that they round twice); float16
+//! and bfloat16 buckets are computed on float32 copies and rounded once when stored, as the
+//! CPU rule computes them.
 
 use crate::driver::version::inplace_allowed;
 use crate::error::{Error, Result};
