@@ -144,7 +144,7 @@ void foreach_radam(Bucket& b) {
 // eta, mu. The scalar state lives on the parameters' device, as torch's (non-capturable) ASGD
 // keeps it: the new `eta` is computed by tensor operations on the step counters (torch's
 // `lr / ((1 + lambd * lr * step) ** alpha)`, whose `lr / t` is `t.reciprocal() * lr`), the new
-// `mu` from their values on the host.
+// `mu` from their values read on the host (a device sync off the CPU, as in torch).
 void foreach_asgd(Bucket& b) {
   const double lambd = b.hyper[1], alpha = b.hyper[2], t0 = b.hyper[3];
   const double weight_decay = b.hyper[4];
