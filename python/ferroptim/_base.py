@@ -23,10 +23,11 @@ NATIVE_NOTES = r"""
         tensors and state whose dtype differs from the parameter's take a slower *staged*
         path: copied to contiguous CPU float32 (float64 if any is float64), updated by the same
         kernel, and copied back. Tensors on other devices (e.g. CUDA) take the ATen device path
-        where the class has one (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta:
+        (SGD, Adam, AdamW, Adagrad, Adamax, RMSprop, Rprop, Adadelta, NAdam, RAdam, ASGD:
         torch's ``fused=True`` kernels, else its ``foreach=True`` composition, bit for bit;
-        untested on a GPU so far; ``ferroptim.force_device_path()`` forces it for CPU
-        tensors), else the staged path, with a one-time RuntimeWarning.
+        Lion, ADOPT, Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS: ``_foreach_*``
+        compositions of ferroptim's rule, equal to the CPU step to rounding; untested on a
+        GPU so far; ``ferroptim.force_device_path()`` forces it for CPU tensors).
         ``foreach``, ``fused`` and ``capturable`` are accepted for signature compatibility and
         recorded in ``param_groups``; they do not change how ferroptim computes.
         ``differentiable=True`` is not supported (RuntimeError). Sparse gradients raise
@@ -147,6 +148,12 @@ class NativeStep:
     _aten_fused: tuple[str, ...] | None = ()
     #: Whether ``force_device_path(foreach=True)`` swaps the fused kernel for a foreach one.
     _aten_foreach_too: bool = False
+    #: Whether the foreach composition keeps scalar state on the parameter's device (ASGD, as
+    #: torch's ``capturable=False`` ASGD does) rather than on the CPU.
+    _aten_scalar_state_on_device: bool = False
+    #: Whether a tensor ``lr`` goes to the device path as a tensor (``lr_tensor``); False: the
+    #: class computes its step's learning rate itself (ScheduleFreeAdamW's warmup) in ``_hyper``.
+    _aten_tensor_lr: bool = True
 
     #: torch.optim's step wrapper (hooks, profiler label), entering the profiler's
     #: ``record_function`` only while something observes it (see ``_step_hooks``).
@@ -199,11 +206,14 @@ class NativeStep:
     def _init_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def _native_calls(self, group: dict[str, Any], tensors: dict[str, Any]) -> list[dict[str, Any]]:
+    def _native_calls(
+        self, group: dict[str, Any], tensors: dict[str, Any], hyper: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         """The native step's group dicts for one parameter group (its tensors, see `_collect`,
-        with hyperparameters): one, with `_hyper(group)`, unless a class splits the group
-        (e.g. LARS, whose rule treats one-dimensional parameters differently)."""
-        return [{**tensors, **self._hyper(group)}]
+        with hyperparameters: ``hyper``, by default `_hyper(group)`; the device path passes
+        its own): one, unless a class splits the group (e.g. LARS, whose rule treats
+        one-dimensional parameters differently)."""
+        return [{**tensors, **(self._hyper(group) if hyper is None else hyper)}]
 
     def _collect(
         self, group: dict[str, Any], created: list[tuple[torch.Tensor, dict[str, Any]]]
@@ -269,7 +279,7 @@ class NativeStep:
         if plan is None or mode is not None:
             # The general path: parameters on a device (or all, when forced) take the ATen
             # device path, which reads no device value (found_inf) on the host.
-            if self._aten_rule is not None and (
+            if _device.has_path(self, groups) and (
                 mode is not None or _device.has_device_params(groups)
             ):
                 with torch.no_grad():

@@ -61,6 +61,7 @@ __all__ = [
     "muon_step",
     "sparse_adam_step",
     "lbfgs_step",
+    "aten_step",
 ]
 
 @final
@@ -254,8 +255,10 @@ def aten_step(
     prefer_foreach: bool = False,
 ) -> None:
     """One step of the ATen device path (``rule``: ``"sgd"``, ``"adam"``, ``"adagrad"``,
-    ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``); groups as for ``<rule>_step``
-    plus ``lr_tensor`` (torch's tensor ``lr`` or None)."""
+    ``"adamax"``, ``"rmsprop"``, ``"rprop"``, ``"adadelta"``, ``"nadam"``, ``"radam"``,
+    ``"asgd"``, ``"lion"``, ``"adopt"``, ``"adan"``, ``"ademamix"``, ``"schedule_free_adamw"``,
+    ``"lamb"``, ``"lars"``); groups as for ``<rule>_step`` plus ``lr_tensor`` (torch's tensor
+    ``lr`` or None)."""
 
 def sgd_step(groups: Sequence[SgdGroup], grad_scale: float | None = None) -> None: ...
 def adam_step(groups: Sequence[AdamGroup], grad_scale: float | None = None) -> None: ...

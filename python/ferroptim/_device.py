@@ -4,9 +4,12 @@ ATen's own multi-tensor kernels (core crate ``ferroptim::device::aten``, ``csrc/
 ``_fused_sgd_`` / ``_fused_adam_`` / ``_fused_adamw_`` / ``_fused_adagrad_`` where ATen has a
 fused kernel for the device (Adagrad's exists for the CPU only), and otherwise the
 ``_foreach_*`` composition of torch's ``_multi_tensor_<class>`` (Adagrad on CUDA, Adamax,
-RMSprop, Rprop, Adadelta), so that results are bit-identical to torch.optim's ``fused=True`` /
-``foreach=True``. Classes without a device composition keep the staged path (copy to the CPU
-and back at every step) and warn once.
+RMSprop, Rprop, Adadelta, NAdam, RAdam, ASGD), so that results are bit-identical to
+torch.optim's ``fused=True`` / ``foreach=True``; for the classes torch lacks (Lion, ADOPT,
+Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS), ``_foreach_*`` compositions of ferroptim's
+rule, equal to its CPU step to rounding. A subclass without a device composition
+(``_aten_rule = None``) keeps the staged path (copy to the CPU and back at every step) and
+warns once.
 
 :func:`force_device_path` sends CPU parameters through the same path, which is how it is
 tested without a GPU.
@@ -21,7 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ferroptim import _core
+from ferroptim import _core, distributed
 
 
 class _Mode(NamedTuple):
@@ -34,13 +37,14 @@ _warned: set[str] = set()
 
 @contextlib.contextmanager
 def force_device_path(foreach: bool = False) -> Iterator[None]:
-    """Within this context, every ``ferroptim`` optimizer that has an ATen device path (``SGD``,
-    ``Adam``, ``AdamW``, ``Adagrad``, ``Adamax``, ``RMSprop``, ``Rprop``, ``Adadelta``) steps
-    *all* its parameters, CPU ones included, through it instead of ferroptim's own CPU kernel:
-    ATen's fused kernel where ATen has one for the device (on the CPU: SGD, Adam, AdamW,
-    Adagrad), else torch's foreach composition. Results then equal ``torch.optim``'s
-    ``fused=True`` (resp. ``foreach=True``) implementation bit for bit; this is how the path
-    CUDA tensors take by default is tested on machines without a GPU.
+    """Within this context, every ``ferroptim`` optimizer (every class but a subclass with
+    ``_aten_rule = None``: all have an ATen device path) steps *all* its parameters, CPU ones
+    included, through it instead of ferroptim's own CPU kernel: ATen's fused kernel where ATen
+    has one for the device (on the CPU: SGD, Adam, AdamW, Adagrad), else a foreach
+    composition. Results then equal ``torch.optim``'s ``fused=True`` (resp. ``foreach=True``)
+    implementation bit for bit (for the classes torch lacks: ferroptim's CPU step to
+    rounding); this is how the path CUDA tensors take by default is tested on machines
+    without a GPU.
 
     Args:
         foreach (bool, optional): use the foreach composition even where ATen has a fused
@@ -64,6 +68,15 @@ def forced() -> _Mode | None:
     return _forced[-1] if _forced else None
 
 
+def has_path(opt: Any, groups: list[dict[str, Any]]) -> bool:
+    """Whether ``opt``'s step over ``groups`` can take the device path: its class has one, and
+    unless it reduces over whole tensors (LAMB, LARS: ``_dtensor_gather``, whose norms need
+    the full tensors that the general path gathers) with a DTensor parameter."""
+    if opt._aten_rule is None:
+        return False
+    return not (opt._dtensor_gather and distributed.groups_are_sharded(groups))
+
+
 def has_device_params(groups: list[dict[str, Any]]) -> bool:
     """True if any parameter of ``groups`` is not on the CPU."""
     return any(p.device.type != "cpu" for g in groups for p in g["params"])
@@ -82,7 +95,7 @@ def supports_amp_scaling(opt: Any) -> bool:
     """``_step_supports_amp_scaling`` of a native optimizer: True unless some parameter takes a
     foreach composition of the device path, whose torch counterpart leaves unscaling (and
     skipping non-finite steps) to GradScaler."""
-    if opt._aten_rule is None:
+    if not has_path(opt, opt.param_groups):
         return True
     mode = forced()
     if mode is not None:
@@ -132,13 +145,15 @@ def _place_scalar_state(
     mode: _Mode | None,
 ) -> None:
     """Puts each scalar state tensor (``step``, …) where torch's implementation keeps it: on
-    the parameter's device (float32) for a fused kernel on a non-CPU device, on the CPU for a
-    foreach composition (torch's ``capturable=False``). Replaces the entry in the state dict
+    the parameter's device (float32) for a fused kernel on a non-CPU device and for ASGD
+    (``_aten_scalar_state_on_device``), on the CPU for the other foreach compositions (torch's
+    ``capturable=False``). Replaces the entry in the state dict
     (as torch's ``load_state_dict`` moves ``step`` for fused optimizers)."""
     n = len(scalar_names)
     for i, p in enumerate(dev["params"]):
         fused = p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
-        want = p.device if fused else torch.device("cpu")
+        on_device = fused or opt._aten_scalar_state_on_device
+        want = p.device if on_device else torch.device("cpu")
         for k, name in enumerate(scalar_names):
             t = dev["scalar_states"][i * n + k]
             if t.device == want:
@@ -152,9 +167,10 @@ def _place_scalar_state(
 
 def _device_hyper(opt: Any, group: dict[str, Any]) -> dict[str, Any]:
     """The group's hyperparameters for the device path: a tensor ``lr`` is passed as the tensor
-    (``lr_tensor``), never read on the host here."""
+    (``lr_tensor``), never read on the host here (unless the class computes its step's
+    learning rate itself: ``_aten_tensor_lr`` False)."""
     lr = group["lr"]
-    if isinstance(lr, torch.Tensor):
+    if isinstance(lr, torch.Tensor) and opt._aten_tensor_lr:
         return {**opt._hyper({**group, "lr": 0.0}), "lr_tensor": lr}
     return {**opt._hyper(group), "lr_tensor": None}
 
@@ -180,7 +196,7 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
         if dev["params"]:
             created = {id(p): new for p, new in created_list}
             _place_scalar_state(opt, dev, scalar_names, created, mode)
-            dev_calls.append({**dev, **_device_hyper(opt, group)})
+            dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))
         if cpu["params"]:
             cpu_calls.extend(opt._native_calls(group, cpu))
     if dev_calls:

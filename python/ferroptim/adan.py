@@ -67,6 +67,7 @@ class Adan(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.adan_step)
     _native_plan = staticmethod(_core.adan_plan)
+    _aten_rule = "adan"
 
     def __init__(
         self,

@@ -65,6 +65,7 @@ class AdEMAMix(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.ademamix_step)
     _native_plan = staticmethod(_core.ademamix_plan)
+    _aten_rule = "ademamix"
 
     def __init__(
         self,

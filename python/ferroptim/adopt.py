@@ -61,6 +61,7 @@ class ADOPT(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.adopt_step)
     _native_plan = staticmethod(_core.adopt_plan)
+    _aten_rule = "adopt"
 
     def __init__(
         self,

@@ -52,6 +52,8 @@ class ASGD(NativeStep, torch.optim.ASGD):
 
     _native_step = staticmethod(_core.asgd_step)
     _native_plan = staticmethod(_core.asgd_plan)
+    _aten_rule = "asgd"
+    _aten_scalar_state_on_device = True
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(group, ("lr", "lambd", "alpha", "t0", "weight_decay"), ("maximize",))

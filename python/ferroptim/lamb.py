@@ -67,6 +67,7 @@ class Lamb(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.lamb_step)
     _native_plan = staticmethod(_core.lamb_plan)
+    _aten_rule = "lamb"
     # The trust ratio needs whole-tensor norms: DTensor parameters step on full tensors.
     _dtensor_gather = True
 

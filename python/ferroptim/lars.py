@@ -57,6 +57,7 @@ class LARS(NativeStep, torch.optim.Optimizer):
     # The plan splits each group as `_native_calls` does (by dimension), and checks the split
     # again at every step.
     _native_plan = staticmethod(_core.lars_plan)
+    _aten_rule = "lars"
     # The trust ratio needs whole-tensor norms: DTensor parameters step on full tensors.
     _dtensor_gather = True
 
@@ -102,7 +103,9 @@ class LARS(NativeStep, torch.optim.Optimizer):
             "trust": True,
         }
 
-    def _native_calls(self, group: dict[str, Any], tensors: dict[str, Any]) -> list[dict[str, Any]]:
+    def _native_calls(
+        self, group: dict[str, Any], tensors: dict[str, Any], hyper: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
         # Two native groups: tensors of 2+ dimensions with the trust ratio, the others without.
         k = len(self._state_names(group)[0])
         calls = []
@@ -117,7 +120,7 @@ class LARS(NativeStep, torch.optim.Optimizer):
                     "states": [tensors["states"][i * k + j] for i in idx for j in range(k)],
                     "scalar_states": [],
                     "fresh": [tensors["fresh"][i] for i in idx],
-                    **self._hyper(group),
+                    **(self._hyper(group) if hyper is None else hyper),
                     "trust": trust,
                 }
             )

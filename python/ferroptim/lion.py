@@ -42,6 +42,7 @@ class Lion(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.lion_step)
     _native_plan = staticmethod(_core.lion_plan)
+    _aten_rule = "lion"
 
     def __init__(
         self,

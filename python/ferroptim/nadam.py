@@ -54,6 +54,7 @@ class NAdam(NativeStep, torch.optim.NAdam):
 
     _native_step = staticmethod(_core.nadam_step)
     _native_plan = staticmethod(_core.nadam_plan)
+    _aten_rule = "nadam"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(

@@ -51,6 +51,7 @@ class RAdam(NativeStep, torch.optim.RAdam):
 
     _native_step = staticmethod(_core.radam_step)
     _native_plan = staticmethod(_core.radam_plan)
+    _aten_rule = "radam"
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
         return hyper(group, ("lr", "eps", "weight_decay"), ("decoupled_weight_decay", "maximize"))

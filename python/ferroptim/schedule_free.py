@@ -73,6 +73,8 @@ class ScheduleFreeAdamW(NativeStep, torch.optim.Optimizer):
 
     _native_step = staticmethod(_core.schedule_free_adamw_step)
     _native_plan = staticmethod(_core.schedule_free_adamw_plan)
+    _aten_rule = "schedule_free_adamw"
+    _aten_tensor_lr = False
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 //! Compiles `csrc/inspect.cpp`, `csrc/prefetch.cpp`, `csrc/ops.cpp`, `csrc/grad.cpp`,
 //! `csrc/version.cpp`, `csrc/profiling.cpp` and the device path's `csrc/aten_step.cpp` /
-//! `csrc/aten_foreach.cpp`
+//! `csrc/aten_foreach*.cpp`
 //! against the headers of the libtorch that torch-sys links.
 
 use std::path::PathBuf;
@@ -16,6 +16,9 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/aten_step.h");
     println!("cargo:rerun-if-changed=csrc/aten_step.cpp");
     println!("cargo:rerun-if-changed=csrc/aten_foreach.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach_more.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach_beyond.cpp");
+    println!("cargo:rerun-if-changed=csrc/aten_foreach.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
     // torch-sys (`links = "tch"`) reports the library directory it linked.
@@ -48,6 +51,8 @@ fn main() {
         .file("csrc/profiling.cpp")
         .file("csrc/aten_step.cpp")
         .file("csrc/aten_foreach.cpp")
+        .file("csrc/aten_foreach_more.cpp")
+        .file("csrc/aten_foreach_beyond.cpp")
         .compile("ferroptim_inspect");
 }
 

@@ -11,8 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 /// One device-path step of the rule named `rule` (`"sgd"`, `"adam"`, `"adagrad"`,
-/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`) over `groups` (dicts: the rule's
-/// hyperparameters, `params`, `grads`, `states`, `scalar_states`, `fresh`, and `lr_tensor`:
+/// `"adamax"`, `"rmsprop"`, `"rprop"`, `"adadelta"`, `"nadam"`, `"radam"`, `"asgd"`,
+/// `"lion"`, `"adopt"`, `"adan"`, `"ademamix"`, `"schedule_free_adamw"`, `"lamb"`,
+/// `"lars"`) over `groups` (dicts: the rule's hyperparameters, `params`, `grads`, `states`, `scalar_states`, `fresh`, and `lr_tensor`:
 /// torch's tensor `lr` or None); `grad_scale`/`found_inf`: GradScaler's hand-over (fused
 /// kernels only); `prefer_foreach`: torch's foreach composition even where ATen has a fused
 /// kernel. Extracts with the GIL held, then releases it for the step.
@@ -36,6 +37,16 @@ pub fn aten_step(
         "rmsprop" => run::<ferroptim::RMSprop>(py, groups, amp, options),
         "rprop" => run::<ferroptim::Rprop>(py, groups, amp, options),
         "adadelta" => run::<ferroptim::Adadelta>(py, groups, amp, options),
+        "nadam" => run::<ferroptim::NAdam>(py, groups, amp, options),
+        "radam" => run::<ferroptim::RAdam>(py, groups, amp, options),
+        "asgd" => run::<ferroptim::Asgd>(py, groups, amp, options),
+        "lion" => run::<ferroptim::Lion>(py, groups, amp, options),
+        "adopt" => run::<ferroptim::Adopt>(py, groups, amp, options),
+        "adan" => run::<ferroptim::Adan>(py, groups, amp, options),
+        "ademamix" => run::<ferroptim::AdEMAMix>(py, groups, amp, options),
+        "schedule_free_adamw" => run::<ferroptim::ScheduleFreeAdamW>(py, groups, amp, options),
+        "lamb" => run::<ferroptim::Lamb>(py, groups, amp, options),
+        "lars" => run::<ferroptim::Lars>(py, groups, amp, options),
         other => Err(PyValueError::new_err(format!(
             "no ATen device path for rule '{other}'"
         ))),

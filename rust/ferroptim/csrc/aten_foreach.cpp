@@ -6,6 +6,7 @@
 // here in double precision with the same expressions. A tensor `lr` is read as torch's
 // expressions read it (`lr.item()` where torch takes its value, tensor arithmetic where torch
 // does arithmetic on the tensor, as Adagrad's `-lr / (…)`).
+#include "aten_foreach.h"
 #include "aten_step.h"
 
 #include <ATen/ops/_foreach_abs.h>
@@ -28,44 +29,7 @@
 #include <vector>
 
 namespace ferroptim {
-namespace {
-
-using List = std::vector<at::Tensor>;
-
-// `_get_value(step)` for each (CPU) step counter.
-std::vector<double> step_values(const List& steps) {
-  std::vector<double> out;
-  out.reserve(steps.size());
-  for (const auto& s : steps) out.push_back(s.item<double>());
-  return out;
-}
-
-std::vector<at::Scalar> scalars(const std::vector<double>& v) {
-  return std::vector<at::Scalar>(v.begin(), v.end());
-}
-
-// The learning rate as a Python float, as torch's `_get_value(lr)` / `alpha=-lr` read it.
-double lr_value(const Bucket& b) { return b.lr.has_value() ? b.lr->item<double>() : b.hyper[0]; }
-
-// Every foreach class's opening, in the order given by `steps_first`: advance the step
-// counters; negate the gradients for `maximize` (a new list); add `weight_decay * param`
-// (in place on the negated copy, else into a new list). Returns the gradients to use.
-List prologue(Bucket& b, List& steps, bool maximize, double weight_decay, bool steps_first) {
-  List grads = b.lists[1];
-  if (steps_first) at::_foreach_add_(steps, 1);
-  if (maximize) grads = at::_foreach_neg(grads);
-  if (!steps_first) at::_foreach_add_(steps, 1);
-  if (weight_decay != 0) {
-    if (maximize) {
-      at::_foreach_add_(grads, b.lists[0], weight_decay);
-    } else {
-      grads = at::_foreach_add(grads, b.lists[0], weight_decay);
-    }
-  }
-  return grads;
-}
-
-}  // namespace
+using namespace foreach_util;
 
 // hyper: lr, lr_decay, weight_decay, eps; flags: maximize. lists: params, grads, sum, step.
 void foreach_adagrad(Bucket& b) {

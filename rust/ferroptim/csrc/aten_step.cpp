@@ -125,8 +125,41 @@ void run(int32_t algo, Bucket& b) {
     case kRMSpropForeach: return foreach_rmsprop(b);
     case kRpropForeach: return foreach_rprop(b);
     case kAdadeltaForeach: return foreach_adadelta(b);
+    case kNAdamForeach: return foreach_nadam(b);
+    case kRAdamForeach: return foreach_radam(b);
+    case kAsgdForeach: return foreach_asgd(b);
+    case kLionForeach: return foreach_lion(b);
+    case kAdoptForeach: return foreach_adopt(b);
+    case kAdanForeach: return foreach_adan(b);
+    case kAdEMAMixForeach: return foreach_ademamix(b);
+    case kScheduleFreeAdamWForeach: return foreach_schedule_free_adamw(b);
+    case kLambForeach: return foreach_lamb(b);
+    case kLarsForeach: return foreach_lars(b);
     default: throw std::runtime_error("ferroptim: unknown device-path algorithm " +
                                       std::to_string(algo));
+  }
+}
+
+// The compositions of the classes torch lacks (kLionForeach and after) compute a float16 or
+// bfloat16 bucket in float32 and round once when storing, as ferroptim's CPU rule does (a
+// half-precision `eps` such as 1e-8 would otherwise round to 0): float32 copies of the
+// bucket's tensor lists, the composition on them, then the parameters and state copied back
+// (the gradients are not written). torch's own compositions work in the parameters' dtype, as
+// torch's do.
+void run_beyond(int32_t algo, Bucket& b) {
+  const auto dtype = b.lists[0][0].scalar_type();
+  if (algo < kLionForeach || (dtype != at::kHalf && dtype != at::kBFloat16)) {
+    return run(algo, b);
+  }
+  std::vector<std::vector<at::Tensor>> originals = b.lists;
+  for (auto& list : b.lists) {
+    if (list[0].scalar_type() != dtype) continue;  // scalar state (float32 counters)
+    for (auto& t : list) t = t.to(at::kFloat);
+  }
+  run(algo, b);
+  for (size_t l = 0; l < b.lists.size(); ++l) {
+    if (l == 1 || originals[l][0].scalar_type() != dtype) continue;
+    for (size_t i = 0; i < b.lists[l].size(); ++i) originals[l][i].copy_(b.lists[l][i]);
   }
 }
 
@@ -170,7 +203,7 @@ int32_t ferroptim_aten_step(int32_t algo, const void* const* tensors, int64_t n,
         *t = (*t)->to(b.device(), /*non_blocking=*/true);
       }
     }
-    ferroptim::run(algo, b);
+    ferroptim::run_beyond(algo, b);
     return 1;
   } catch (const std::exception& e) {
     return ferroptim::report(e.what(), err, cap);

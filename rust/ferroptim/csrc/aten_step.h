@@ -20,6 +20,16 @@ enum Algo : int32_t {
   kRMSpropForeach = 5,
   kRpropForeach = 6,
   kAdadeltaForeach = 7,
+  kNAdamForeach = 8,
+  kRAdamForeach = 9,
+  kAsgdForeach = 10,
+  kLionForeach = 11,
+  kAdoptForeach = 12,
+  kAdanForeach = 13,
+  kAdEMAMixForeach = 14,
+  kScheduleFreeAdamWForeach = 15,
+  kLambForeach = 16,
+  kLarsForeach = 17,
 };
 
 // Flag bits (`flags`), the meaning of each bit depends on the algorithm (see aten.rs).
@@ -46,5 +56,18 @@ void foreach_adamax(Bucket& b);
 void foreach_rmsprop(Bucket& b);
 void foreach_rprop(Bucket& b);
 void foreach_adadelta(Bucket& b);
+void foreach_nadam(Bucket& b);
+void foreach_radam(Bucket& b);
+void foreach_asgd(Bucket& b);
+
+// Compositions of the classes torch.optim lacks (aten_foreach_beyond.cpp): ferroptim's CPU rule
+// as `_foreach_*` passes, equal to it to rounding.
+void foreach_lion(Bucket& b);
+void foreach_adopt(Bucket& b);
+void foreach_adan(Bucket& b);
+void foreach_ademamix(Bucket& b);
+void foreach_schedule_free_adamw(Bucket& b);
+void foreach_lamb(Bucket& b);
+void foreach_lars(Bucket& b);
 
 }  // namespace ferroptim

@@ -40,6 +40,9 @@ DEVICE_CLASSES = {
     "RMSprop": "foreach",
     "Rprop": "foreach",
     "Adadelta": "foreach",
+    "NAdam": "foreach",
+    "RAdam": "foreach",
+    "ASGD": "foreach",
 }
 #: Compositions reachable with force_device_path(foreach=True) (the CUDA path of Adagrad).
 FOREACH_TOO = {"Adagrad"}
@@ -167,6 +170,9 @@ class _nullcontext:
         ("RMSprop", {"lr": 0.01, "momentum": 0.5, "centered": True}),
         ("Rprop", {"lr": 0.01}),
         ("Adadelta", {"lr": 0.5, "weight_decay": 0.1}),
+        ("NAdam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+        ("RAdam", {"lr": 0.01, "weight_decay": 0.1, "maximize": True}),
+        ("ASGD", {"lr": 0.01, "t0": 3, "weight_decay": 0.1}),
     ],
 )
 def test_grad_scaler_with_an_inf_step_equals_torch(name, kwargs):
@@ -210,16 +216,22 @@ def test_errors_leave_everything_unchanged():
     assert all(torch.equal(opt.state[p]["step"], s) for p, s in zip(ps, steps))
 
 
+class _NoPath(ferroptim.Adam):
+    """A subclass without a device path (every ferroptim class has one)."""
+
+    _aten_rule = None
+
+
 def test_switch_is_scoped_and_classes_without_a_path_ignore_it():
     ps = [torch.nn.Parameter(torch.randn(5))]
     ps[0].grad = torch.randn(5)
-    lion = ferroptim.Lion(ps, lr=0.1)
+    opt = _NoPath(ps, lr=0.1)
     ref = torch.nn.Parameter(ps[0].detach().clone())
     ref.grad = ps[0].grad.clone()
-    ref_opt = ferroptim.Lion([ref], lr=0.1)
+    ref_opt = ferroptim.Adam([ref], lr=0.1)
     with ferroptim.force_device_path():
         assert ferroptim._device.forced() is not None
-        lion.step()
+        opt.step()
     ref_opt.step()
     assert ferroptim._device.forced() is None
     assert torch.equal(ps[0], ref)

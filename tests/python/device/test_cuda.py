@@ -5,9 +5,13 @@ GPU when written: the same path is tested bit for bit on the CPU by test_aten_pa
 
 * float32 and bfloat16 training of the seeded MLP on CUDA: ``torch.equal`` to torch.optim's
   ``fused=True`` (SGD, Adam, AdamW) or ``foreach=True`` (Adagrad, Adamax, RMSprop, Rprop,
-  Adadelta) on CUDA, parameters and state, step counters on the device for fused classes;
+  Adadelta, NAdam, RAdam, ASGD) on CUDA, parameters and state, step counters on the device
+  for fused classes and ASGD (where torch keeps them), on the CPU for the others;
 * GradScaler on CUDA with an inf step, against the same torch implementation;
-* CUDA-graph capture and replay of ``step()`` with ``capturable=True`` (fused classes).
+* CUDA-graph capture and replay of ``step()`` with ``capturable=True`` (fused classes);
+* the classes torch lacks (Lion, ADOPT, Adan, AdEMAMix, ScheduleFreeAdamW, Lamb, LARS), whose
+  foreach compositions have no torch counterpart: float32 steps on CUDA against ferroptim's
+  CPU step (the Rust rule) from the same gradients, to rtol 1e-5 / atol 1e-6.
 """
 
 from __future__ import annotations
@@ -17,7 +21,16 @@ import copy
 import ferroptim
 import pytest
 import torch
-from optim_testlib import assert_snapshots_equal, make_data, make_mlp, mlp_loss, snapshot
+from optim_testlib import (
+    TOLERANCES,
+    Snapshot,
+    assert_snapshots_close,
+    assert_snapshots_equal,
+    make_data,
+    make_mlp,
+    mlp_loss,
+    snapshot,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -30,7 +43,22 @@ IMPLS = {
     "RMSprop": "foreach",
     "Rprop": "foreach",
     "Adadelta": "foreach",
+    "NAdam": "foreach",
+    "RAdam": "foreach",
+    "ASGD": "foreach",
 }
+#: The classes torch lacks, one configuration each (against ferroptim's CPU step).
+BEYOND = {
+    "Lion": {"lr": 1e-3, "weight_decay": 0.1},
+    "ADOPT": {"lr": 0.01, "weight_decay": 0.01, "decouple": True},
+    "Adan": {"lr": 0.01, "weight_decay": 0.02},
+    "AdEMAMix": {"lr": 0.01, "weight_decay": 0.01, "alpha_warmup": 5, "beta3_warmup": 5},
+    "ScheduleFreeAdamW": {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 3},
+    "Lamb": {"lr": 0.01, "weight_decay": 0.01},
+    "LARS": {"lr": 0.5, "weight_decay": 0.01, "nesterov": True},
+}
+#: Classes whose foreach composition keeps ``step`` on the parameter's device (as torch's).
+STEP_ON_DEVICE = {"ASGD"}
 CONFIGS = {
     "SGD": {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
     "Adam": {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1},
@@ -40,6 +68,9 @@ CONFIGS = {
     "RMSprop": {"lr": 0.01, "momentum": 0.5, "centered": True},
     "Rprop": {"lr": 0.01, "maximize": True},
     "Adadelta": {"lr": 0.5, "weight_decay": 0.1},
+    "NAdam": {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.01, "weight_decay": 0.1, "maximize": True},
+    "ASGD": {"lr": 0.01, "t0": 3, "weight_decay": 0.1},
 }
 
 
@@ -86,7 +117,7 @@ def test_cuda_equals_torch(name, dtype):
     assert_snapshots_equal(actual, expected, f"{name} on CUDA vs torch {impl}")
     for st in actual.state:
         if "step" in st:
-            want = "cuda" if impl == "fused" else "cpu"
+            want = "cuda" if impl == "fused" or name in STEP_ON_DEVICE else "cpu"
             assert st["step"].device.type == want
 
 
@@ -129,3 +160,31 @@ def test_cuda_graph_capture_and_replay_capturable(name):
         torch.cuda.synchronize()
         results.append(snapshot(params, opt))
     assert_snapshots_equal(results[1], results[0], f"{name} captured")
+
+
+def _on_cpu(snap: Snapshot) -> Snapshot:
+    return Snapshot(
+        [p.cpu() for p in snap.params],
+        [{k: v.cpu() if torch.is_tensor(v) else v for k, v in st.items()} for st in snap.state],
+    )
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND))
+def test_cuda_beyond_torch_equals_the_cpu_rule(name):
+    """10 steps from the same random gradients (no CUDA matmul in the comparison) on CUDA and
+    on the CPU; tensors of 1, 2 and 3 dimensions (LARS treats one-dimensional ones apart)."""
+    torch.manual_seed(0)
+    shapes = [(64, 33), (33,), (7, 5, 3)]
+    cpu = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    cuda = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    opts = [_opt("ours", name, ps, BEYOND[name]) for ps in (cpu, cuda)]
+    for _ in range(10):
+        grads = [torch.randn(s) for s in shapes]
+        for ps, opt in zip((cpu, cuda), opts):
+            for p, g in zip(ps, grads):
+                p.grad = g.to(p.device)
+            opt.step()
+    torch.cuda.synchronize()
+    expected = snapshot(cpu, opts[0])
+    actual = _on_cpu(snapshot(cuda, opts[1]))
+    assert_snapshots_close(actual, expected, *TOLERANCES[torch.float32], what=f"{name} on CUDA")

@@ -14,6 +14,8 @@
   (evenly sharded MLP); SparseAdam refuses FSDP's dense gradients as torch does.
 * ``hsdp-*`` (2-D mesh, Replicate × Shard) and ``tp-*`` (ColwiseParallel / RowwiseParallel,
   a mix of DTensor and plain parameters) for AdamW, SGD and Lamb, likewise.
+* ``forced-*``: LAMB and LARS under ``force_device_path()`` still gather their DTensor
+  parameters (the device path's norms would be the shards').
 * ``amp-*``: ``torch.amp.GradScaler("cpu")`` with bfloat16 autocast on float32 FSDP
   parameters, one step with an inf in rank 0's shard only (every rank must skip it).
 * ``refuse-*``: a Partial parameter (RuntimeError like torch.optim, nothing modified);
@@ -389,12 +391,25 @@ def fsdp_case(name: str, shard: Callable = fsdp, exact: bool = True) -> Callable
     return case
 
 
+def forced_case(name: str) -> Callable[[int, int], None]:
+    """Under ``ferroptim.force_device_path()``: LAMB and LARS reduce over whole tensors, so
+    their DTensor parameters still take the gathered general path (the device path's norms
+    would be the shards'); the unsharded copy takes the device path (to float64 rtol)."""
+
+    def case(rank: int, world_size: int) -> None:
+        with ferroptim.force_device_path():
+            compare_run(name, KWARGS[name], fsdp, False)
+
+    return case
+
+
 CASES: dict[str, Callable[[int, int], None]] = {
     **{f"fsdp-{name}": fsdp_case(name) for name in KWARGS},
     "fsdp-LBFGS": lbfgs_case,
     **{f"hsdp-{name}": fsdp_case(name, hsdp) for name in ("AdamW", "SGD", "Lamb")},
     **{f"tp-{name}": fsdp_case(name, tensor_parallel, False) for name in ("AdamW", "SGD", "Lamb")},
     **{f"amp-{name}": amp_case(name) for name in ("AdamW", "Lamb", "Adafactor", "Muon")},
+    **{f"forced-{name}": forced_case(name) for name in ("Lamb", "LARS")},
     "refuse-partial-AdamW": refuse_partial("AdamW"),
     "refuse-partial-Lamb": refuse_partial("Lamb"),
     "refuse-SparseAdam": refuse_sparse_adam,

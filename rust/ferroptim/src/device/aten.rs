@@ -11,7 +11,8 @@
 //! | [`Sgd`] | `at::_fused_sgd_` (any device) | `SGD(fused=True)` |
 //! | [`Adam`] | `at::_fused_adam_` / `_fused_adamw_` (any device) | `Adam`/`AdamW(fused=True)` |
 //! | [`Adagrad`] | `at::_fused_adagrad_` on the CPU, `_foreach_*` elsewhere | `Adagrad(fused=True)` / `(foreach=True)` |
-//! | [`Adamax`], [`RMSprop`], [`Rprop`], [`Adadelta`] | `_foreach_*` | `<class>(foreach=True)` |
+//! | [`Adamax`], [`RMSprop`], [`Rprop`], [`Adadelta`], [`NAdam`], [`RAdam`], [`Asgd`] | `_foreach_*` | `<class>(foreach=True)` |
+//! | [`Lion`], [`Adopt`], [`Adan`], [`AdEMAMix`], [`ScheduleFreeAdamW`], [`Lamb`], [`Lars`] | `_foreach_*` (`_foreach_norm` in float64 for LAMB's and LARS's per-tensor norms) | none: ferroptim's CPU rule, to rounding |
 //!
 //! `fused=True` kernels take `grad_scale` / `found_inf` (torch.amp.GradScaler's hand-over) as
 //! tensors and skip the update on the device when `found_inf` is nonzero; step counters are
@@ -20,11 +21,23 @@
 //! (GradScaler unscales and skips for them): passing one to a foreach rule is an error.
 //! Their per-tensor scalars (bias corrections, Adagrad's decayed `lr`) come from the step
 //! counters, which torch keeps on the CPU (`capturable=False`) and reads on the host; so must
-//! the caller. Capturable foreach compositions are not implemented.
+//! the caller — except ASGD's (`step`, `eta`, `mu`), which torch keeps on the parameter's
+//! device and computes `eta` from with tensor operations. Capturable foreach compositions are
+//! not implemented.
+//!
+//! torch has no implementation of the other rules to match: their compositions
+//! (`csrc/aten_foreach_beyond.cpp`) are the CPU rule's arithmetic (`crate::rules`, which
+//! follows each algorithm's reference implementation) as one `_foreach_*` pass per operation,
+//! equal to the CPU rule to rounding (it fuses multiply-adds that they round twice); float16
+//! and bfloat16 buckets are computed on float32 copies and rounded once when stored, as the
+//! CPU rule computes them.
 
 use crate::driver::version::inplace_allowed;
 use crate::error::{Error, Result};
-use crate::rules::{Adadelta, Adagrad, Adam, Adamax, RMSprop, Rprop, Sgd};
+use crate::rules::{
+    AdEMAMix, Adadelta, Adagrad, Adam, Adamax, Adan, Adopt, Asgd, Lamb, Lars, Lion, NAdam, RAdam,
+    RMSprop, Rprop, ScheduleFreeAdamW, Sgd, LAMB_MAX_WEIGHT_NORM,
+};
 use crate::{ParamTensors, Rule};
 use std::ffi::{c_char, c_void, CStr};
 use tch::{Device, Kind, TchError, Tensor};
@@ -55,6 +68,9 @@ const FIRST: u32 = 1 << 31;
 pub struct Spec {
     algo: i32,
     fused: bool,
+    /// Scalar state on the parameter's device (fused kernels off the CPU, and ASGD's foreach
+    /// composition, as torch places them), else on the CPU.
+    scalar_on_device: bool,
     hyper: Vec<f64>,
     flags: u32,
 }
@@ -95,6 +111,7 @@ fn fused(algo: i32, hyper: Vec<f64>, flags: u32) -> Spec {
     Spec {
         algo,
         fused: true,
+        scalar_on_device: true,
         hyper,
         flags,
     }
@@ -104,6 +121,7 @@ fn foreach(algo: i32, hyper: Vec<f64>, flags: u32) -> Spec {
     Spec {
         algo,
         fused: false,
+        scalar_on_device: false,
         hyper,
         flags,
     }
@@ -154,6 +172,104 @@ aten_rule!(Adadelta, |r, _device, _foreach| foreach(
     vec![r.lr, r.rho, r.eps, r.weight_decay],
     flag(r.maximize, 0)
 ));
+aten_rule!(NAdam, |r, _device, _foreach| foreach(
+    8,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        r.momentum_decay
+    ],
+    flag(r.decoupled_weight_decay, 0) | flag(r.maximize, 1)
+));
+aten_rule!(RAdam, |r, _device, _foreach| foreach(
+    9,
+    vec![r.lr, r.beta1, r.beta2, r.eps, r.weight_decay],
+    flag(r.decoupled_weight_decay, 0) | flag(r.maximize, 1)
+));
+aten_rule!(Asgd, |r, _device, _foreach| Spec {
+    scalar_on_device: true,
+    ..foreach(
+        10,
+        vec![r.lr, r.lambd, r.alpha, r.t0, r.weight_decay],
+        flag(r.maximize, 0),
+    )
+});
+aten_rule!(Lion, |r, _device, _foreach| foreach(
+    11,
+    vec![r.lr, r.beta1, r.beta2, r.weight_decay],
+    flag(r.maximize, 0)
+));
+aten_rule!(Adopt, |r, _device, _foreach| foreach(
+    12,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        r.clip_exponent.unwrap_or(0.0)
+    ],
+    flag(r.clip_exponent.is_some(), 0) | flag(r.decouple, 1) | flag(r.maximize, 2)
+));
+aten_rule!(Adan, |r, _device, _foreach| foreach(
+    13,
+    vec![r.lr, r.beta1, r.beta2, r.beta3, r.eps, r.weight_decay],
+    flag(r.no_prox, 0) | flag(r.maximize, 1)
+));
+aten_rule!(AdEMAMix, |r, _device, _foreach| foreach(
+    14,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.beta3,
+        r.alpha,
+        r.beta3_warmup.unwrap_or(0.0),
+        r.alpha_warmup.unwrap_or(0.0),
+        r.eps,
+        r.weight_decay,
+    ],
+    flag(r.beta3_warmup.is_some(), 0) | flag(r.alpha_warmup.is_some(), 1) | flag(r.maximize, 2)
+));
+aten_rule!(ScheduleFreeAdamW, |r, _device, _foreach| foreach(
+    15,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        r.ckp1,
+        r.step
+    ],
+    flag(r.maximize, 0)
+));
+aten_rule!(Lamb, |r, _device, _foreach| foreach(
+    16,
+    vec![
+        r.lr,
+        r.beta1,
+        r.beta2,
+        r.eps,
+        r.weight_decay,
+        LAMB_MAX_WEIGHT_NORM
+    ],
+    flag(r.weight_decouple, 0) | flag(r.grad_averaging, 1) | flag(r.adam, 2) | flag(r.maximize, 3)
+));
+aten_rule!(Lars, |r, _device, _foreach| foreach(
+    17,
+    vec![
+        r.lr,
+        r.weight_decay,
+        r.momentum,
+        r.dampening,
+        r.trust_coefficient
+    ],
+    flag(r.nesterov, 0) | flag(r.trust, 1) | flag(r.maximize, 2)
+));
 
 /// One parameter group for [`step`]: the rule (its `lr` is used unless `lr` is given), an
 /// optional tensor learning rate, and the parameters that have a gradient.
@@ -184,9 +300,10 @@ pub struct AtenOptions {
 /// Requirements, checked for every tensor before anything is modified: parameters of dtype
 /// float32, float64, bfloat16 or float16; gradients and state dense, of the parameter's
 /// shape, dtype and device; scalar state (`step`, …) of one element — on the parameter's
-/// device for fused kernels on a non-CPU device (torch's fused state), on the CPU for foreach
-/// compositions (torch's `capturable=False` state); `grad_scale`/`found_inf` (float32, one
-/// element) only for rules that use a fused kernel there.
+/// device for fused kernels on a non-CPU device (torch's fused state) and for ASGD, on the
+/// CPU for the other foreach compositions (torch's `capturable=False` state);
+/// `grad_scale`/`found_inf` (float32, one element) only for rules that use a fused kernel
+/// there.
 ///
 /// # Errors
 /// [`Error::StateMismatch`], [`Error::ShapeMismatch`], [`Error::DeviceMismatch`],
@@ -244,7 +361,11 @@ fn buckets<R: AtenRule>(
                 .get(k)
                 .copied()
                 .unwrap_or("scalar state");
-            let want = if spec.fused { device } else { Device::Cpu };
+            let want = if spec.scalar_on_device {
+                device
+            } else {
+                Device::Cpu
+            };
             if s.device() != want {
                 return Err(Error::DeviceMismatch {
                     what: who(name),

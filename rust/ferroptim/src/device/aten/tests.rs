@@ -3,8 +3,8 @@
 //! before any modification. Bit-identity with torch.optim's fused/foreach implementations is
 //! tested from Python (tests/python/device/test_aten_path.py), where torch's are at hand.
 
-use super::{step, AtenOptions, DeviceGroup};
-use crate::{Adam, Adamax, Group, ParamTensors};
+use super::{step, AtenOptions, AtenRule, DeviceGroup};
+use crate::{Adam, Adamax, Adan, Asgd, Group, Lamb, Lars, NAdam, ParamTensors};
 use tch::{Device, Kind, Tensor};
 
 fn params(kind: Kind, n_state: usize, seed: i64) -> Vec<ParamTensors> {
@@ -82,6 +82,94 @@ fn adam_through_aten_matches_the_cpu_driver() -> crate::Result<()> {
         assert_eq!(device[0].params[0].scalar_state[0].double_value(&[]), 5.0);
     }
     Ok(())
+}
+
+/// Five steps of `rule` through ATen and through the CPU driver, from parameters with the
+/// (float32) scalar state `scalar_init`: equal to rounding (the foreach compositions round
+/// some multiply-adds twice that the CPU rule fuses), float32 to rtol 1e-5 / atol 1e-6,
+/// float64 to rtol 1e-10 / atol 1e-12 unless `f32_scalars` (the float32 tolerance: a float32
+/// scalar state computed differently, see ASGD below).
+fn through_aten_matches_the_cpu_driver<R: AtenRule + Copy>(
+    rule: R,
+    scalar_init: &[f64],
+    f32_scalars: bool,
+) -> crate::Result<()> {
+    for kind in [Kind::Float, Kind::Double] {
+        let mut ours = params(kind, rule.state_names().len(), 4);
+        for p in &mut ours {
+            p.scalar_state = scalar_init
+                .iter()
+                .map(|&v| Tensor::from(v as f32))
+                .collect();
+        }
+        let mut cpu = [Group {
+            rule,
+            params: deep_copy(&ours),
+        }];
+        let device = [DeviceGroup {
+            rule,
+            lr: None,
+            params: ours,
+        }];
+        for _ in 0..5 {
+            step(&device, None, None, AtenOptions::default())?;
+            crate::step(&mut cpu)?;
+        }
+        let (rtol, atol) = if kind == Kind::Float || f32_scalars {
+            (1e-5, 1e-6)
+        } else {
+            (1e-10, 1e-12)
+        };
+        for (a, b) in all_tensors(&device[0].params)
+            .iter()
+            .zip(all_tensors(&cpu[0].params))
+        {
+            assert!(a.allclose(&b, rtol, atol, false), "{kind:?}: {a} vs {b}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn torch_foreach_compositions_match_the_cpu_driver() -> crate::Result<()> {
+    let nadam = NAdam {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        decoupled_weight_decay: true,
+        ..NAdam::default()
+    };
+    through_aten_matches_the_cpu_driver(nadam, &[0.0, 1.0], false)?;
+    let asgd = Asgd {
+        t0: 2.0,
+        ..Asgd::default()
+    };
+    // torch's foreach ASGD computes the next float32 `eta` by float32 tensor arithmetic on the
+    // step counters (`lr / t` as `t.reciprocal() * lr`), its for-loop (the CPU rule) in double
+    // rounded once: an ulp of float32 apart, as torch's foreach=True and foreach=False are.
+    through_aten_matches_the_cpu_driver(asgd, &[0.0, asgd.lr, 1.0], true)
+}
+
+#[test]
+fn beyond_torch_compositions_match_the_cpu_driver() -> crate::Result<()> {
+    let adan = Adan {
+        lr: 1e-2,
+        weight_decay: 0.02,
+        ..Adan::default()
+    };
+    through_aten_matches_the_cpu_driver(adan, &[0.0], false)?;
+    let lamb = Lamb {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..Lamb::default()
+    };
+    through_aten_matches_the_cpu_driver(lamb, &[0.0], false)?;
+    let lars = Lars {
+        lr: 0.1,
+        weight_decay: 0.01,
+        nesterov: true,
+        ..Lars::default()
+    };
+    through_aten_matches_the_cpu_driver(lars, &[], false)
 }
 
 #[test]
