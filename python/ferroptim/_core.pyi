@@ -61,7 +61,6 @@ __all__ = [
     "muon_step",
     "sparse_adam_step",
     "lbfgs_step",
-    "aten_step",
 ]
 
 @final
