@@ -88,20 +88,9 @@ def step(
 
 
 @step.register_fake
-def _step_fake(
-    native: str,
-    spec: str,
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    states: list[torch.Tensor],
-    scalar_states: list[torch.Tensor],
-    fresh: list[torch.Tensor],
-    hyper_floats: list[float],
-    hyper_tensors: list[torch.Tensor],
-    grad_scale: Optional[torch.Tensor],  # noqa: UP045 (torch.library parses Optional)
-    found_inf: Optional[torch.Tensor],  # noqa: UP045
-) -> None:
-    """Shape propagation: the op writes its arguments in place and returns nothing."""
+def _step_fake(*args: Any, **kwargs: Any) -> None:
+    """Shape propagation (the op's arguments, as :func:`step`): it writes its arguments in
+    place and returns nothing."""
     return None
 
 
