@@ -97,14 +97,28 @@ pub fn clear_grads(params: &[Tensor]) -> Result<()> {
 /// one are done).
 pub fn zero_grads(params: &[Tensor], set_to_none: bool) -> Result<()> {
     let ptrs: Vec<*const c_void> = params.iter().map(|p| p.as_ptr() as *const c_void).collect();
-    let n = i64::try_from(ptrs.len()).map_err(|_| crate::Error::InvalidArgument {
+    // SAFETY: each pointer is tch's `C_tensor` of a tensor borrowed from `params`, which
+    // outlives the call.
+    unsafe { zero_grads_raw(&ptrs, set_to_none) }
+}
+
+/// [`zero_grads`] over `at::Tensor` pointers, for callers that hold tensors without a tch
+/// handle (the Python binding borrows them from `torch.Tensor` objects).
+///
+/// # Safety
+/// Every pointer must point to a live `at::Tensor` that stays alive, and is not moved, for
+/// the whole call (dropping a gradient must not free a parameter).
+///
+/// # Errors
+/// As [`zero_grads`].
+pub unsafe fn zero_grads_raw(params: &[*const c_void], set_to_none: bool) -> Result<()> {
+    let n = i64::try_from(params.len()).map_err(|_| crate::Error::InvalidArgument {
         name: "params",
-        value: format!("{} tensors", ptrs.len()),
+        value: format!("{} tensors", params.len()),
     })?;
-    // SAFETY: `ptrs` holds `n` pointers to live `at::Tensor`s (tch's `C_tensor`) borrowed from
-    // `params` for the call, and stays alive across it; the C++ side reads only those `n`
-    // entries and catches every exception.
-    let status = unsafe { ferroptim_zero_grads(ptrs.as_ptr(), n, i32::from(set_to_none)) };
+    // SAFETY: `params` holds `n` pointers to live `at::Tensor`s for the call (the caller's
+    // contract); the C++ side reads only those `n` entries and catches every exception.
+    let status = unsafe { ferroptim_zero_grads(params.as_ptr(), n, i32::from(set_to_none)) };
     match status {
         -1 => Ok(()),
         i if i >= 0 => Err(crate::Error::InvalidArgument {

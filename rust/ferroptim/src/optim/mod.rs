@@ -113,7 +113,7 @@ pub use algorithm::{
     check, scalar_tensor, zeros_state, Algorithm, Hyper, Hyperparameters, ParamState,
 };
 pub use checkpoint::FORMAT;
-pub use grad::{clear_grads, set_grad, zero_grads};
+pub use grad::{clear_grads, set_grad, zero_grads, zero_grads_raw};
 pub use lbfgs::LbfgsOptim;
 pub use schedule_free::ScheduleFreeAdamWConfig;
 pub use stateful::{IntoParams, Optim};
