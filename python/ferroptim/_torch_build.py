@@ -35,8 +35,8 @@ def check_torch(torch_version: str) -> None:
         f"this ferroptim was built for torch {TORCH_MINOR}.x (tch {TCH}), but torch "
         f"{torch_version} is installed: its native module cannot load with another torch "
         f"minor release. Install the ferroptim wheel built for torch {found} (wheel version "
-        f"'0.1.0+torch{found}', see the README's 'Installing' section; supported: torch 2.11 "
-        f"and 2.13), or install 'torch>={TORCH_MINOR}.0,<{_next_minor(TORCH_MINOR)}'."
+        f"'0.1.0+torch{found}', see the README's 'Install' section; supported: torch 2.11, "
+        f"2.12 and 2.13), or install 'torch>={TORCH_MINOR}.0,<{_next_minor(TORCH_MINOR)}'."
     )
 
 
