@@ -10,7 +10,8 @@ and the issue-3 target for the native call, 20 µs + 0.1 µs per tensor.
     python benches/fixed_cost.py --zero-grad --layouts 500x64 2000x64 200x256
 
 ``--zero-grad`` times ``zero_grad()`` instead, and a whole iteration's optimizer work
-(``step()`` + ``zero_grad()``), against torch.optim's for-loop, foreach and fused classes.
+(``step()`` + ``zero_grad()``, and ferroptim's ``step_and_zero_grad()``), against torch.optim's
+for-loop, foreach and fused classes.
 
 ``--baseline MODULE`` adds, interleaved with the others, the whole ``step()`` of another
 build of ferroptim importable as ``MODULE``, to compare two commits in one process. To make
@@ -155,10 +156,11 @@ def zero_grad_table(args: argparse.Namespace) -> None:
     )
     print(
         "| optimizer | layout | set_to_none | ferroptim zero_grad | torch zero_grad "
-        "(for-loop / foreach) | torch/ours | ferroptim step+zero_grad | torch step+zero_grad "
-        "(for-loop / foreach / fused) | best torch/ours |"
+        "(for-loop / foreach) | torch/ours | ferroptim step+zero_grad | ferroptim "
+        "step_and_zero_grad | torch step+zero_grad (for-loop / foreach / fused) | "
+        "best torch/ours (fused call) |"
     )
-    print("|---|---|---|---:|---|---:|---:|---|---:|")
+    print("|---|---|---|---:|---|---:|---:|---:|---|---:|")
     for name in args.optimizers:
         for layout in args.layouts:
             count, numel = LAYOUTS[layout]
@@ -184,6 +186,7 @@ def zero_grad_table(args: argparse.Namespace) -> None:
             for set_to_none in (True, False):
                 zero: dict[str, list[float]] = {k: [] for k in impls}
                 both: dict[str, list[float]] = {k: [] for k in impls}
+                fused: list[float] = []
                 for _ in range(args.reps):
                     for impl, (opt, params, grads) in impls.items():
                         for p, g in zip(params, grads):
@@ -197,6 +200,13 @@ def zero_grad_table(args: argparse.Namespace) -> None:
                             opt.zero_grad(set_to_none)
 
                         both[impl].append(timed(iteration))
+                        if impl != "ferroptim":
+                            continue
+                        for p, g in zip(params, grads):
+                            p.grad = g.clone() if not set_to_none else g
+                        fused.append(
+                            timed(lambda: opt.step_and_zero_grad(set_to_none=set_to_none))  # noqa: B023
+                        )
                 z = {k: statistics.median(v) * 1e6 for k, v in zero.items()}
                 b = {k: statistics.median(v) * 1e6 for k, v in both.items()}
                 torch_impls = [k for k in ("for-loop", "foreach", "fused") if k in b]
@@ -205,9 +215,10 @@ def zero_grad_table(args: argparse.Namespace) -> None:
                     f"| {name} | {layout} | {set_to_none} | {z['ferroptim']:.1f} | "
                     f"{z['for-loop']:.1f} / {z['foreach']:.1f} | "
                     f"{min(z['for-loop'], z['foreach']) / z['ferroptim']:.2f} | "
-                    f"{b['ferroptim']:.1f} | "
+                    f"{b['ferroptim']:.1f} | {statistics.median(fused) * 1e6:.1f} | "
                     + " / ".join(f"{b[k]:.1f}" for k in torch_impls)
-                    + f" | {best / b['ferroptim']:.2f} |"
+                    + f" | {best / b['ferroptim']:.2f} "
+                    + f"({best / (statistics.median(fused) * 1e6):.2f}) |"
                 )
 
 

@@ -7,7 +7,7 @@ import operator
 from typing import Any, Callable
 
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import _get_scalar_dtype, _global_optimizer_post_hooks
 
 from . import _core, _device, _ops, distributed
 from ._step_hooks import profile_hook_step
@@ -186,6 +186,55 @@ class NativeStep:
         # torch's constructors set it for fused=True; ferroptim decides by itself.
         pass
 
+    def step_and_zero_grad(
+        self, closure: Callable[[], float] | None = None, set_to_none: bool = True
+    ) -> float | None:
+        """``step(closure)`` then ``zero_grad(set_to_none)``, with the same effect, hooks
+        and profiler labels, but in one native call where it can: each gradient is reset
+        right after the step read it, without a second walk over the parameters.
+
+        The two stay separate calls (the result is the same) for a step that takes the
+        general path (the first step, or after parameters or state changed), on DTensor or
+        device parameters, while a step post-hook is registered (it must see the gradients)
+        or while the profiler records (it sees both labels). With ``torch.amp.GradScaler``
+        call ``scaler.step(optimizer)`` and ``zero_grad()`` as usual instead.
+
+        Args:
+            closure (Callable, optional): as for :meth:`step`.
+            set_to_none (bool, optional): as for :meth:`zero_grad`. Default: ``True``.
+
+        Returns:
+            The closure's loss, or None.
+
+        Raises:
+            As :meth:`step`; the gradients are not reset then.
+        """
+        if torch.compiler.is_compiling():
+            loss = self.step(closure)
+            self.zero_grad(set_to_none)
+            return loss
+        self._ferroptim_zero_after = set_to_none
+        try:
+            loss = self.step(closure)
+        finally:
+            pending = self.__dict__.pop("_ferroptim_zero_after", None)
+        if pending is not None:
+            self.zero_grad(set_to_none)
+        return loss
+
+    def _fused_zero_grad(self) -> bool | None:
+        """The ``set_to_none`` of a ``zero_grad`` that the planned step may do in its native
+        call (asked by :meth:`step_and_zero_grad`), or None: not asked, or step post-hooks
+        or the profiler must see the step and the reset apart."""
+        zero = self.__dict__.get("_ferroptim_zero_after")
+        if zero is None or (
+            self._optimizer_step_post_hooks  # type: ignore[attr-defined]
+            or _global_optimizer_post_hooks
+            or _core.record_function_observed()
+        ):
+            return None
+        return zero
+
     @torch._disable_dynamo
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Resets the gradients of all optimized tensors, as ``torch.optim.Optimizer.zero_grad``
@@ -301,8 +350,13 @@ class NativeStep:
         # (entering one costs ~50 µs when the caches are cold). A plan is only made by a step
         # whose parameters were all on the CPU.
         state = self.state  # type: ignore[attr-defined]
-        if plan is not None and plan[1] == names and plan[0].step(state, groups, hypers, scale):
-            return loss
+        if plan is not None and plan[1] == names:
+            zero = self._fused_zero_grad()
+            done = plan[0].step(state, groups, hypers, scale, zero)
+            if done:
+                if done == 1 and zero is not None:
+                    del self.__dict__["_ferroptim_zero_after"]
+                return loss
         with torch.no_grad():
             self._general_step(groups, names, scale)
         return loss
@@ -440,11 +494,22 @@ def native_zero_grad(optimizer: Any, set_to_none: bool = True) -> None:
         optimizer._patch_step_function()
     if _core.record_function_observed():
         with torch.autograd.profiler.record_function(optimizer._zero_grad_profile_name):
-            done = _core.zero_grad(optimizer.param_groups, set_to_none)
+            done = _zero_grads(optimizer, set_to_none)
     else:
-        done = _core.zero_grad(optimizer.param_groups, set_to_none)
+        done = _zero_grads(optimizer, set_to_none)
     if not done:
         torch.optim.Optimizer.zero_grad(optimizer, set_to_none)
+
+
+def _zero_grads(optimizer: Any, set_to_none: bool) -> bool:
+    """The native reset: through the cached plan of the step where it still fits the
+    parameters (it holds their tensors: no walk over the Python objects), else over
+    ``param_groups``. False if a parameter is not a leaf tensor (nothing done)."""
+    groups = optimizer.param_groups
+    plan = optimizer.__dict__.get("_ferroptim_plan")
+    if plan is not None and plan[0].zero_grad(groups, set_to_none):
+        return True
+    return _core.zero_grad(groups, set_to_none)
 
 
 def grad_scaler_args(optimizer: object) -> tuple[bool, float | None]:

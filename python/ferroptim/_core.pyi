@@ -73,11 +73,20 @@ class Plan:
         param_groups: Sequence[Mapping[str, Any]],
         hypers: Sequence[Mapping[str, float | bool | None]],
         grad_scale: float | None = None,
-    ) -> bool:
-        """Steps and returns True if ``state`` and ``param_groups`` hold the same objects as
+        zero_grad: bool | None = None,
+    ) -> int:
+        """Steps and returns 1 if ``state`` and ``param_groups`` hold the same objects as
         when the plan was made (and no parameter without state has a gradient); otherwise
-        returns False having changed nothing. ``hypers``: one dict per group, keyed like the
-        ``*_step`` group dicts' hyperparameters."""
+        returns 0 having changed nothing. ``hypers``: one dict per group, keyed like the
+        ``*_step`` group dicts' hyperparameters. ``zero_grad``: None, or the ``set_to_none``
+        of a ``zero_grad`` done in the same call after the step (returns 2 if the step was
+        done but a parameter is not a leaf tensor, so the gradients were left alone)."""
+
+    def zero_grad(
+        self, param_groups: Sequence[Mapping[str, Any]], set_to_none: bool = True
+    ) -> bool:
+        """``zero_grad(set_to_none)`` of the planned parameters; True if ``param_groups`` holds
+        the same groups and parameters as when the plan was made (else False, nothing done)."""
 
 _Names = Sequence[tuple[Sequence[str], Sequence[str]]]
 _State = Mapping[torch.Tensor, Mapping[str, Any]]

@@ -63,10 +63,10 @@ def test_the_plan_is_made_and_used() -> None:
     plan, names = opt._ferroptim_plan  # type: ignore[attr-defined]
     hypers = [opt._hyper(g) for g in opt.param_groups]
     before = [p.detach().clone() for p in params]
-    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+    assert plan.step(opt.state, opt.param_groups, hypers, None) == 1
     assert all(not torch.equal(p, q) for p, q in zip(params, before))
     # another optimizer's state is not this plan's
-    assert plan.step({}, opt.param_groups, hypers, None) is False
+    assert plan.step({}, opt.param_groups, hypers, None) == 0
 
 
 @pytest.mark.parametrize("index", [0, 15, 16, 39])
@@ -79,10 +79,10 @@ def test_a_replaced_state_tensor_in_any_batch_makes_the_plan_decline(index: int)
     opt.step()
     plan, _ = opt._ferroptim_plan  # type: ignore[attr-defined]
     hypers = [opt._hyper(g) for g in opt.param_groups]
-    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+    assert plan.step(opt.state, opt.param_groups, hypers, None) == 1
     opt.state[params[index]]["exp_avg"] = opt.state[params[index]]["exp_avg"].clone()
     before = [p.detach().clone() for p in params]
-    assert plan.step(opt.state, opt.param_groups, hypers, None) is False
+    assert plan.step(opt.state, opt.param_groups, hypers, None) == 0
     assert all(torch.equal(p, q) for p, q in zip(params, before))
 
 
@@ -101,7 +101,7 @@ def test_repeated_steps_match_torch(cls_name: str, kwargs: dict[str, object]) ->
     _, _, opt = _run(cls_name, _nothing, **kwargs)
     plan, _ = opt._ferroptim_plan  # type: ignore[attr-defined]
     hypers = [opt._hyper(g) for g in opt.param_groups]
-    assert plan.step(opt.state, opt.param_groups, hypers, None) is True
+    assert plan.step(opt.state, opt.param_groups, hypers, None) == 1
 
 
 def test_a_replaced_state_tensor_is_used() -> None:

@@ -20,6 +20,7 @@ use ferroptim::{ParamState, Rule, StepCache};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
+use std::ffi::c_void;
 use std::sync::Mutex;
 
 /// Builds a rule from a group dict of hyperparameters (see `rules.rs`).
@@ -201,6 +202,30 @@ impl PlannedGroup {
         group: &Bound<'_, PyAny>,
         key: &Bound<'_, PyString>,
     ) -> bool {
+        self.same_params(py, group, key)
+            && self.state_dicts.chunks(PREFETCH_BATCH).all(|batch| {
+                // After a step has streamed the model through the caches, every state dict
+                // and snapshot misses: fetch a batch's at once, so that their misses overlap.
+                for d in batch {
+                    prefetch(d.dict.as_ptr().cast());
+                    prefetch(d.items.as_ptr().cast());
+                }
+                batch.iter().all(|d| d.same_items(py))
+            })
+            && self
+                .stateless
+                .iter()
+                .all(|p| p.f_grad().is_ok_and(|g| !g.defined()))
+    }
+
+    /// True if the group is the same dict with the same `params` list holding the same
+    /// parameters (their state is not looked at).
+    fn same_params(
+        &self,
+        py: Python<'_>,
+        group: &Bound<'_, PyAny>,
+        key: &Bound<'_, PyString>,
+    ) -> bool {
         if !group.is(&self.group) {
             return false;
         }
@@ -215,19 +240,16 @@ impl PlannedGroup {
                 let item = unsafe { ffi::PyList_GetItem(list.as_ptr(), i as ffi::Py_ssize_t) };
                 item == p0.as_ptr()
             })
-            && self.state_dicts.chunks(PREFETCH_BATCH).all(|batch| {
-                // After a step has streamed the model through the caches, every state dict
-                // and snapshot misses: fetch a batch's at once, so that their misses overlap.
-                for d in batch {
-                    prefetch(d.dict.as_ptr().cast());
-                    prefetch(d.items.as_ptr().cast());
-                }
-                batch.iter().all(|d| d.same_items(py))
-            })
-            && self
-                .stateless
-                .iter()
-                .all(|p| p.f_grad().is_ok_and(|g| !g.defined()))
+    }
+
+    /// Appends the `at::Tensor` of every parameter of the group (tch's `C_tensor`, borrowed
+    /// from the plan's handles).
+    fn tensor_ptrs(&self, out: &mut Vec<*const c_void>) {
+        let all = self.planned.iter().chain(&self.split).map(|ps| &ps.param);
+        out.extend(
+            all.chain(&self.stateless)
+                .map(|t| t.as_ptr() as *const c_void),
+        );
     }
 }
 
@@ -367,11 +389,17 @@ impl Plan {
 #[pymethods]
 impl Plan {
     /// Steps every planned parameter that has a gradient, with the groups' hyperparameters
-    /// `hypers` (one dict per group, keyed by the rule's field names), and returns True — if
+    /// `hypers` (one dict per group, keyed by the rule's field names), and returns 1 — if
     /// `state` and `param_groups` still hold what they held when the plan was made. Otherwise
-    /// returns False having changed nothing. Raises as `<rule>_step` does, also having changed
+    /// returns 0 having changed nothing. Raises as `<rule>_step` does, also having changed
     /// nothing.
-    #[pyo3(signature = (state, param_groups, hypers, grad_scale = None))]
+    ///
+    /// With `zero_grad` set (the `set_to_none` argument of torch.optim's `zero_grad`), the
+    /// gradients are then reset as `zero_grad` does (see `ferroptim::zero_grads`), in the same
+    /// call; not when the step raised or declined. Returns 2 if the step was done but the
+    /// gradients were left alone because a parameter is not a leaf tensor (the caller then
+    /// takes torch's `zero_grad`, which warns about it).
+    #[pyo3(signature = (state, param_groups, hypers, grad_scale = None, zero_grad = None))]
     fn step(
         &self,
         py: Python<'_>,
@@ -379,15 +407,16 @@ impl Plan {
         param_groups: &Bound<'_, PyAny>,
         hypers: Vec<Bound<'_, PyDict>>,
         grad_scale: Option<f64>,
-    ) -> PyResult<bool> {
+        zero_grad: Option<bool>,
+    ) -> PyResult<u8> {
         // Another thread stepping this optimizer right now holds the lock while the GIL is
         // released; waiting for it here, with the GIL held, could deadlock. Take the general
         // path instead.
         let Ok(mut planned) = self.planned.try_lock() else {
-            return Ok(false);
+            return Ok(0);
         };
         if !self.unchanged(py, &planned.groups, state, param_groups) {
-            return Ok(false);
+            return Ok(0);
         }
         if hypers.len() != planned.groups.len() {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
@@ -396,7 +425,61 @@ impl Plan {
                 hypers.len()
             )));
         }
-        (self.step)(py, &mut planned, &hypers, grad_scale)
+        if !(self.step)(py, &mut planned, &hypers, grad_scale)? {
+            return Ok(0);
+        }
+        match zero_grad {
+            Some(set_to_none) if !zero_planned(&planned.groups, set_to_none)? => Ok(2),
+            _ => Ok(1),
+        }
+    }
+
+    /// Resets the gradients of every parameter of `param_groups` as torch.optim's
+    /// `zero_grad(set_to_none)` does (see `ferroptim::zero_grads`) and returns True — if
+    /// `param_groups` still holds the groups and parameters it held when the plan was made
+    /// (their state is not looked at). Otherwise, or if a parameter is not a leaf tensor,
+    /// returns False having changed nothing. Raises RuntimeError if libtorch fails.
+    #[pyo3(signature = (param_groups, set_to_none = true))]
+    fn zero_grad(
+        &self,
+        py: Python<'_>,
+        param_groups: &Bound<'_, PyAny>,
+        set_to_none: bool,
+    ) -> PyResult<bool> {
+        let Ok(planned) = self.planned.try_lock() else {
+            return Ok(false);
+        };
+        if !param_groups.is(&self.param_groups) {
+            return Ok(false);
+        }
+        let list = self.param_groups.bind(py);
+        let key = self.params_key.bind(py);
+        let same = list.len() == planned.groups.len()
+            && list
+                .iter()
+                .zip(&planned.groups)
+                .all(|(g, planned)| planned.same_params(py, &g, key));
+        if !same {
+            return Ok(false);
+        }
+        zero_planned(&planned.groups, set_to_none)
+    }
+}
+
+/// Resets the gradients of every parameter of `groups` (with the GIL held: dropping a gradient
+/// may free a Python object). False, having changed nothing, if a parameter is not a leaf.
+fn zero_planned(groups: &[PlannedGroup], set_to_none: bool) -> PyResult<bool> {
+    let mut tensors = Vec::new();
+    for g in groups {
+        g.tensor_ptrs(&mut tensors);
+    }
+    // SAFETY: every pointer is the `C_tensor` of a tch handle owned by the plan, which the
+    // caller holds (locked) for the whole call; dropping a gradient cannot free a parameter
+    // (the plan and its `params` lists keep every parameter alive).
+    match unsafe { ferroptim::optim::zero_grads_raw(&tensors, set_to_none) } {
+        Ok(()) => Ok(true),
+        Err(ferroptim::Error::InvalidArgument { .. }) => Ok(false),
+        Err(e) => Err(PyErr::from(CoreError::from(e))),
     }
 }
 
