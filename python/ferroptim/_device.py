@@ -94,12 +94,18 @@ def fused_on(opt: Any, device_type: str, mode: _Mode | None) -> bool:
 def supports_amp_scaling(opt: Any) -> bool:
     """``_step_supports_amp_scaling`` of a native optimizer: True unless some parameter takes a
     foreach composition of the device path, whose torch counterpart leaves unscaling (and
-    skipping non-finite steps) to GradScaler."""
+    skipping non-finite steps) to GradScaler. GradScaler reads it at every step: while a
+    cached plan exists (made by a step whose parameters were all on the CPU, and dropped when
+    the device path is forced) the answer is True without a walk over the parameters."""
+    mode = forced()
+    if mode is None and opt.__dict__.get("_ferroptim_plan") is not None:
+        return True
     if not has_path(opt, opt.param_groups):
         return True
-    mode = forced()
     if mode is not None:
         return fused_on(opt, "cpu", mode)
+    if opt._aten_fused is None:
+        return True
     types = {p.device.type for g in opt.param_groups for p in g["params"]}
     return all(fused_on(opt, t, None) for t in types if t != "cpu")
 
