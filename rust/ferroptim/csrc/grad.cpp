@@ -95,8 +95,17 @@ int64_t ferroptim_zero_grads(const at::Tensor* const* params, int64_t n,
                              int32_t set_to_none) noexcept {
   try {
     for (int64_t i = 0; i < n; ++i) {
+      // Two levels ahead: the TensorImpl of parameter i + 2k, then (its impl fetched by now)
+      // the autograd metadata of parameter i + k, which `is_leaf` and `mutable_grad` read.
+      if (i + 2 * kAhead < n && params[i + 2 * kAhead] != nullptr) {
+        prefetch(params[i + 2 * kAhead]->unsafeGetTensorImpl());
+      }
       if (i + kAhead < n && params[i + kAhead] != nullptr) {
-        prefetch(params[i + kAhead]->unsafeGetTensorImpl());
+        const c10::AutogradMetaInterface* meta =
+            params[i + kAhead]->unsafeGetTensorImpl()->autograd_meta();
+        if (meta != nullptr) {
+          prefetch(meta);
+        }
       }
       const at::Tensor* p = params[i];
       if (p == nullptr || !p->defined() || !p->is_leaf()) {
