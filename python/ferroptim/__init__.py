@@ -19,6 +19,7 @@ check_torch(torch.__version__)
 
 from ferroptim import _core
 from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
+from ferroptim import rules as rules  # your own rules (ferroptim.rules.rule_optimizer)
 from ferroptim._device import force_device_path
 from ferroptim.adadelta import Adadelta
 from ferroptim.adafactor import Adafactor

@@ -21,6 +21,9 @@ __all__ = [
     "__version__",
     "record_function_observed",
     "Plan",
+    "Graph",
+    "graph_step",
+    "graph_plan",
     "sgd_step",
     "sgd_plan",
     "adam_step",
@@ -298,6 +301,34 @@ def rprop_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adadelta_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def asgd_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def lion_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
+
+_RawNode = tuple[str, int, int, int, float]
+
+@final
+class Graph:
+    """A rule traced by ``ferroptim.rules`` (element and scalar graphs), checked and interned.
+    Raises ValueError naming the first bad node."""
+
+    def __new__(
+        cls,
+        state_names: Sequence[str],
+        nodes: Sequence[_RawNode],
+        param_out: int,
+        state_out: Sequence[int],
+        scalars: Sequence[_RawNode],
+        slots: Sequence[int],
+        n_hypers: int,
+    ) -> Graph: ...
+    @property
+    def n_nodes(self) -> int:
+        """The number of element nodes."""
+
+class GraphGroup(_Tensors):
+    graph: Graph
+    hypers: Sequence[float]
+
+def graph_step(groups: Sequence[GraphGroup], grad_scale: float | None = None) -> None: ...
+def graph_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adopt_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def adan_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...
 def ademamix_plan(state: _State, param_groups: _Groups, names: _Names) -> Plan: ...

@@ -7,6 +7,7 @@
 mod device;
 mod error;
 mod grads;
+mod graph;
 mod groups;
 mod lbfgs;
 mod plan;
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rules::register(m)?;
     device::register(m)?;
     grads::register(m)?;
+    graph::register(m)?;
     tensor_rules::register(m)
 }
 

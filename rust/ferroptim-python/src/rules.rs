@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyList};
 /// One step of rule `R` over all groups (dicts: see `python/ferroptim/_core.pyi`): extract
 /// everything with the GIL held, then release it for the whole update. With `grad_scale`,
 /// gradients are unscaled in the fused pass and written back (torch's fused `grad_scale`).
-fn run<R: FromGroup>(
+pub(crate) fn run<R: FromGroup>(
     py: Python<'_>,
     groups: Vec<Bound<'_, PyDict>>,
     grad_scale: Option<f64>,

@@ -88,6 +88,7 @@ pub mod device;
 mod driver;
 pub mod element;
 mod error;
+pub mod expr;
 pub mod optim;
 mod profiling;
 mod rule;

@@ -50,6 +50,24 @@ pub trait Rule: Sync {
     /// `state.len()` equals `self.state_names().len()`.
     fn update<F: Float>(s: &Self::Scalars, param: F, grad: F, state: &mut [F]) -> F;
 
+    /// Updates a whole contiguous piece of one parameter at once, instead of element by
+    /// element with [`Rule::update`]: `param`, `grad` and each `state[k]` have the same
+    /// length; with `grad_scale`, each gradient element is divided by it, and stored back so
+    /// divided, before it is used. Returns false (the default) to let the driver call
+    /// [`Rule::update`] per element. Rules whose update is data (expression graphs,
+    /// `crate::expr`) evaluate it over blocks here. Must give the same result for any split
+    /// of the piece (the driver splits work across threads).
+    #[inline(always)]
+    fn update_slice<S: crate::element::Storage>(
+        _s: &Self::Scalars,
+        _grad_scale: Option<f64>,
+        _param: &mut [S],
+        _grad: &mut [S],
+        _state: &mut [&mut [S]],
+    ) -> bool {
+        false
+    }
+
     /// How many per-tensor sums of squares the parameter's update needs (at most
     /// [`MAX_NORMS`]; e.g. LAMB's and LARS's trust ratios need two norms). The default, 0,
     /// is a purely elementwise rule. When nonzero, the driver first reduces

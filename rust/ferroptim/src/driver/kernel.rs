@@ -227,6 +227,9 @@ fn piece_loop<R: Rule, S: Storage, const N: usize>(
         });
         (param, grad, state)
     };
+    if R::update_slice::<S>(&job.scalars, job.grad_scale, param, grad, &mut state) {
+        return;
+    }
     match job.grad_scale {
         None => {
             for i in 0..len {
