@@ -2,16 +2,30 @@
 //! read and written once per block), every node computed for a whole block in a loop the
 //! compiler vectorises, in the instruction set the driver's kernel was compiled for.
 
-use super::graph::{Graph, NodeId, Op, MAX_SLOTS};
+use super::graph::{Graph, NodeId, Op, MAX_NODES, MAX_SLOTS};
 use crate::element::{Float, Storage};
+use std::cell::Cell;
 
 /// Elements per block: with the graph's nodes as rows of this many values, a block stays in
 /// the L1 cache (e.g. 40 nodes × 128 × 4 B = 20 KiB for `f32`).
 pub(crate) const BLOCK: usize = 128;
 
+/// What one node is for a call: not needed, the same value for every element (computed once,
+/// from slots and constants only), or a row computed per block.
+#[derive(Clone, Copy)]
+enum Plan<F> {
+    Dead,
+    Uniform(F),
+    Row,
+}
+
 /// Updates `param` and `state` (each `param.len()` elements, `state.len()` equal to the
 /// graph's state count) from `grad` (divided by `grad_scale` if given, and written back so
 /// divided), with the slot values `slots`.
+///
+/// Nodes that depend on slots and constants only are computed once per call (with the same
+/// operation, so the same bits as per element); a `where` whose mask is such a node computes
+/// only the branch it takes; nodes no output needs are skipped.
 #[inline(always)]
 pub(crate) fn update_slice<S: Storage>(
     g: &Graph,
@@ -21,12 +35,47 @@ pub(crate) fn update_slice<S: Storage>(
     grad: &mut [S],
     state: &mut [&mut [S]],
 ) {
-    let mut slot_values = [<S::Compute as Float>::ZERO; MAX_SLOTS];
-    for (v, &s) in slot_values.iter_mut().zip(slots.iter()) {
-        *v = <S::Compute as Float>::from_f64(s);
-    }
+    let mut plans = [Plan::Dead; MAX_NODES];
+    plan::<S::Compute>(g, slots, &mut plans);
+    let plans = &plans[..g.nodes.len()];
     let scale = grad_scale.map(<S::Compute as Float>::from_f64);
-    let mut rows = vec![[<S::Compute as Float>::ZERO; BLOCK]; g.nodes.len()];
+    // The thread's scratch is moved out and back (no closure around the work: it must be
+    // inlined into the caller, which is compiled for the CPU's instruction set).
+    let mut words = SCRATCH.with(Cell::take);
+    let rows = rows_in::<S::Compute>(&mut words, g.nodes.len());
+    blocks(g, plans, scale, rows, param, grad, state);
+    SCRATCH.with(|cell| cell.set(words));
+}
+
+thread_local! {
+    /// Each thread's rows (grown to the largest graph it has run, never shrunk): no allocation
+    /// per call, which matters for the many small tensors of a model.
+    static SCRATCH: Cell<Vec<u64>> = const { Cell::new(Vec::new()) };
+}
+
+/// `n` rows of `BLOCK` values of `F` in `words` (grown as needed).
+fn rows_in<F: Float>(words: &mut Vec<u64>, n: usize) -> &mut [[F; BLOCK]] {
+    let bytes = n * std::mem::size_of::<[F; BLOCK]>();
+    let need = bytes.div_ceil(8);
+    if words.len() < need {
+        words.resize(need, 0);
+    }
+    // SAFETY: `words` holds at least `n * size_of::<[F; BLOCK]>()` initialised bytes, aligned
+    // to 8, which is at least `F`'s alignment (`f32` or `f64`); every bit pattern is a valid
+    // float; the slice borrows `words` mutably for its whole life.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<[F; BLOCK]>(), n) }
+}
+
+#[inline(always)]
+fn blocks<S: Storage>(
+    g: &Graph,
+    plans: &[Plan<S::Compute>],
+    scale: Option<S::Compute>,
+    rows: &mut [[S::Compute; BLOCK]],
+    param: &mut [S],
+    grad: &mut [S],
+    state: &mut [&mut [S]],
+) {
     let len = param.len();
     let mut start = 0;
     while start < len {
@@ -34,9 +83,9 @@ pub(crate) fn update_slice<S: Storage>(
         let end = start + n;
         block(
             g,
-            &slot_values,
+            plans,
             scale,
-            &mut rows,
+            rows,
             n,
             &mut param[start..end],
             &mut grad[start..end],
@@ -47,11 +96,133 @@ pub(crate) fn update_slice<S: Storage>(
     }
 }
 
+/// The [`Plan`] of every node for one call, into `plans[..g.nodes.len()]`.
+fn plan<F: Float>(g: &Graph, slots: &[f64; MAX_SLOTS], plans: &mut [Plan<F>; MAX_NODES]) {
+    for (i, op) in g.nodes.iter().enumerate() {
+        let u = |a: NodeId| match plans[a as usize] {
+            Plan::Uniform(v) => Some(v),
+            _ => None,
+        };
+        let value = match *op {
+            Op::Param | Op::Grad | Op::State(_) => None,
+            Op::Slot(k) => Some(F::from_f64(slots[usize::from(k)])),
+            Op::Const(c) => Some(F::from_f64(c)),
+            Op::Fma(a, b, c) => match (u(a), u(b), u(c)) {
+                (Some(x), Some(y), Some(z)) => Some(x.mul_add(y, z)),
+                _ => None,
+            },
+            Op::Where(m, a, b) => match (u(m), u(a), u(b)) {
+                (Some(m), Some(x), Some(y)) => Some(choose(m, x, y)),
+                _ => None,
+            },
+            other => match operands(other) {
+                (a, None) => u(a).map(|x| apply1(other, x)),
+                (a, Some(b)) => u(a).zip(u(b)).map(|(x, y)| apply2(other, x, y)),
+            },
+        };
+        plans[i] = value.map_or(Plan::Row, Plan::Uniform);
+    }
+    // Liveness, from the outputs back: rows only for what an output needs.
+    let mut live = [false; MAX_NODES];
+    live[g.param_out as usize] = true;
+    for &o in &g.state_out {
+        live[o as usize] = true;
+    }
+    for i in (0..g.nodes.len()).rev() {
+        if !live[i] || matches!(plans[i], Plan::Uniform(_)) {
+            continue;
+        }
+        let mut mark = |a: NodeId| live[a as usize] = true;
+        match g.nodes[i] {
+            Op::Fma(a, b, c) => [a, b, c].into_iter().for_each(&mut mark),
+            Op::Where(m, a, b) => match plans[m as usize] {
+                Plan::Uniform(m) => mark(if m != F::ZERO { a } else { b }),
+                _ => [m, a, b].into_iter().for_each(&mut mark),
+            },
+            Op::Param | Op::Grad | Op::State(_) | Op::Slot(_) | Op::Const(_) => {}
+            other => {
+                let (a, b) = operands(other);
+                mark(a);
+                if let Some(b) = b {
+                    mark(b);
+                }
+            }
+        }
+    }
+    for (p, l) in plans.iter_mut().zip(live).take(g.nodes.len()) {
+        if !l && matches!(p, Plan::Row) {
+            *p = Plan::Dead;
+        }
+    }
+}
+
+/// The operands of a unary or binary operation.
+fn operands(op: Op) -> (NodeId, Option<NodeId>) {
+    match op {
+        Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => (a, None),
+        Op::Add(a, b)
+        | Op::Sub(a, b)
+        | Op::Mul(a, b)
+        | Op::Div(a, b)
+        | Op::Max(a, b)
+        | Op::Min(a, b)
+        | Op::Lt(a, b)
+        | Op::Le(a, b)
+        | Op::Eq(a, b) => (a, Some(b)),
+        _ => (0, None),
+    }
+}
+
+/// A unary operation's value.
+#[inline(always)]
+fn apply1<F: Float>(op: Op, x: F) -> F {
+    match op {
+        Op::Neg(_) => -x,
+        Op::Abs(_) => x.abs(),
+        Op::Sqrt(_) => x.sqrt(),
+        Op::Exp(_) => F::from_f64(x.to_f64().exp()),
+        Op::Log(_) => F::from_f64(x.to_f64().ln()),
+        _ => sign(x),
+    }
+}
+
+/// A binary operation's value.
+#[inline(always)]
+fn apply2<F: Float>(op: Op, x: F, y: F) -> F {
+    match op {
+        Op::Add(..) => x + y,
+        Op::Sub(..) => x - y,
+        Op::Mul(..) => x * y,
+        Op::Div(..) => x / y,
+        Op::Max(..) => x.max_nan(y),
+        Op::Min(..) => min_nan(x, y),
+        Op::Lt(..) => flag(x < y),
+        Op::Le(..) => flag(x <= y),
+        _ => flag(x == y),
+    }
+}
+
+#[inline(always)]
+fn choose<F: Float>(m: F, x: F, y: F) -> F {
+    if m != F::ZERO {
+        x
+    } else {
+        y
+    }
+}
+
+/// An operand: a row of the block, or one value for all elements.
+#[derive(Clone, Copy)]
+enum Src<'a, F> {
+    Row(&'a [F]),
+    Uni(F),
+}
+
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn block<S: Storage>(
     g: &Graph,
-    slots: &[S::Compute; MAX_SLOTS],
+    plans: &[Plan<S::Compute>],
     scale: Option<S::Compute>,
     rows: &mut [[S::Compute; BLOCK]],
     n: usize,
@@ -61,9 +232,15 @@ fn block<S: Storage>(
     offset: usize,
 ) {
     for i in 0..g.nodes.len() {
+        if !matches!(plans[i], Plan::Row) {
+            continue;
+        }
         let (done, rest) = rows.split_at_mut(i);
         let out = &mut rest[0][..n];
-        let r = |a: NodeId| &done[a as usize][..n];
+        let r = |a: NodeId| match plans[a as usize] {
+            Plan::Uniform(v) => Src::Uni(v),
+            _ => Src::Row(&done[a as usize][..n]),
+        };
         match g.nodes[i] {
             Op::Param => load(out, param),
             Op::Grad => {
@@ -76,8 +253,7 @@ fn block<S: Storage>(
                 }
             }
             Op::State(k) => load(out, &state[usize::from(k)][offset..offset + n]),
-            Op::Slot(k) => out.fill(slots[usize::from(k)]),
-            Op::Const(c) => out.fill(<S::Compute as Float>::from_f64(c)),
+            Op::Slot(_) | Op::Const(_) => {} // always uniform
             Op::Neg(a) => unary(out, r(a), |x| -x),
             Op::Abs(a) => unary(out, r(a), |x| x.abs()),
             Op::Sqrt(a) => unary(out, r(a), |x| x.sqrt()),
@@ -93,27 +269,38 @@ fn block<S: Storage>(
             Op::Lt(a, b) => binary(out, r(a), r(b), |x, y| flag(x < y)),
             Op::Le(a, b) => binary(out, r(a), r(b), |x, y| flag(x <= y)),
             Op::Eq(a, b) => binary(out, r(a), r(b), |x, y| flag(x == y)),
-            Op::Fma(a, b, c) => {
-                let (a, b, c) = (r(a), r(b), r(c));
-                for j in 0..n {
-                    out[j] = a[j].mul_add(b[j], c[j]);
-                }
-            }
-            Op::Where(m, a, b) => {
-                let (m, a, b) = (r(m), r(a), r(b));
-                for j in 0..n {
-                    out[j] = if m[j] != <S::Compute as Float>::ZERO {
-                        a[j]
-                    } else {
-                        b[j]
-                    };
-                }
-            }
+            Op::Fma(a, b, c) => ternary(out, r(a), r(b), r(c), |x, y, z| x.mul_add(y, z)),
+            Op::Where(m, a, b) => match plans[m as usize] {
+                // A uniform mask: only the branch taken was computed.
+                Plan::Uniform(m) => copy(out, r(if m != Float::ZERO { a } else { b })),
+                _ => ternary(out, r(m), r(a), r(b), choose),
+            },
         }
     }
-    store(param, &rows[g.param_out as usize][..n]);
+    let out = |o: NodeId| match plans[o as usize] {
+        Plan::Uniform(v) => Src::Uni(v),
+        _ => Src::Row(&rows[o as usize][..n]),
+    };
+    store_src(param, out(g.param_out));
     for (k, &o) in g.state_out.iter().enumerate() {
-        store(&mut state[k][offset..offset + n], &rows[o as usize][..n]);
+        store_src(&mut state[k][offset..offset + n], out(o));
+    }
+}
+
+/// Stores an output node's values (a uniform output is the same value everywhere).
+#[inline(always)]
+fn store_src<S: Storage>(to: &mut [S], from: Src<'_, S::Compute>) {
+    match from {
+        Src::Row(r) => store(to, r),
+        Src::Uni(v) => to.fill(S::store(v)),
+    }
+}
+
+#[inline(always)]
+fn copy<F: Float>(out: &mut [F], a: Src<'_, F>) {
+    match a {
+        Src::Row(a) => out.copy_from_slice(a),
+        Src::Uni(v) => out.fill(v),
     }
 }
 
@@ -132,16 +319,78 @@ fn store<S: Storage>(to: &mut [S], from: &[S::Compute]) {
 }
 
 #[inline(always)]
-fn unary<F: Float>(out: &mut [F], a: &[F], f: impl Fn(F) -> F) {
-    for (o, &x) in out.iter_mut().zip(a) {
-        *o = f(x);
+fn unary<F: Float>(out: &mut [F], a: Src<'_, F>, f: impl Fn(F) -> F) {
+    match a {
+        Src::Row(a) => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = f(x);
+            }
+        }
+        Src::Uni(x) => out.fill(f(x)),
     }
 }
 
 #[inline(always)]
-fn binary<F: Float>(out: &mut [F], a: &[F], b: &[F], f: impl Fn(F, F) -> F) {
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(x, y);
+fn binary<F: Float>(out: &mut [F], a: Src<'_, F>, b: Src<'_, F>, f: impl Fn(F, F) -> F) {
+    match (a, b) {
+        (Src::Row(a), Src::Row(b)) => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        }
+        (Src::Row(a), Src::Uni(y)) => {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = f(x, y);
+            }
+        }
+        (Src::Uni(x), Src::Row(b)) => {
+            for (o, &y) in out.iter_mut().zip(b) {
+                *o = f(x, y);
+            }
+        }
+        (Src::Uni(x), Src::Uni(y)) => out.fill(f(x, y)),
+    }
+}
+
+#[inline(always)]
+fn ternary<F: Float>(
+    out: &mut [F],
+    a: Src<'_, F>,
+    b: Src<'_, F>,
+    c: Src<'_, F>,
+    f: impl Fn(F, F, F) -> F,
+) {
+    match (a, b, c) {
+        (Src::Row(a), Src::Row(b), Src::Row(c)) => {
+            for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+                *o = f(x, y, z);
+            }
+        }
+        (Src::Uni(x), Src::Row(b), Src::Row(c)) => {
+            for ((o, &y), &z) in out.iter_mut().zip(b).zip(c) {
+                *o = f(x, y, z);
+            }
+        }
+        (Src::Row(a), Src::Uni(y), Src::Row(c)) => {
+            for ((o, &x), &z) in out.iter_mut().zip(a).zip(c) {
+                *o = f(x, y, z);
+            }
+        }
+        (Src::Row(a), Src::Row(b), Src::Uni(z)) => {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y, z);
+            }
+        }
+        (a, b, c) => {
+            // Two or three uniform operands: rare (one row at most); element by element.
+            let at = |s: Src<'_, F>, j: usize| match s {
+                Src::Row(r) => r[j],
+                Src::Uni(v) => v,
+            };
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = f(at(a, j), at(b, j), at(c, j));
+            }
+        }
     }
 }
 
