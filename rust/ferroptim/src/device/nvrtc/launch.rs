@@ -1,0 +1,1 @@
+//! Launching (filled below).
