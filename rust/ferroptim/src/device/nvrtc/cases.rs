@@ -79,7 +79,13 @@ fn dtype_of(kind: Kind) -> Dtype {
 const N: usize = 512;
 
 /// Traces `rule` after `steps` steps and runs it on random inputs.
-fn case<R: Rule, S: Storage>(name: &str, rule: &R, steps: usize, scale: Option<f32>, seed: u64) -> Case {
+fn case<R: Rule, S: Storage>(
+    name: &str,
+    rule: &R,
+    steps: usize,
+    scale: Option<f32>,
+    seed: u64,
+) -> Case {
     let dtype = dtype_of(S::KIND);
     let n_state = rule.state_names().len();
     let mut ss: Vec<ScalarState> = (0..rule.scalar_state_names().len())
@@ -143,7 +149,10 @@ fn case<R: Rule, S: Storage>(name: &str, rule: &R, steps: usize, scale: Option<f
         expected.extend_from_slice(bytes(k));
     }
     Case {
-        name: format!("{name}@{steps}{}", if scale.is_some() { "/scaled" } else { "" }),
+        name: format!(
+            "{name}@{steps}{}",
+            if scale.is_some() { "/scaled" } else { "" }
+        ),
         dtype,
         n_state,
         trace,
@@ -168,47 +177,320 @@ pub(crate) fn cases() -> Vec<Case> {
     let mut c = Vec::new();
     let o = &mut c;
     all_dtypes(o, "sgd", Sgd::default(), 3);
-    all_dtypes(o, "sgd_momentum", Sgd { momentum: 0.9, dampening: 0.1, weight_decay: 1e-2, ..Sgd::default() }, 3);
-    all_dtypes(o, "sgd_nesterov_max", Sgd { momentum: 0.9, nesterov: true, maximize: true, ..Sgd::default() }, 3);
+    all_dtypes(
+        o,
+        "sgd_momentum",
+        Sgd {
+            momentum: 0.9,
+            dampening: 0.1,
+            weight_decay: 1e-2,
+            ..Sgd::default()
+        },
+        3,
+    );
+    all_dtypes(
+        o,
+        "sgd_nesterov_max",
+        Sgd {
+            momentum: 0.9,
+            nesterov: true,
+            maximize: true,
+            ..Sgd::default()
+        },
+        3,
+    );
     all_dtypes(o, "adam", Adam::default(), 4);
-    all_dtypes(o, "adamw_amsgrad", Adam { amsgrad: true, ..Adam::adamw() }, 4);
-    all_dtypes(o, "adam_l2_max", Adam { weight_decay: 1e-2, maximize: true, ..Adam::default() }, 4);
+    all_dtypes(
+        o,
+        "adamw_amsgrad",
+        Adam {
+            amsgrad: true,
+            ..Adam::adamw()
+        },
+        4,
+    );
+    all_dtypes(
+        o,
+        "adam_l2_max",
+        Adam {
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Adam::default()
+        },
+        4,
+    );
     all_dtypes(o, "adagrad", Adagrad::default(), 4);
-    all_dtypes(o, "adagrad_decay", Adagrad { lr_decay: 1e-2, weight_decay: 1e-2, maximize: true, ..Adagrad::default() }, 4);
+    all_dtypes(
+        o,
+        "adagrad_decay",
+        Adagrad {
+            lr_decay: 1e-2,
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Adagrad::default()
+        },
+        4,
+    );
     all_dtypes(o, "adamax", Adamax::default(), 4);
-    all_dtypes(o, "adamax_wd", Adamax { weight_decay: 1e-2, maximize: true, ..Adamax::default() }, 4);
+    all_dtypes(
+        o,
+        "adamax_wd",
+        Adamax {
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Adamax::default()
+        },
+        4,
+    );
     all_dtypes(o, "adadelta", Adadelta::default(), 4);
-    all_dtypes(o, "adadelta_wd", Adadelta { weight_decay: 1e-2, maximize: true, ..Adadelta::default() }, 4);
+    all_dtypes(
+        o,
+        "adadelta_wd",
+        Adadelta {
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Adadelta::default()
+        },
+        4,
+    );
     all_dtypes(o, "rmsprop", RMSprop::default(), 4);
-    all_dtypes(o, "rmsprop_centered", RMSprop { centered: true, momentum: 0.9, weight_decay: 1e-2, ..RMSprop::default() }, 4);
+    all_dtypes(
+        o,
+        "rmsprop_centered",
+        RMSprop {
+            centered: true,
+            momentum: 0.9,
+            weight_decay: 1e-2,
+            ..RMSprop::default()
+        },
+        4,
+    );
     all_dtypes(o, "rprop", Rprop::default(), 4);
-    all_dtypes(o, "rprop_max", Rprop { maximize: true, ..Rprop::default() }, 4);
+    all_dtypes(
+        o,
+        "rprop_max",
+        Rprop {
+            maximize: true,
+            ..Rprop::default()
+        },
+        4,
+    );
     all_dtypes(o, "nadam", NAdam::default(), 4);
-    all_dtypes(o, "nadam_decoupled", NAdam { weight_decay: 1e-2, decoupled_weight_decay: true, ..NAdam::default() }, 4);
+    all_dtypes(
+        o,
+        "nadam_decoupled",
+        NAdam {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..NAdam::default()
+        },
+        4,
+    );
     all_dtypes(o, "radam", RAdam::default(), 8);
-    all_dtypes(o, "radam_decoupled", RAdam { weight_decay: 1e-2, decoupled_weight_decay: true, ..RAdam::default() }, 8);
+    all_dtypes(
+        o,
+        "radam_decoupled",
+        RAdam {
+            weight_decay: 1e-2,
+            decoupled_weight_decay: true,
+            ..RAdam::default()
+        },
+        8,
+    );
     all_dtypes(o, "asgd", Asgd::default(), 4);
-    all_dtypes(o, "asgd_wd", Asgd { weight_decay: 1e-2, maximize: true, t0: 2.0, ..Asgd::default() }, 4);
+    all_dtypes(
+        o,
+        "asgd_wd",
+        Asgd {
+            weight_decay: 1e-2,
+            maximize: true,
+            t0: 2.0,
+            ..Asgd::default()
+        },
+        4,
+    );
     all_dtypes(o, "lion", Lion::default(), 4);
-    all_dtypes(o, "lion_wd", Lion { weight_decay: 1e-2, maximize: true, ..Lion::default() }, 4);
+    all_dtypes(
+        o,
+        "lion_wd",
+        Lion {
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Lion::default()
+        },
+        4,
+    );
     all_dtypes(o, "adopt", Adopt::default(), 4);
-    all_dtypes(o, "adopt_decoupled", Adopt { clip_exponent: None, weight_decay: 1e-2, decouple: true, ..Adopt::default() }, 4);
-    all_dtypes(o, "adopt_l2", Adopt { weight_decay: 1e-2, maximize: true, ..Adopt::default() }, 4);
+    all_dtypes(
+        o,
+        "adopt_decoupled",
+        Adopt {
+            clip_exponent: None,
+            weight_decay: 1e-2,
+            decouple: true,
+            ..Adopt::default()
+        },
+        4,
+    );
+    all_dtypes(
+        o,
+        "adopt_l2",
+        Adopt {
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Adopt::default()
+        },
+        4,
+    );
     all_dtypes(o, "adan", Adan::default(), 4);
-    all_dtypes(o, "adan_no_prox", Adan { weight_decay: 1e-2, no_prox: true, maximize: true, ..Adan::default() }, 4);
-    all_dtypes(o, "adan_prox", Adan { weight_decay: 1e-2, ..Adan::default() }, 4);
+    all_dtypes(
+        o,
+        "adan_no_prox",
+        Adan {
+            weight_decay: 1e-2,
+            no_prox: true,
+            maximize: true,
+            ..Adan::default()
+        },
+        4,
+    );
+    all_dtypes(
+        o,
+        "adan_prox",
+        Adan {
+            weight_decay: 1e-2,
+            ..Adan::default()
+        },
+        4,
+    );
     all_dtypes(o, "ademamix", AdEMAMix::default(), 4);
-    all_dtypes(o, "ademamix_warmup", AdEMAMix { alpha_warmup: Some(10.0), beta3_warmup: Some(10.0), weight_decay: 1e-2, ..AdEMAMix::default() }, 4);
+    all_dtypes(
+        o,
+        "ademamix_warmup",
+        AdEMAMix {
+            alpha_warmup: Some(10.0),
+            beta3_warmup: Some(10.0),
+            weight_decay: 1e-2,
+            ..AdEMAMix::default()
+        },
+        4,
+    );
     all_dtypes(o, "schedule_free", ScheduleFreeAdamW::default(), 1);
-    all_dtypes(o, "schedule_free_wd", ScheduleFreeAdamW { weight_decay: 1e-2, maximize: true, ckp1: 0.25, step: 4.0, ..ScheduleFreeAdamW::default() }, 1);
+    all_dtypes(
+        o,
+        "schedule_free_wd",
+        ScheduleFreeAdamW {
+            weight_decay: 1e-2,
+            maximize: true,
+            ckp1: 0.25,
+            step: 4.0,
+            ..ScheduleFreeAdamW::default()
+        },
+        1,
+    );
     all_dtypes(o, "lamb", Lamb::default(), 4);
-    all_dtypes(o, "lamb_adam_l2", Lamb { adam: true, weight_decay: 1e-2, weight_decouple: false, ..Lamb::default() }, 4);
+    all_dtypes(
+        o,
+        "lamb_adam_l2",
+        Lamb {
+            adam: true,
+            weight_decay: 1e-2,
+            weight_decouple: false,
+            ..Lamb::default()
+        },
+        4,
+    );
     all_dtypes(o, "lars", Lars::default(), 4);
-    all_dtypes(o, "lars_nesterov", Lars { nesterov: true, weight_decay: 1e-2, maximize: true, ..Lars::default() }, 4);
+    all_dtypes(
+        o,
+        "lars_nesterov",
+        Lars {
+            nesterov: true,
+            weight_decay: 1e-2,
+            maximize: true,
+            ..Lars::default()
+        },
+        4,
+    );
     c
 }
 
-/// Sources of the norm (reduction) kernels of LAMB and LARS, for the NVRTC check.
-pub(crate) fn norm_sources() -> Vec<(String, String)> {
-    Vec::new()
+/// Traced norm terms of `rule` (LAMB, LARS) on random f32 inputs: (trace, n_state, inputs
+/// p, g, state, and the Rust rule's terms).
+pub(crate) struct NormCase {
+    pub name: String,
+    pub n_state: usize,
+    pub trace: Trace,
+    pub slots: Vec<f32>,
+    pub inputs: Vec<(f32, f32, Vec<f32>)>,
+    pub expected: Vec<[f32; 2]>,
+}
+
+fn norm_case<R: Rule>(name: &str, rule: &R, seed: u64) -> NormCase {
+    let n_state = rule.state_names().len();
+    let mut ss: Vec<ScalarState> = (0..rule.scalar_state_names().len())
+        .map(|_| ScalarState::new(0.0, Kind::Float))
+        .collect();
+    let _ = rule.scalars(&mut ss, true);
+    let s = rule.scalars(&mut ss, false);
+    let trace = super::trace_norm_terms::<R>(&s, n_state, Dtype::F32)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut rng = Rng(seed | 1);
+    let mut inputs = Vec::new();
+    let mut expected = Vec::new();
+    for _ in 0..N {
+        let p = rng.value(false) as f32;
+        let g = rng.value(false) as f32;
+        let st: Vec<f32> = (0..n_state).map(|_| rng.value(true) as f32).collect();
+        let t = R::norm_terms::<f32>(&s, p, g, &st);
+        inputs.push((p, g, st));
+        expected.push([t[0], t[1]]);
+    }
+    NormCase {
+        name: name.into(),
+        n_state,
+        slots: trace.slots.iter().map(|&v| v as f32).collect(),
+        trace,
+        inputs,
+        expected,
+    }
+}
+
+/// LAMB and LARS norm terms, for the host check and the NVRTC check.
+pub(crate) fn norm_cases() -> Vec<NormCase> {
+    vec![
+        norm_case("lamb_norms", &Lamb::default(), 11),
+        norm_case(
+            "lamb_l2_norms",
+            &Lamb {
+                weight_decay: 1e-2,
+                weight_decouple: false,
+                ..Lamb::default()
+            },
+            12,
+        ),
+        norm_case("lars_norms", &Lars::default(), 13),
+        norm_case(
+            "lars_wd_norms",
+            &Lars {
+                weight_decay: 1e-2,
+                maximize: true,
+                ..Lars::default()
+            },
+            14,
+        ),
+    ]
+}
+
+/// The norm (reduction) kernels of LAMB and LARS, for the NVRTC check: (name, dtype, body).
+pub(crate) fn norm_bodies() -> Vec<(String, Dtype, String)> {
+    let mut out = Vec::new();
+    for c in norm_cases() {
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            let layout = super::kernel::Layout::new(c.n_state, c.trace.slots.len(), dtype);
+            let body = super::kernel::norm_body(&c.trace, &layout, "fo_norms");
+            out.push((c.name.clone(), dtype, body));
+        }
+    }
+    out
 }

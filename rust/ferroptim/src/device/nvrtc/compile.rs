@@ -124,7 +124,9 @@ pub fn compile(src: &str, name: &str, arch: &str) -> Result<Compiled, String> {
         let seconds = start.elapsed().as_secs_f64();
         let log = program_log(prog);
         let out = if r != sys::nvrtcResult::NVRTC_SUCCESS {
-            Err(format!("NVRTC failed ({r:?}) compiling {name} for {arch}:\n{log}"))
+            Err(format!(
+                "NVRTC failed ({r:?}) compiling {name} for {arch}:\n{log}"
+            ))
         } else {
             let mut size = 0usize;
             let r = sys::nvrtcGetCUBINSize(prog, &mut size);

@@ -195,7 +195,11 @@ fn define(id: NodeId, nodes: &[Node], done: &mut HashSet<NodeId>, depth: usize, 
                 _ => format!("fo_abs({})", n(a)),
             }
         }
-        Node::Add(a, b) | Node::Sub(a, b) | Node::Mul(a, b) | Node::Div(a, b) | Node::MaxNan(a, b) => {
+        Node::Add(a, b)
+        | Node::Sub(a, b)
+        | Node::Mul(a, b)
+        | Node::Div(a, b)
+        | Node::MaxNan(a, b) => {
             define(a, nodes, done, depth, out);
             define(b, nodes, done, depth, out);
             let f = match node {

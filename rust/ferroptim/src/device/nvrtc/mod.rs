@@ -16,17 +16,17 @@
 //! kernel). Host-side branches on the scalars (`amsgrad`, `weight_decay != 0`, a first step)
 //! select the graph; the compile cache is keyed by the generated source.
 
+#[cfg(test)]
+mod cases;
 pub mod compile;
 pub mod emit;
 pub mod kernel;
 pub mod launch;
 pub mod sym;
 #[cfg(test)]
-mod cases;
-#[cfg(test)]
 mod tests;
 
-use crate::rule::Rule;
+use crate::rule::{Rule, MAX_NORMS};
 pub use emit::Dtype;
 use sym::{Sym, Trace};
 
@@ -36,9 +36,31 @@ use sym::{Sym, Trace};
 /// # Errors
 /// A message when the rule does something a trace cannot represent (reads a value back,
 /// calls `partial_cmp`, has more than 256 paths).
-pub fn trace_update<R: Rule>(s: &R::Scalars, n_state: usize, dtype: Dtype) -> Result<Trace, String> {
+pub fn trace_update<R: Rule>(
+    s: &R::Scalars,
+    n_state: usize,
+    dtype: Dtype,
+) -> Result<Trace, String> {
     sym::trace(n_state, dtype.f32_compute(), |p, g, st| {
         R::update::<Sym>(s, p, g, st)
+    })
+}
+
+/// Traces rule `R`'s [`Rule::norm_terms`] (LAMB's and LARS's per-tensor norms): a graph with
+/// `n_state + MAX_NORMS` state slots whose last two outputs are the terms to square and sum
+/// (the first `n_state` pass through unchanged).
+///
+/// # Errors
+/// As [`trace_update`].
+pub fn trace_norm_terms<R: Rule>(
+    s: &R::Scalars,
+    n_state: usize,
+    dtype: Dtype,
+) -> Result<Trace, String> {
+    sym::trace(n_state + MAX_NORMS, dtype.f32_compute(), |p, g, st| {
+        let terms = R::norm_terms::<Sym>(s, p, g, &st[..n_state]);
+        st[n_state..].copy_from_slice(&terms);
+        p
     })
 }
 
@@ -58,7 +80,11 @@ pub struct StepKernel {
 ///
 /// # Errors
 /// As [`trace_update`].
-pub fn step_kernel<R: Rule>(s: &R::Scalars, n_state: usize, dtype: Dtype) -> Result<StepKernel, String> {
+pub fn step_kernel<R: Rule>(
+    s: &R::Scalars,
+    n_state: usize,
+    dtype: Dtype,
+) -> Result<StepKernel, String> {
     let trace = trace_update::<R>(s, n_state, dtype)?;
     let layout = kernel::Layout::new(n_state, trace.slots.len(), dtype);
     Ok(StepKernel {

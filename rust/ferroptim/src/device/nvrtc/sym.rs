@@ -338,7 +338,9 @@ pub fn trace(
     rec.node(Node::Zero);
     let param = rec.node(Node::Param);
     let grad = rec.node(Node::Grad);
-    let inputs: Vec<NodeId> = (0..n_state).map(|k| rec.node(Node::State(k as u8))).collect();
+    let inputs: Vec<NodeId> = (0..n_state)
+        .map(|k| rec.node(Node::State(k as u8)))
+        .collect();
     REC.with(|r| *r.borrow_mut() = Some(rec));
     // Depth-first over decision scripts.
     let mut pending: Vec<Vec<bool>> = vec![Vec::new()];
