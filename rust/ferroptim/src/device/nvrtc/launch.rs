@@ -292,6 +292,10 @@ fn check(pt: &ParamTensors, n_state: usize, n_scalar: usize, who: &str) -> Resul
     Ok((ordinal, kind))
 }
 
+/// The last traced parameter: scalar state bits before the step, `fresh`, device, dtype, its
+/// launch list's index and the scalar state after the step.
+type Reuse = (Vec<u64>, bool, i32, Kind, usize, Vec<f64>);
+
 /// One step of every group with the generated kernels, launched on `stream` (a `CUstream`;
 /// 0 is the legacy default stream). `grad_scale`/`found_inf`: optional float32 one-element
 /// CUDA tensors (GradScaler's hand-over): gradients are divided by `grad_scale` in the kernel
@@ -361,7 +365,7 @@ pub fn step<R: Rule>(
         // `Rule::scalars` is a pure function of the scalar state and `fresh`: consecutive
         // parameters with the same values (the common case: one `step` for all) share one
         // trace and one launch list.
-        let mut last: Option<(Vec<u64>, bool, i32, Kind, usize, Vec<f64>)> = None;
+        let mut last: Option<Reuse> = None;
         for pt in &g.params {
             let (ordinal, kind) = checked[at];
             at += 1;

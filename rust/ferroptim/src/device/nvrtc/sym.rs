@@ -344,7 +344,7 @@ pub fn trace(
     REC.with(|r| *r.borrow_mut() = Some(rec));
     // Depth-first over decision scripts.
     let mut pending: Vec<Vec<bool>> = vec![Vec::new()];
-    let mut paths: Vec<(Vec<(Cond, bool)>, NodeId, Vec<NodeId>)> = Vec::new();
+    let mut paths: Vec<Path> = Vec::new();
     while let Some(script) = pending.pop() {
         if paths.len() >= MAX_PATHS {
             return Err(format!("the rule has more than {MAX_PATHS} paths"));
@@ -383,6 +383,7 @@ pub fn trace(
     })
 }
 
+/// One path: its decisions, the returned parameter and the final state.
 type Path = (Vec<(Cond, bool)>, NodeId, Vec<NodeId>);
 
 /// The decision tree of `paths`, which share their first `depth` decisions.
