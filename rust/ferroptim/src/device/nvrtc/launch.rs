@@ -172,8 +172,7 @@ fn launch_all(
         slot_words.push(0);
     }
     let (mut gs, mut fi) = amp;
-    let mut args = Args::new(layout);
-    let mut go = |args: &mut Args| -> Result<()> {
+    for args in plan(layout, members) {
         let mut words = args.words();
         let mut params: [*mut c_void; 4] = [
             words.as_mut_ptr() as *mut c_void,
@@ -186,8 +185,11 @@ fn launch_all(
         // the kernel's static_assert), `slot_words` at least FoSlots' bytes, and the two
         // pointers are device addresses or null. Every tensor address points to a contiguous
         // CUDA tensor of `numel` elements of the kernel's storage type on the current context's
-        // device; written tensors do not alias (checked by the caller). cuLaunchKernel copies
-        // the parameters before returning.
+        // device (checked by the caller), and every block stays within its chunk of its
+        // tensor. The kernel runs after this returns: as for torch's own kernels, the tensors'
+        // memory stays valid because torch's caching allocator reuses freed blocks only in
+        // stream order. Aliasing written tensors is not checked (it would give wrong numbers,
+        // not out-of-bounds accesses). cuLaunchKernel copies the parameters before returning.
         unsafe {
             cu::launch_kernel(
                 f,
@@ -199,29 +201,32 @@ fn launch_all(
             )
             .map_err(|e| cuda_err("cuLaunchKernel", e))?;
         }
-        args.blocks = 0;
-        Ok(())
-    };
-    for (mi, (ptrs, numel)) in members.iter().enumerate() {
-        if *numel == 0 {
+    }
+    Ok(())
+}
+
+/// The launches that cover every chunk of `members` (pointer lists and sizes) once, in
+/// order: each fills up to [`MAX_BLOCKS`] blocks and [`Layout::max_tensors`] tensors; a tensor
+/// whose chunks do not all fit continues in the next launch from its first slot (as torch's
+/// `multi_tensor_apply`).
+fn plan(layout: Layout, members: &[(Vec<u64>, i64)]) -> Vec<Args> {
+    let mut out = Vec::new();
+    let mut args = Args::new(layout);
+    for (ptrs, numel) in members {
+        if *numel <= 0 {
             continue;
         }
-        let slot = args.tensors;
+        let mut slot = args.tensors;
         args.set_tensor(slot, ptrs, *numel);
         args.tensors += 1;
         let chunks = (*numel as usize).div_ceil(CHUNK);
         for c in 0..chunks {
             args.add_block(slot, c as i32);
             let tensor_done = c + 1 == chunks;
-            let last = tensor_done && mi + 1 == members.len();
-            if args.blocks == MAX_BLOCKS
-                || (tensor_done && args.tensors == layout.max_tensors)
-                || last
-            {
-                go(&mut args)?;
-                if tensor_done {
-                    args.tensors = 0;
-                } else {
+            if args.blocks == MAX_BLOCKS || (tensor_done && args.tensors == layout.max_tensors) {
+                out.push(std::mem::replace(&mut args, Args::new(layout)));
+                if !tensor_done {
+                    slot = 0;
                     args.set_tensor(0, ptrs, *numel);
                     args.tensors = 1;
                 }
@@ -229,9 +234,9 @@ fn launch_all(
         }
     }
     if args.blocks > 0 {
-        go(&mut args)?;
+        out.push(args);
     }
-    Ok(())
+    out
 }
 
 fn check(pt: &ParamTensors, n_state: usize, n_scalar: usize, who: &str) -> Result<(i32, Kind)> {
@@ -430,4 +435,69 @@ pub fn step<R: Rule>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a launch's struct: (tensor slot, chunk) per block and each slot's pointers.
+    fn decode(a: &Args) -> Vec<(Vec<u64>, i64, i32)> {
+        let l = a.layout;
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&a.bytes[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let base = 8 * (l.lists + 1) * l.max_tensors;
+        (0..a.blocks)
+            .map(|b| {
+                let t = usize::from(a.bytes[base + 4 * MAX_BLOCKS + b]);
+                assert!(t < l.max_tensors);
+                let mut c = [0u8; 4];
+                c.copy_from_slice(&a.bytes[base + 4 * b..base + 4 * b + 4]);
+                let ptrs = (0..l.lists)
+                    .map(|k| word(8 * (k * l.max_tensors + t)))
+                    .collect();
+                (
+                    ptrs,
+                    word(8 * (l.lists * l.max_tensors + t)) as i64,
+                    i32::from_le_bytes(c),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn launches_cover_every_chunk_once_in_order() {
+        let layout = Layout::new(2, 9, Dtype::F32);
+        assert!(layout.tensor_struct_bytes() + 9 * 4 <= 4096);
+        // Empty tensors, many small ones, two-chunk ones, and one of 1526 chunks.
+        let sizes: Vec<i64> = [0, 1, 70_000, 0]
+            .into_iter()
+            .chain((0..300).map(|i| 1 + (i * 7919) % 140_000))
+            .chain([100_000_000, 5, 0])
+            .collect();
+        let members: Vec<(Vec<u64>, i64)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((0..4).map(|k| (i as u64) << 20 | k).collect(), n))
+            .collect();
+        let launches = plan(layout, &members);
+        let mut seen: Vec<(Vec<u64>, i64, i32)> = Vec::new();
+        for a in &launches {
+            assert!(a.blocks >= 1 && a.blocks <= MAX_BLOCKS);
+            assert!(a.tensors <= layout.max_tensors);
+            seen.extend(decode(a));
+        }
+        let want: Vec<(Vec<u64>, i64, i32)> = members
+            .iter()
+            .filter(|m| m.1 > 0)
+            .flat_map(|(p, n)| {
+                (0..(*n as usize).div_ceil(CHUNK)).map(move |c| (p.clone(), *n, c as i32))
+            })
+            .collect();
+        assert_eq!(seen, want);
+        assert!(launches.len() >= 1526 / MAX_BLOCKS + 1);
+    }
 }
