@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# GPU check of the ATen device path (issue 19), for the device machine (H100/H200, torch
-# 2.11.0+cu130, Python 3.12, no cargo, no network). Not yet run: written without a GPU.
+# GPU check of the ATen device path (issue 19) and of ferroptim's own NVRTC kernels (issue 17,
+# opt-in: ferroptim.use_cuda_kernels), for the device machine (H100/H200, torch 2.11.0+cu130,
+# Python 3.12, no cargo, no network). Not yet run: written without a GPU.
 #
 # Here (where cargo is):  maturin build --release -o .whl   (.whl/ is git-ignored)
-# Device tool:            run(command="bash benches/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# Budget: <= 8 minutes. Results (pytest log, benchmark table and JSON) are written to $OUT.
+# Device tool:            run(command="bash benches/gpu_check.sh nvrtc", carry=[".whl"], timeout_s=420)
+#                         run(command="bash benches/gpu_check.sh aten", carry=[".whl"], timeout_s=540)
+# Parts: "aten" (issue 19's checks, <= 8 min), "nvrtc" (NVRTC kernels: tests, then the
+# benchmark of nvrtc vs torch fused/foreach and the ATen path, <= 6 min), "all" (default:
+# both, more than one call's 10 minutes may allow: prefer one part per call).
+# Results (pytest logs, benchmark tables and JSON) are written to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/ferroptim-gpu-check}
@@ -21,7 +26,18 @@ export PYTHONPATH=/tmp/site:$PWD/tests/python
 { nvidia-smi; python -c 'import torch, ferroptim; print(torch.__version__, ferroptim.__version__, ferroptim.__file__)'; } \
   > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
+part=${1:-all}
 status=0
+if [ "$part" = nvrtc ] || [ "$part" = all ]; then
+  # NVRTC kernels: bit-identity with the CPU rule, torch trajectories, GradScaler, hand-over.
+  timeout 180 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
+    > "$OUT/pytest_nvrtc.txt" 2>&1 || status=1
+  tail -n 25 "$OUT/pytest_nvrtc.txt"
+  timeout 170 python benches/bench_cuda.py --only nvrtc --quick --out "$OUT/bench_nvrtc.json" \
+    > "$OUT/bench_nvrtc.txt" 2>&1 || status=1
+  cat "$OUT/bench_nvrtc.txt"
+fi
+[ "$part" = nvrtc ] && exit $status
 # Correctness first: bit-identity on CUDA, GradScaler, CUDA graphs; then the forced CPU path.
 timeout 200 python -m pytest -q -p no:cacheprovider -rs -k cuda tests/python/device/test_cuda.py \
   > "$OUT/pytest_cuda.txt" 2>&1 || status=1
@@ -29,6 +45,6 @@ tail -n 25 "$OUT/pytest_cuda.txt"
 timeout 60 python -m pytest -q -p no:cacheprovider -x tests/python/device/test_aten_path.py \
   > "$OUT/pytest_forced_cpu.txt" 2>&1 || status=1
 tail -n 3 "$OUT/pytest_forced_cpu.txt"
-timeout 210 python benches/bench_cuda.py --out "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1 || status=1
+timeout 210 python benches/bench_cuda.py --only aten --out "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt" 2>&1 || status=1
 cat "$OUT/bench_cuda.txt"
 exit $status

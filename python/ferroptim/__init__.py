@@ -20,7 +20,7 @@ check_torch(torch.__version__)
 from ferroptim import _core
 from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
 from ferroptim import rules as rules  # your own rules (ferroptim.rules.rule_optimizer)
-from ferroptim._device import force_device_path
+from ferroptim._device import cuda_kernels_enabled, force_device_path, use_cuda_kernels
 from ferroptim.adadelta import Adadelta
 from ferroptim.adafactor import Adafactor
 from ferroptim.adagrad import Adagrad
@@ -69,4 +69,6 @@ __all__ = [
     "SparseAdam",
     "__version__",
     "force_device_path",
+    "use_cuda_kernels",
+    "cuda_kernels_enabled",
 ]

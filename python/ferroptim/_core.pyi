@@ -59,6 +59,7 @@ __all__ = [
     "lars_step",
     "lars_plan",
     "aten_step",
+    "nvrtc_step",
     "zero_grad",
     "adafactor_step",
     "muon_step",
@@ -258,6 +259,24 @@ class LarsGroup(_Tensors):
     maximize: bool
 
 def record_function_observed() -> bool: ...
+def nvrtc_step(
+    rule: str,
+    groups: Sequence[Mapping[str, Any]],
+    stream: int,
+    nvrtc_dirs: Sequence[str],
+    grad_scale: torch.Tensor | None = None,
+    found_inf: torch.Tensor | None = None,
+) -> None:
+    """One step with ferroptim's own NVRTC kernels (opt-in, untested on a GPU): ``rule`` as
+    for :func:`aten_step` but Lamb/LARS; ``groups`` as for the CPU step (contiguous CUDA
+    tensors, scalar state on the CPU); launched on ``stream`` (a ``CUstream`` address, e.g.
+    ``torch.cuda.current_stream().cuda_stream``); ``nvrtc_dirs``: folders that may hold
+    ``libnvrtc.so.13``. ``grad_scale``/``found_inf``: GradScaler's hand-over, read by the
+    kernel (unscale, and skip when ``found_inf`` is nonzero; the CPU scalar state still
+    advances). Raises ValueError/RuntimeError before modifying anything if a tensor is not
+    a contiguous CUDA tensor of the parameter's shape and dtype."""
+    ...
+
 def aten_step(
     rule: str,
     groups: Sequence[Mapping[str, Any]],

@@ -18,6 +18,7 @@ tested without a GPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -33,6 +34,62 @@ class _Mode(NamedTuple):
 
 _forced: list[_Mode] = []
 _warned: set[str] = set()
+
+# The rules ferroptim's own NVRTC kernels cover (core ``ferroptim::device::nvrtc``): every
+# elementwise rule but those with per-tensor norms (LAMB, LARS), which keep the ATen path.
+_NVRTC_RULES = frozenset(
+    {
+        "sgd", "adam", "adagrad", "adamax", "rmsprop", "rprop", "adadelta", "nadam",
+        "radam", "asgd", "lion", "adopt", "adan", "ademamix", "schedule_free_adamw",
+    }
+)  # fmt: skip
+_cuda_kernels: list[bool] = [os.environ.get("FERROPTIM_CUDA_KERNELS", "") == "1"]
+
+
+def use_cuda_kernels(enabled: bool = True) -> None:
+    """Opt in to (or out of) ferroptim's own one-pass CUDA kernels. **Untested on a GPU.**
+
+    With ``enabled=True``, CUDA parameters of every elementwise class except Lamb and LARS
+    step with kernels generated from ferroptim's Rust rules and compiled at run time with
+    NVRTC (``nvidia-cuda-nvrtc``, installed with torch's CUDA wheels): one read and one
+    write of each parameter, gradient and state tensor per step, on
+    ``torch.cuda.current_stream()``. Their arithmetic equals ferroptim's CPU step bit for bit
+    (checked on the CPU; NaN payloads aside). The default (``False``, or the environment
+    variable ``FERROPTIM_CUDA_KERNELS=1`` at import to turn it on) is the ATen device path.
+
+    Under the switch the per-parameter scalar state (``step``, …) lives on the CPU (torch's
+    ``capturable=False`` layout), so steps are not CUDA-graph capturable, and GradScaler
+    unscales and skips non-finite steps itself (``_step_supports_amp_scaling`` is False), as
+    for torch's foreach optimizers. Parameters that are not contiguous, or that span several
+    CUDA devices in one optimizer, keep the ATen path.
+
+    Args:
+        enabled (bool, optional): use the NVRTC kernels. Default: True.
+    """
+    _cuda_kernels[0] = bool(enabled)
+
+
+def cuda_kernels_enabled() -> bool:
+    """Whether :func:`use_cuda_kernels` is on."""
+    return _cuda_kernels[0]
+
+
+def _nvrtc_dirs() -> list[str]:
+    """Folders where torch's CUDA wheels install NVRTC (``nvidia/cu13/lib``)."""
+    try:
+        import nvidia  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    return [os.path.join(p, "cu13", "lib") for p in nvidia.__path__]
+
+
+def _nvrtc_for(opt: Any, params: list[torch.Tensor], mode: _Mode | None) -> bool:
+    """Whether these device parameters of ``opt`` take the NVRTC kernels."""
+    if not (_cuda_kernels[0] and mode is None and opt._aten_rule in _NVRTC_RULES):
+        return False
+    if not params or any(p.device.type != "cuda" or not p.is_contiguous() for p in params):
+        return False
+    return len({p.device for p in params}) == 1
 
 
 @contextlib.contextmanager
@@ -102,6 +159,10 @@ def supports_amp_scaling(opt: Any) -> bool:
         return True
     if not has_path(opt, opt.param_groups):
         return True
+    if _cuda_kernels[0] and opt._aten_rule in _NVRTC_RULES:
+        cuda = [p for g in opt.param_groups for p in g["params"] if p.device.type == "cuda"]
+        if _nvrtc_for(opt, cuda, mode):
+            return False
     if mode is not None:
         return fused_on(opt, "cpu", mode)
     if opt._aten_fused is None:
@@ -149,16 +210,17 @@ def _place_scalar_state(
     scalar_names: tuple[str, ...],
     created: dict[int, dict[str, Any]],
     mode: _Mode | None,
+    host: bool = False,
 ) -> None:
     """Puts each scalar state tensor (``step``, …) where torch's implementation keeps it: on
     the parameter's device (float32) for a fused kernel on a non-CPU device and for ASGD
     (``_aten_scalar_state_on_device``), on the CPU for the other foreach compositions (torch's
-    ``capturable=False``). Replaces the entry in the state dict
+    ``capturable=False``) and for the NVRTC kernels (``host``). Replaces the entry in the state dict
     (as torch's ``load_state_dict`` moves ``step`` for fused optimizers)."""
     n = len(scalar_names)
     for i, p in enumerate(dev["params"]):
-        fused = p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
-        on_device = fused or opt._aten_scalar_state_on_device
+        fused = not host and p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
+        on_device = not host and (fused or opt._aten_scalar_state_on_device)
         want = p.device if on_device else torch.device("cpu")
         for k, name in enumerate(scalar_names):
             t = dev["scalar_states"][i * n + k]
@@ -190,7 +252,8 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
 
     opt.__dict__.pop("_ferroptim_plan", None)
     created_list: list[tuple[torch.Tensor, dict[str, Any]]] = []
-    dev_calls, cpu_calls = [], []
+    dev_calls, cpu_calls, nvrtc_calls = [], [], []
+    device = None
     for group in groups:
         check_differentiable(opt, group)
         names, scalar_names = opt._state_names(group)
@@ -201,8 +264,16 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
         dev, cpu = _split(tensors, on_device, len(names), len(scalar_names))
         if dev["params"]:
             created = {id(p): new for p, new in created_list}
-            _place_scalar_state(opt, dev, scalar_names, created, mode)
-            dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))
+            nvrtc = _nvrtc_for(opt, dev["params"], mode) and device in (
+                None,
+                dev["params"][0].device,
+            )
+            _place_scalar_state(opt, dev, scalar_names, created, mode, host=nvrtc)
+            if nvrtc:
+                device = dev["params"][0].device
+                nvrtc_calls.extend(opt._native_calls(group, dev, opt._hyper(group)))
+            else:
+                dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))
         if cpu["params"]:
             cpu_calls.extend(opt._native_calls(group, cpu))
     if dev_calls:
@@ -213,6 +284,9 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
             getattr(opt, "found_inf", None),
             bool(mode is not None and mode.foreach),
         )
+    if nvrtc_calls:
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _core.nvrtc_step(opt._aten_rule, nvrtc_calls, stream, _nvrtc_dirs())
     if cpu_calls:
         skip, scale = grad_scaler_args(opt)
         if not skip:

@@ -6,6 +6,7 @@ use crate::groups::TensorArgs;
 use crate::plan::FromGroup;
 use crate::tensor::PyTensor;
 use ferroptim::device::aten::{self, AtenOptions, AtenRule, DeviceGroup};
+use ferroptim::device::nvrtc::launch as nvrtc;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -80,7 +81,79 @@ fn run<R: FromGroup + AtenRule>(
         .map_err(|e| PyErr::from(CoreError::from(e)))
 }
 
-/// Adds `aten_step` to the module.
+/// One step with ferroptim's own NVRTC kernels (core `ferroptim::device::nvrtc`; opt-in,
+/// untested on a GPU) of the rule named `rule` (as for `aten_step`) over `groups` (dicts as
+/// for the CPU step functions: contiguous CUDA tensors, scalar state on the CPU), launched on
+/// `stream` (`torch.cuda.current_stream().cuda_stream`). `nvrtc_dirs`: folders that may hold
+/// `libnvrtc.so.13`. Extracts with the GIL held, then releases it.
+#[pyfunction]
+#[pyo3(signature = (rule, groups, stream, nvrtc_dirs, grad_scale = None, found_inf = None))]
+pub fn nvrtc_step(
+    py: Python<'_>,
+    rule: &str,
+    groups: Vec<Bound<'_, PyDict>>,
+    stream: u64,
+    nvrtc_dirs: Vec<String>,
+    grad_scale: Option<PyTensor>,
+    found_inf: Option<PyTensor>,
+) -> PyResult<()> {
+    let amp = (grad_scale.map(|t| t.0), found_inf.map(|t| t.0));
+    let dirs: Vec<std::path::PathBuf> = nvrtc_dirs.into_iter().map(Into::into).collect();
+    let call = NvrtcCall { stream, dirs, amp };
+    match rule {
+        "sgd" => call.run::<ferroptim::Sgd>(py, groups),
+        "adam" => call.run::<ferroptim::Adam>(py, groups),
+        "adagrad" => call.run::<ferroptim::Adagrad>(py, groups),
+        "adamax" => call.run::<ferroptim::Adamax>(py, groups),
+        "rmsprop" => call.run::<ferroptim::RMSprop>(py, groups),
+        "rprop" => call.run::<ferroptim::Rprop>(py, groups),
+        "adadelta" => call.run::<ferroptim::Adadelta>(py, groups),
+        "nadam" => call.run::<ferroptim::NAdam>(py, groups),
+        "radam" => call.run::<ferroptim::RAdam>(py, groups),
+        "asgd" => call.run::<ferroptim::Asgd>(py, groups),
+        "lion" => call.run::<ferroptim::Lion>(py, groups),
+        "adopt" => call.run::<ferroptim::Adopt>(py, groups),
+        "adan" => call.run::<ferroptim::Adan>(py, groups),
+        "ademamix" => call.run::<ferroptim::AdEMAMix>(py, groups),
+        "schedule_free_adamw" => call.run::<ferroptim::ScheduleFreeAdamW>(py, groups),
+        other => Err(PyValueError::new_err(format!(
+            "no NVRTC kernel for rule '{other}'"
+        ))),
+    }
+}
+
+struct NvrtcCall {
+    stream: u64,
+    dirs: Vec<std::path::PathBuf>,
+    amp: (Option<tch::Tensor>, Option<tch::Tensor>),
+}
+
+impl NvrtcCall {
+    fn run<R: FromGroup + ferroptim::Rule + Send>(
+        self,
+        py: Python<'_>,
+        groups: Vec<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let mut core = Vec::with_capacity(groups.len());
+        for d in &groups {
+            let rule = R::from_group(d)?;
+            let group = d
+                .extract::<TensorArgs>()?
+                .into_group(rule)
+                .map_err(PyErr::from)?;
+            core.push(nvrtc::NvrtcGroup {
+                rule: group.rule,
+                params: group.params,
+            });
+        }
+        let NvrtcCall { stream, dirs, amp } = self;
+        py.detach(move || nvrtc::step(&core, stream, amp.0.as_ref(), amp.1.as_ref(), &dirs))
+            .map_err(|e| PyErr::from(CoreError::from(e)))
+    }
+}
+
+/// Adds `aten_step` and `nvrtc_step` to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(aten_step, m)?)
+    m.add_function(wrap_pyfunction!(aten_step, m)?)?;
+    m.add_function(wrap_pyfunction!(nvrtc_step, m)?)
 }

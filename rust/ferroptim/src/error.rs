@@ -88,6 +88,9 @@ pub enum Error {
     /// The worker thread pool could not be created.
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+    /// NVRTC or the CUDA driver failed, or is not available (the device path's own kernels).
+    #[error("CUDA kernels: {0}")]
+    Cuda(String),
     /// An error reported by libtorch.
     #[error(transparent)]
     Torch(#[from] TchError),

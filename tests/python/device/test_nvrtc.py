@@ -1,0 +1,265 @@
+"""ferroptim's own NVRTC kernels (``ferroptim.use_cuda_kernels``; core
+``ferroptim::device::nvrtc``). **Untested on a GPU when written.**
+
+On the CPU (here and in CI): the switch's default and its effect on CPU parameters (none), and
+the native entry point's refusal of CPU tensors. The generated arithmetic itself is checked on
+the CPU by the core crate's tests (host C++ bit for bit against the Rust rules; NVRTC compiles
+every kernel for sm_80 and sm_90).
+
+On CUDA (``benches/gpu_check.sh``, ``-k cuda``): 10 steps of every covered class in float32
+and bfloat16 from the same random gradients equal ferroptim's CPU step bit for bit
+(``torch.equal``: the kernels compute the Rust rule's operations in its order), stay within
+float32 rounding of torch's fused/foreach implementation on CUDA, GradScaler's inf step is
+skipped, and the kernel-side hand-over (``grad_scale``/``found_inf``) unscales and skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+import ferroptim
+import pytest
+import torch
+from ferroptim import _core, _device
+from optim_testlib import Snapshot, assert_snapshots_equal, snapshot
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+#: Every class the kernels cover, in a configuration that exercises its options.
+CLASSES = {
+    "SGD": {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    "Adam": {"lr": 0.01, "amsgrad": True},
+    "AdamW": {"lr": 0.01, "weight_decay": 0.1},
+    "Adagrad": {"lr": 0.05, "lr_decay": 1e-3, "weight_decay": 1e-2},
+    "Adamax": {"lr": 0.01, "weight_decay": 1e-2},
+    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
+    "Rprop": {"lr": 0.01},
+    "Adadelta": {"lr": 0.5, "weight_decay": 1e-2},
+    "NAdam": {"lr": 0.01, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "RAdam": {"lr": 0.01, "weight_decay": 1e-2},
+    "ASGD": {"lr": 0.01, "t0": 3},
+    "Lion": {"lr": 1e-3, "weight_decay": 0.1},
+    "ADOPT": {"lr": 0.01, "weight_decay": 0.01, "decouple": True},
+    "Adan": {"lr": 0.01, "weight_decay": 0.02},
+    "AdEMAMix": {"lr": 0.01, "weight_decay": 0.01, "alpha_warmup": 5, "beta3_warmup": 5},
+    "ScheduleFreeAdamW": {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 3},
+}
+#: torch's implementation of the class on CUDA (the others have none).
+TORCH = {
+    "SGD": "fused",
+    "Adam": "fused",
+    "AdamW": "fused",
+    "Adagrad": "foreach",
+    "Adamax": "foreach",
+    "RMSprop": "foreach",
+    "Rprop": "foreach",
+    "Adadelta": "foreach",
+    "NAdam": "foreach",
+    "RAdam": "foreach",
+    "ASGD": "foreach",
+}
+SHAPES = [(64, 33), (33,), (7, 5, 3), (70000,)]  # the last spans two chunks
+
+
+@contextlib.contextmanager
+def cuda_kernels(on: bool = True):
+    before = _device.cuda_kernels_enabled()
+    ferroptim.use_cuda_kernels(on)
+    try:
+        yield
+    finally:
+        ferroptim.use_cuda_kernels(before)
+
+
+def _on_cpu(snap: Snapshot) -> Snapshot:
+    return Snapshot(
+        [p.cpu() for p in snap.params],
+        [{k: v.cpu() if torch.is_tensor(v) else v for k, v in st.items()} for st in snap.state],
+    )
+
+
+def _run(opts_params, steps: int, dtype, seed: int = 0):
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        grads = [torch.randn(s, dtype=torch.float32).to(dtype) for s in SHAPES]
+        for ps, opt in opts_params:
+            for p, g in zip(ps, grads):
+                p.grad = g.to(p.device)
+            opt.step()
+
+
+def test_switch_is_off_by_default_and_toggles():
+    if os.environ.get("FERROPTIM_CUDA_KERNELS", "") != "1":
+        assert not ferroptim.cuda_kernels_enabled()
+    with cuda_kernels(True):
+        assert ferroptim.cuda_kernels_enabled()
+    with cuda_kernels(False):
+        assert not ferroptim.cuda_kernels_enabled()
+
+
+def test_environment_variable_turns_the_switch_on():
+    code = "import ferroptim; print(ferroptim.cuda_kernels_enabled())"
+    env = {**os.environ, "FERROPTIM_CUDA_KERNELS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("name", ["AdamW", "SGD", "Lion"])
+def test_switch_leaves_cpu_parameters_alone(name):
+    """CPU parameters take ferroptim's CPU kernel whatever the switch: bit-identical runs."""
+    torch.manual_seed(1)
+    base = [torch.randn(s) for s in SHAPES]
+    runs = []
+    for on in (False, True):
+        params = [torch.nn.Parameter(b.clone()) for b in base]
+        opt = getattr(ferroptim, name)(params, **CLASSES[name])
+        with cuda_kernels(on):
+            _run([(params, opt)], 3, torch.float32)
+        runs.append(snapshot(params, opt))
+    assert_snapshots_equal(runs[1], runs[0], name)
+
+
+def test_native_entry_refuses_cpu_tensors_before_writing():
+    p = torch.zeros(4)
+    group = {
+        "lr": 0.1,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+        "params": [p],
+        "grads": [torch.ones(4)],
+        "states": [],
+        "scalar_states": [],
+        "fresh": [False],
+    }
+    with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
+        _core.nvrtc_step("sgd", [group], 0, [])
+    assert torch.equal(p, torch.zeros(4))
+    with pytest.raises(ValueError, match="no NVRTC kernel for rule 'lamb'"):
+        _core.nvrtc_step("lamb", [group], 0, [])
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_cuda_nvrtc_equals_the_cpu_rule_bit_for_bit(name, dtype):
+    torch.manual_seed(0)
+    cpu = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in SHAPES]
+    dev = [torch.nn.Parameter(p.detach().cuda()) for p in cpu]
+    opts = [getattr(ferroptim, name)(ps, **CLASSES[name]) for ps in (cpu, dev)]
+    with cuda_kernels(True):
+        _run(list(zip((cpu, dev), opts)), 10, dtype)
+    torch.cuda.synchronize()
+    expected = snapshot(cpu, opts[0])
+    actual = snapshot(dev, opts[1])
+    for st in actual.state:  # the kernels keep scalar state on the CPU
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.numel() == 1 and k != "momentum_buffer":
+                assert v.device.type == "cpu", f"{name}: {k} on {v.device}"
+    assert_snapshots_equal(_on_cpu(actual), expected, f"{name} nvrtc {dtype}")
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(TORCH))
+def test_cuda_nvrtc_trajectory_close_to_torch(name):
+    torch.manual_seed(0)
+    base = [torch.randn(s, device="cuda") for s in SHAPES]
+    ours = [torch.nn.Parameter(b.clone()) for b in base]
+    theirs = [torch.nn.Parameter(b.clone()) for b in base]
+    flag = {TORCH[name]: True}
+    kwargs = dict(CLASSES[name])
+    opts = [
+        getattr(ferroptim, name)(ours, **kwargs),
+        getattr(torch.optim, name)(theirs, **flag, **kwargs),
+    ]
+    with cuda_kernels(True):
+        _run([(ours, opts[0]), (theirs, opts[1])], 10, torch.float32)
+    torch.cuda.synchronize()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_cuda_nvrtc_grad_scaler_skips_the_inf_step():
+    """GradScaler (power-of-two scales: scaling is exact) against the same CUDA model stepped
+    without a scaler that skips the inf step itself."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 4).cuda() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.randn(16, 8, device="cuda")
+    opts = [ferroptim.AdamW(m.parameters(), lr=0.01) for m in models]
+    scaler = torch.amp.GradScaler("cuda", init_scale=4.0)
+    with cuda_kernels(True):
+        for step in range(4):
+            inf = float("inf") if step == 2 else 1.0
+            for i, (m, opt) in enumerate(zip(models, opts)):
+                opt.zero_grad()
+                loss = m(x).square().mean() * inf
+                if i == 0:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                elif step != 2:
+                    loss.backward()
+                    opt.step()
+    torch.cuda.synchronize()
+    assert scaler.get_scale() == 2.0
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+
+
+@cuda
+def test_cuda_nvrtc_kernel_hand_over_unscales_and_skips():
+    """``grad_scale``/``found_inf`` read by the kernel: SGD (no scalar state)."""
+    p = torch.nn.Parameter(torch.ones(70000, device="cuda"))
+    opt = ferroptim.SGD([p], lr=0.5)
+    group = opt.param_groups[0]
+    grads = torch.full_like(p, 8.0)
+
+    def call(grad_scale, found_inf):
+        d = {
+            **opt._hyper(group),
+            "params": [p],
+            "grads": [grads],
+            "states": [],
+            "scalar_states": [],
+            "fresh": [False],
+        }
+        stream = torch.cuda.current_stream().cuda_stream
+        _core.nvrtc_step("sgd", [d], stream, _device._nvrtc_dirs(), grad_scale, found_inf)
+
+    with torch.no_grad():
+        call(torch.tensor([4.0], device="cuda"), torch.tensor([1.0], device="cuda"))
+        torch.cuda.synchronize()
+        assert torch.equal(p, torch.ones_like(p)) and torch.equal(grads, torch.full_like(p, 8.0))
+        call(torch.tensor([4.0], device="cuda"), torch.tensor([0.0], device="cuda"))
+        torch.cuda.synchronize()
+        assert torch.equal(grads, torch.full_like(p, 2.0))  # stored unscaled
+        assert torch.equal(p, torch.zeros_like(p))  # 1 - 0.5 * 2
+
+
+@cuda
+def test_cuda_nvrtc_many_tensors_span_several_launches():
+    """More tensors than one launch holds (110 at most) and more chunks than its blocks
+    (320): 400 tensors of 70000 elements, AdamW, against the CPU rule bit for bit."""
+    torch.manual_seed(3)
+    base = [torch.randn(70000) for _ in range(400)]
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    opts = [ferroptim.AdamW(ps, lr=0.01) for ps in (cpu, dev)]
+    with cuda_kernels(True):
+        for _ in range(2):
+            for p in cpu:
+                p.grad = torch.randn_like(p)
+            for p, q in zip(dev, cpu):
+                p.grad = q.grad.cuda()
+            for opt in opts:
+                opt.step()
+    torch.cuda.synchronize()
+    for a, b in zip(dev, cpu):
+        assert torch.equal(a.detach().cpu(), b.detach())
