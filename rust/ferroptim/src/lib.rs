@@ -90,6 +90,7 @@ pub mod element;
 mod error;
 pub mod optim;
 mod profiling;
+pub mod quant;
 mod rule;
 pub mod rules;
 pub mod sched;

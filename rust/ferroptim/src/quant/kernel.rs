@@ -1,0 +1,228 @@
+//! The fused 8-bit loop: per block, decode the state, run the rule, re-encode.
+
+use super::codec::Codec;
+use crate::element::{Float, Storage};
+use crate::error::Result;
+use crate::rule::{Rule, MAX_STATE};
+use half::{bf16, f16};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tch::Kind;
+
+/// Below this many elements in a whole step, one thread does all the work.
+const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
+/// Elements per chunk that a thread claims (rounded to whole blocks): 64 KiB of each f32
+/// tensor.
+const CHUNK_ELEMENTS: usize = 1 << 14;
+
+/// One parameter's quantized update. All addresses are of contiguous CPU tensors: `param`
+/// and `grad` of dtype `kind` and `numel` elements, `codes[k]` of `numel` bytes, `absmax[k]`
+/// of `numel.div_ceil(block)` float32 values.
+pub(crate) struct QJob<S> {
+    pub scalars: S,
+    pub kind: Kind,
+    pub numel: usize,
+    pub n_state: usize,
+    pub param: *mut u8,
+    pub grad: *mut u8,
+    pub grad_scale: Option<f64>,
+    pub codes: [*mut u8; MAX_STATE],
+    pub absmax: [*mut f32; MAX_STATE],
+    pub codecs: [&'static Codec; MAX_STATE],
+    /// First block of this job in the step's concatenation of all jobs' blocks.
+    pub first_block: usize,
+}
+
+// SAFETY: a `QJob` only carries addresses; `run` dereferences them while the caller keeps the
+// tensors alive, after checking that no written tensor overlaps another, and each block (its
+// elements, its codes and its absmax entry) is updated by exactly one thread.
+unsafe impl<S: Send> Send for QJob<S> {}
+// SAFETY: as for `Send`.
+unsafe impl<S: Sync> Sync for QJob<S> {}
+
+/// Runs `jobs` (blocks of `block` elements) with rule `R` on up to `threads` threads. Work
+/// is cut on block boundaries, so each block is decoded, updated and encoded by one thread
+/// in one piece: results are bit-identical for any thread count.
+pub(crate) fn run<R: Rule>(jobs: &[QJob<R::Scalars>], block: usize, threads: usize) -> Result<()> {
+    let total_elements: usize = jobs.iter().map(|j| j.numel).sum();
+    let total_blocks = jobs
+        .last()
+        .map_or(0, |j| j.first_block + j.numel.div_ceil(block));
+    let per_chunk = (CHUNK_ELEMENTS / block).max(1);
+    let chunks = total_blocks.div_ceil(per_chunk);
+    let n = if total_elements < MIN_PARALLEL_ELEMENTS {
+        1
+    } else {
+        threads.clamp(1, chunks.max(1))
+    };
+    let work = |c: usize, scratch: &mut Scratch| {
+        let (lo, hi) = (c * per_chunk, ((c + 1) * per_chunk).min(total_blocks));
+        // The job holding block `lo`: the last whose first block is at or before it.
+        let mut j = jobs
+            .partition_point(|job| job.first_block <= lo)
+            .saturating_sub(1);
+        let mut b = lo;
+        while b < hi && j < jobs.len() {
+            let job = &jobs[j];
+            let end = (job.first_block + job.numel.div_ceil(block)).min(hi);
+            if b < end {
+                run_blocks::<R>(
+                    job,
+                    b - job.first_block,
+                    end - job.first_block,
+                    block,
+                    scratch,
+                );
+                b = end;
+            }
+            j += 1;
+        }
+    };
+    if n == 1 {
+        let mut scratch = Scratch::new(block);
+        for c in 0..chunks {
+            work(c, &mut scratch);
+        }
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    crate::driver::parallel(n, &|_| {
+        let mut scratch = Scratch::new(block);
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= chunks {
+                break;
+            }
+            work(c, &mut scratch);
+        }
+    })
+}
+
+/// A thread's buffers: one block of decoded state per slot, and the encoder's scratch.
+struct Scratch {
+    state: Vec<f32>,
+    fix: Vec<u8>,
+}
+
+impl Scratch {
+    fn new(block: usize) -> Scratch {
+        Scratch {
+            state: vec![0.0; block * MAX_STATE],
+            fix: vec![0; block],
+        }
+    }
+}
+
+/// Dispatches the blocks `[b0, b1)` of one job on its dtype and state count.
+fn run_blocks<R: Rule>(
+    job: &QJob<R::Scalars>,
+    b0: usize,
+    b1: usize,
+    block: usize,
+    s: &mut Scratch,
+) {
+    macro_rules! by_state {
+        ($t:ty) => {
+            match job.n_state {
+                0 => blocks::<R, $t, 0>(job, b0, b1, block, s),
+                1 => blocks::<R, $t, 1>(job, b0, b1, block, s),
+                2 => blocks::<R, $t, 2>(job, b0, b1, block, s),
+                3 => blocks::<R, $t, 3>(job, b0, b1, block, s),
+                _ => blocks::<R, $t, MAX_STATE>(job, b0, b1, block, s),
+            }
+        };
+    }
+    match job.kind {
+        Kind::Double => by_state!(f64),
+        Kind::BFloat16 => by_state!(bf16),
+        Kind::Half => by_state!(f16),
+        _ => by_state!(f32),
+    }
+}
+
+/// The blocks loop, compiled for the best instruction set available (every variant computes
+/// the same IEEE operations: results do not depend on it).
+fn blocks<R: Rule, S: Storage, const N: usize>(
+    job: &QJob<R::Scalars>,
+    b0: usize,
+    b1: usize,
+    block: usize,
+    s: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::driver::has_avx512() {
+            // SAFETY: the CPU has the features `blocks_avx512` is compiled for.
+            return unsafe { blocks_avx512::<R, S, N>(job, b0, b1, block, s) };
+        }
+    }
+    blocks_loop::<R, S, N>(job, b0, b1, block, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn blocks_avx512<R: Rule, S: Storage, const N: usize>(
+    job: &QJob<R::Scalars>,
+    b0: usize,
+    b1: usize,
+    block: usize,
+    s: &mut Scratch,
+) {
+    blocks_loop::<R, S, N>(job, b0, b1, block, s)
+}
+
+#[inline(always)]
+fn blocks_loop<R: Rule, S: Storage, const N: usize>(
+    job: &QJob<R::Scalars>,
+    b0: usize,
+    b1: usize,
+    block: usize,
+    s: &mut Scratch,
+) {
+    let (bufs, fix) = (&mut s.state, &mut s.fix);
+    let scale = job.grad_scale.map(<S::Compute as Float>::from_f64);
+    for b in b0..b1 {
+        let start = b * block;
+        let len = block.min(job.numel - start);
+        // SAFETY: the driver built the job from validated contiguous CPU tensors of the
+        // stated dtypes and sizes; `start + len <= numel` and `b < numel.div_ceil(block)`;
+        // written tensors overlap nothing else, and this thread alone owns block `b`.
+        let (param, grad, codes, absmax) = unsafe {
+            let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
+            let grad = std::slice::from_raw_parts_mut((job.grad as *mut S).add(start), len);
+            let codes: [&mut [u8]; N] = std::array::from_fn(|k| {
+                std::slice::from_raw_parts_mut(job.codes[k].add(start), len)
+            });
+            let absmax: [&mut f32; N] = std::array::from_fn(|k| &mut *job.absmax[k].add(b));
+            (param, grad, codes, absmax)
+        };
+        let bufs: [&mut [f32]; N] = {
+            let mut rest = &mut bufs[..];
+            std::array::from_fn(|_| {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(block);
+                rest = tail;
+                &mut head[..len]
+            })
+        };
+        for k in 0..N {
+            job.codecs[k].decode_block(codes[k], *absmax[k], bufs[k]);
+        }
+        for i in 0..len {
+            let mut g = grad[i].load();
+            if let Some(scale) = scale {
+                g = g / scale;
+                grad[i] = S::store(g);
+            }
+            let mut st = [<S::Compute as Float>::ZERO; N];
+            for k in 0..N {
+                st[k] = <S::Compute as Float>::from_f64(f64::from(bufs[k][i]));
+            }
+            param[i] = S::store(R::update(&job.scalars, param[i].load(), g, &mut st));
+            for k in 0..N {
+                bufs[k][i] = st[k].to_f64() as f32;
+            }
+        }
+        for k in 0..N {
+            *absmax[k] = job.codecs[k].encode_block(bufs[k], codes[k], &mut fix[..len]);
+        }
+    }
+}
