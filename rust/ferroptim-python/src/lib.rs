@@ -10,6 +10,7 @@ mod grads;
 mod groups;
 mod lbfgs;
 mod plan;
+mod quant;
 mod rules;
 mod tensor;
 mod tensor_rules;
@@ -24,6 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     rules::register(m)?;
     device::register(m)?;
     grads::register(m)?;
+    quant::register(m)?;
     tensor_rules::register(m)
 }
 
