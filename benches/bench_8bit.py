@@ -29,9 +29,8 @@ import sys
 import time
 from typing import Any, Callable
 
-import torch
-
 import ferroptim
+import torch
 
 CASES = {"1x25M": [25_000_000], "500x4096": [4096] * 500}
 
@@ -117,12 +116,16 @@ def main() -> None:
         for name in implementations():
             out = subprocess.run(
                 [sys.executable, __file__, "--memory-child", name],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             ).stdout.split()
             rows[name] = (int(out[0]), int(out[1]))
         fp32 = rows["ferroptim AdamW"][0]
         for name, (state, rss) in rows.items():
-            print(f"| {name} | {state / 2**20:.1f} MiB | {state / fp32:.3f} | {rss / 2**20:.1f} MiB |")
+            print(
+                f"| {name} | {state / 2**20:.1f} MiB | {state / fp32:.3f} | {rss / 2**20:.1f} MiB |"
+            )
         return
     for case in args.cases:
         med = bench_case(CASES[case], args.reps)

@@ -40,8 +40,14 @@ _EIGHT_BIT_DOC = r"""
             float32 scale (default: 256); a power of two from 16 to 65536.
         min_8bit_size (int, optional): parameters with fewer elements keep fp32 state, as
             in ``{base}`` (default: 4096, bitsandbytes' rule).
+        bf16_stochastic_round (bool, optional): round updated bfloat16 parameters (on the
+            CPU) to bfloat16 stochastically instead of to nearest (default: False; torchao's
+            name): unbiased, ``E[round(x)] = x``. The random bits come from Philox4x32-10
+            keyed by one seed drawn from torch's default generator per step (reproducible
+            from ``torch.manual_seed``) and counted by parameter and element, so they do not
+            depend on the thread count. Parameters of other dtypes round as usual.
 
-    Both are also per-group entries of ``param_groups``.
+    All three are also per-group entries of ``param_groups``.
 
     State (``optimizer.state[p]``): for parameters with at least ``min_8bit_size`` elements
     on the CPU, each state tensor of ``{base}`` (e.g. ``exp_avg``) holds the ``uint8`` codes
@@ -114,10 +120,15 @@ class _EightBit:
         *args: Any,
         block_size: int = BLOCK_SIZE,
         min_8bit_size: int = MIN_8BIT_SIZE,
+        bf16_stochastic_round: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_sizes(block_size, min_8bit_size)
-        self._eight_bit_defaults = {"block_size": block_size, "min_8bit_size": min_8bit_size}
+        self._eight_bit_defaults = {
+            "block_size": block_size,
+            "min_8bit_size": min_8bit_size,
+            "bf16_stochastic_round": bool(bf16_stochastic_round),
+        }
         super().__init__(params, *args, **kwargs)  # type: ignore[call-arg]
         self.defaults.update(self._eight_bit_defaults)  # type: ignore[attr-defined]
         # State that the fp32 class creates eagerly (Adagrad's `sum`): quantized now.
@@ -166,6 +177,7 @@ class _EightBit:
             return loss
         state_of = self.state  # type: ignore[attr-defined]
         full_calls, q_calls = [], []
+        seed = None
         created: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
         for group in self.param_groups:  # type: ignore[attr-defined]
             check_differentiable(self, group)
@@ -177,6 +189,9 @@ class _EightBit:
             q: dict[str, list[Any]] = {
                 k: [] for k in ("params", "grads", "codes", "absmax", "scalar_states", "fresh")
             }
+            # bfloat16 CPU parameters with unquantized state, rounded stochastically.
+            sr = {k: [] for k in ("params", "grads", "states", "scalar_states", "fresh")}
+            rounds = bool(group.get("bf16_stochastic_round"))
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -187,7 +202,10 @@ class _EightBit:
                     created.append((p, new))
                     state = {**state, **new} if state else new
                 eight = bool(names) and state[names[0]].dtype == torch.uint8
-                out = q if eight else full
+                plain_sr = (
+                    rounds and not eight and p.dtype == torch.bfloat16 and p.device.type == "cpu"
+                )
+                out = q if eight else sr if plain_sr else full
                 out["params"].append(p)
                 out["grads"].append(p.grad)
                 out["fresh"].append(fresh)
@@ -198,8 +216,18 @@ class _EightBit:
                 else:
                     out["states"].extend(state[n] for n in names)
             hyper = self._hyper(group)  # type: ignore[attr-defined]
+            if rounds and seed is None and (q["params"] or sr["params"]):
+                # One draw from torch's default generator per step: reproducible from
+                # torch.manual_seed, and the same whatever the thread count.
+                seed = int(torch.randint(0, 2**63 - 1, (1,)).item())
+            extra = {
+                "block_size": group["block_size"],
+                "bf16_stochastic_round": seed if rounds else None,
+            }
             if q["params"]:
-                q_calls.append({**q, **hyper, "block_size": group["block_size"]})
+                q_calls.append({**q, **hyper, **extra})
+            if sr["params"]:
+                q_calls.append({**sr, "codes": [], "absmax": [], **hyper, **extra})
             if full["params"]:
                 full_calls.append({**full, **hyper})
         with torch.no_grad():
@@ -252,7 +280,11 @@ class _EightBit:
 
 
 def _convert(
-    state: dict[str, Any], names: tuple[str, ...], p: torch.Tensor, group: dict[str, Any], block: int
+    state: dict[str, Any],
+    names: tuple[str, ...],
+    p: torch.Tensor,
+    group: dict[str, Any],
+    block: int,
 ) -> None:
     """Converts ``state`` in place to 8-bit (with ``group``'s block size) or fp32, as
     ``group`` wants for ``p``; ``block`` is the block size 8-bit state was saved with."""
@@ -289,14 +321,14 @@ def dequantize_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     state = {}
     for pid, s in state_dict["state"].items():
         s = dict(s)
-        for name in [k for k, v in s.items() if isinstance(v, torch.Tensor) and v.dtype == torch.uint8]:
+        for name in [
+            k for k, v in s.items() if isinstance(v, torch.Tensor) and v.dtype == torch.uint8
+        ]:
             absmax = s.pop(name + "_absmax")
             s[name] = _core.dequantize_8bit(s[name], absmax, name, block_of[pid])
         state[pid] = s
-    groups = [
-        {k: v for k, v in g.items() if k not in ("block_size", "min_8bit_size")}
-        for g in state_dict["param_groups"]
-    ]
+    dropped = ("block_size", "min_8bit_size", "bf16_stochastic_round")
+    groups = [{k: v for k, v in g.items() if k not in dropped} for g in state_dict["param_groups"]]
     return {"state": state, "param_groups": groups}
 
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import copy
 
+import ferroptim
 import pytest
 import torch
-
-import ferroptim
 from ferroptim import lowbit
 
 DECADES = [1.0, 0.1, 0.01, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
@@ -87,7 +86,14 @@ def test_quantize_matches_the_reference_bit_for_bit(name: str, block: int) -> No
         x = x.abs()
     ref = ref_map(name)
     # Values on and around every midpoint, and every code's value, in one block of scale 1.
-    edge = torch.cat([ref.mid, ref.mid.nextafter(torch.tensor(2.0)), ref.mid.nextafter(torch.tensor(-1.0)), ref.table])
+    edge = torch.cat(
+        [
+            ref.mid,
+            ref.mid.nextafter(torch.tensor(2.0)),
+            ref.mid.nextafter(torch.tensor(-1.0)),
+            ref.table,
+        ]
+    )
     x = torch.cat([x, edge, torch.ones(1)])
     codes, absmax = ferroptim._core.quantize_8bit(x, name, block)
     rc, ra = ref.quantize(x, block)
@@ -172,7 +178,10 @@ def test_every_class_is_its_fp32_rule_on_dequantized_state(cls8, cls32, kw) -> N
 def _model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(32, 128), torch.nn.Tanh(), torch.nn.Linear(128, 128), torch.nn.Tanh(),
+        torch.nn.Linear(32, 128),
+        torch.nn.Tanh(),
+        torch.nn.Linear(128, 128),
+        torch.nn.Tanh(),
         torch.nn.Linear(128, 1),
     )
 
@@ -231,7 +240,13 @@ def test_threads_do_not_change_the_result() -> None:
             for _ in range(3):
                 w.grad = torch.randn(300_000)
                 opt.step()
-            results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone(), opt.state[w]["exp_avg_sq_absmax"].clone()))
+            results.append(
+                (
+                    w.detach().clone(),
+                    opt.state[w]["exp_avg"].clone(),
+                    opt.state[w]["exp_avg_sq_absmax"].clone(),
+                )
+            )
     finally:
         torch.set_num_threads(before)
     for r in results[1:]:

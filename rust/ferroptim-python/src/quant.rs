@@ -25,6 +25,15 @@ fn run<R: FromGroup>(
         let params: Vec<PyTensor> = get(d, "params")?;
         let grads: Vec<PyTensor> = get(d, "grads")?;
         let codes: Vec<PyTensor> = get(d, "codes")?;
+        // Unquantized state (bfloat16 parameters with stochastic rounding): `states`.
+        let states: Vec<PyTensor> = match d.get_item("states")? {
+            Some(v) => v.extract()?,
+            None => Vec::new(),
+        };
+        let sr: Option<u64> = match d.get_item("bf16_stochastic_round")? {
+            Some(v) => v.extract()?,
+            None => None,
+        };
         let absmax: Vec<PyTensor> = get(d, "absmax")?;
         let scalars: Vec<PyTensor> = get(d, "scalar_states")?;
         let fresh: Vec<bool> = get(d, "fresh")?;
@@ -36,6 +45,20 @@ fn run<R: FromGroup>(
             ("scalar_states", scalars.len(), n * n_scalar),
             ("fresh", fresh.len(), n),
         ];
+        let plain = codes.is_empty() && !states.is_empty();
+        let lists = lists.map(|(name, len, want)| match (name, plain) {
+            ("codes" | "absmax", true) => (name, len, 0),
+            _ => (name, len, want),
+        });
+        if plain && states.len() != n * n_state {
+            return Err(PyErr::from(CoreError::from(
+                ferroptim::Error::StateMismatch {
+                    what: "group list 'states'".into(),
+                    expected: format!("{} entries for {n} parameters", n * n_state),
+                    got: states.len().to_string(),
+                },
+            )));
+        }
         for (name, len, want) in lists {
             if len != want {
                 return Err(PyErr::from(CoreError::from(
@@ -49,6 +72,7 @@ fn run<R: FromGroup>(
         }
         let (mut codes, mut absmax) = (codes.into_iter(), absmax.into_iter());
         let mut scalars = scalars.into_iter();
+        let mut states = states.into_iter();
         let params = params
             .into_iter()
             .zip(grads)
@@ -59,6 +83,11 @@ fn run<R: FromGroup>(
                 codes: codes.by_ref().take(n_state).map(|t| t.0).collect(),
                 absmax: absmax.by_ref().take(n_state).map(|t| t.0).collect(),
                 scalar_state: scalars.by_ref().take(n_scalar).map(|t| t.0).collect(),
+                state: states
+                    .by_ref()
+                    .take(if plain { n_state } else { 0 })
+                    .map(|t| t.0)
+                    .collect(),
                 fresh,
             })
             .collect();
@@ -67,6 +96,7 @@ fn run<R: FromGroup>(
             rule,
             block_size,
             params,
+            bf16_stochastic_round: sr,
         });
     }
     py.detach(move || quant::step_8bit(&core, grad_scale))

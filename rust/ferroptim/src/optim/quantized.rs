@@ -171,6 +171,7 @@ impl<R: Algorithm> Optim<Quantized<R>> {
                         absmax: take(&mut names.iter().map(|n| format!("{n}_absmax")))?,
                         scalar_state,
                         fresh,
+                        state: vec![],
                     });
                 } else {
                     fp.push(ParamTensors {
@@ -189,6 +190,7 @@ impl<R: Algorithm> Optim<Quantized<R>> {
                 rule: rule.clone(),
                 block_size: q.block_size,
                 params: qp,
+                bf16_stochastic_round: None,
             });
             full.push(Group { rule, params: fp });
         }
@@ -276,7 +278,7 @@ mod tests {
             block_size: 128,
             ..Quantized::new(Adam::adamw())
         };
-        let mut opt = Optim::new(ws.clone(), config.clone()).unwrap();
+        let mut opt = Optim::new(&ws, config.clone()).unwrap();
         train(&mut opt, &ws, 3);
         assert_eq!(opt.state(0, 0).unwrap()["exp_avg"].kind(), Kind::Uint8);
         assert_eq!(opt.state(0, 0).unwrap()["exp_avg_sq_absmax"].size(), [40]);
@@ -296,7 +298,7 @@ mod tests {
             .iter()
             .map(|w| w.copy().set_requires_grad(true))
             .collect();
-        let mut opt2 = Optim::new(ws2.clone(), Quantized::new(Adam::adamw())).unwrap();
+        let mut opt2 = Optim::new(&ws2, Quantized::new(Adam::adamw())).unwrap();
         opt2.load(&path).unwrap();
         assert_eq!(opt2.config(0).unwrap().block_size, 128);
         train(&mut opt2, &ws2, 2);

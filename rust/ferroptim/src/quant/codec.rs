@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 /// How close (in steps of the decade) to a rounding boundary the estimate must be to be
 /// checked by the exact search. The estimate's own error is below 10⁻⁴ of a step.
-const GUARD: f32 = 1e-3;
+pub(super) const GUARD: f32 = 1e-3;
 
 /// Tables for the fast nearest-code computation and decoding.
 #[derive(Debug)]
@@ -36,6 +36,18 @@ pub struct Codec {
     offset: [f32; 9],
     base: [u32; 9],
     kmax: [f32; 9],
+    /// The same tables padded to 16 entries, for 16-lane permutes.
+    wide: Wide,
+}
+
+/// [`Codec`]'s per-decade tables padded to 16 entries (see `x86.rs`).
+#[derive(Debug)]
+pub(super) struct Wide {
+    pub threshold: [f32; 8],
+    pub scale: [f32; 16],
+    pub offset: [f32; 16],
+    pub kmax: [f32; 16],
+    pub base: [i32; 16],
 }
 
 impl Codec {
@@ -60,6 +72,19 @@ impl Codec {
             base[n] = 1 << (n - 1);
             kmax[n] = (steps - 1.0) as f32;
         }
+        let mut wide = Wide {
+            threshold,
+            scale: [0.0; 16],
+            offset: [0.0; 16],
+            kmax: [0.0; 16],
+            base: [0; 16],
+        };
+        wide.scale[..9].copy_from_slice(&scale);
+        wide.offset[..9].copy_from_slice(&offset);
+        wide.kmax[..9].copy_from_slice(&kmax);
+        for (w, b) in wide.base.iter_mut().zip(base) {
+            *w = b as i32;
+        }
         Codec {
             map,
             decode,
@@ -69,12 +94,23 @@ impl Codec {
             offset,
             base,
             kmax,
+            wide,
         }
+    }
+
+    /// The tables padded for 16 lanes.
+    pub(super) fn tables(&self) -> &Wide {
+        &self.wide
     }
 
     /// Decodes a block: `out[i] = decode[codes[i]] · absmax`.
     #[inline(always)]
     pub fn decode_block(&self, codes: &[u8], absmax: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::driver::has_avx512() {
+            // SAFETY: the CPU has AVX-512F/BW/VL (checked by `has_avx512`).
+            return unsafe { super::x86::decode(self, codes, absmax, out) };
+        }
         for (o, &c) in out.iter_mut().zip(codes) {
             *o = self.decode[usize::from(c)] * absmax;
         }
@@ -84,6 +120,17 @@ impl Codec {
     /// codes of `values / absmax` to `codes`. `fix` is scratch of the same length.
     #[inline(always)]
     pub fn encode_block(&self, values: &[f32], codes: &mut [u8], fix: &mut [u8]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if crate::driver::has_avx512() {
+            // SAFETY: the CPU has AVX-512F/BW/VL and FMA (checked by `has_avx512`).
+            return unsafe { super::x86::encode(self, values, codes) };
+        }
+        self.encode_portable(values, codes, fix)
+    }
+
+    /// [`Codec::encode_block`] without SIMD intrinsics (the loop LLVM vectorises as it can).
+    #[inline(always)]
+    pub fn encode_portable(&self, values: &[f32], codes: &mut [u8], fix: &mut [u8]) -> f32 {
         let absmax = values.iter().fold(0.0f32, |m, &x| {
             if x.abs() > m || x.is_nan() {
                 x.abs()
@@ -194,6 +241,10 @@ mod tests {
                 for (x, c) in v.iter().zip(&codes) {
                     assert_eq!(*c, codec.map.encode(x * inv), "{x}");
                 }
+                // The portable loop gives the same codes and absmax.
+                let mut portable = vec![0u8; v.len()];
+                let a2 = codec.encode_portable(&v, &mut portable, &mut fix);
+                assert_eq!((a2.to_bits(), &portable), (absmax.to_bits(), &codes));
             }
         }
     }

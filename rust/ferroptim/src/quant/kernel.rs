@@ -28,6 +28,12 @@ pub(crate) struct QJob<S> {
     pub codes: [*mut u8; MAX_STATE],
     pub absmax: [*mut f32; MAX_STATE],
     pub codecs: [&'static Codec; MAX_STATE],
+    /// When `codes` are not used (`quantized` false): the state tensors, of the parameter's
+    /// dtype (bfloat16 only, see `step.rs`) and `numel` elements.
+    pub plain: [*mut u8; MAX_STATE],
+    pub quantized: bool,
+    /// Stochastic rounding of the bfloat16 parameter: the Philox key and the parameter's id.
+    pub sr: Option<([u32; 2], u32)>,
     /// First block of this job in the step's concatenation of all jobs' blocks.
     pub first_block: usize,
 }
@@ -101,6 +107,8 @@ pub(crate) fn run<R: Rule>(jobs: &[QJob<R::Scalars>], block: usize, threads: usi
 struct Scratch {
     state: Vec<f32>,
     fix: Vec<u8>,
+    /// The updated parameter values, when they are rounded stochastically.
+    param: Vec<f32>,
 }
 
 impl Scratch {
@@ -108,6 +116,7 @@ impl Scratch {
         Scratch {
             state: vec![0.0; block * MAX_STATE],
             fix: vec![0; block],
+            param: vec![0.0; block],
         }
     }
 }
@@ -178,7 +187,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
     block: usize,
     s: &mut Scratch,
 ) {
-    let (bufs, fix) = (&mut s.state, &mut s.fix);
+    let (bufs, fix, pbuf) = (&mut s.state, &mut s.fix, &mut s.param);
     let scale = job.grad_scale.map(<S::Compute as Float>::from_f64);
     for b in b0..b1 {
         let start = b * block;
@@ -186,13 +195,15 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         // SAFETY: the driver built the job from validated contiguous CPU tensors of the
         // stated dtypes and sizes; `start + len <= numel` and `b < numel.div_ceil(block)`;
         // written tensors overlap nothing else, and this thread alone owns block `b`.
-        let (param, grad, codes, absmax) = unsafe {
+        let (param, grad, mut codes, mut absmax) = unsafe {
             let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
             let grad = std::slice::from_raw_parts_mut((job.grad as *mut S).add(start), len);
-            let codes: [&mut [u8]; N] = std::array::from_fn(|k| {
-                std::slice::from_raw_parts_mut(job.codes[k].add(start), len)
+            let codes: [&mut [u8]; N] = std::array::from_fn(|k| match job.quantized {
+                true => std::slice::from_raw_parts_mut(job.codes[k].add(start), len),
+                false => &mut [][..],
             });
-            let absmax: [&mut f32; N] = std::array::from_fn(|k| &mut *job.absmax[k].add(b));
+            let absmax: [Option<&mut f32>; N] =
+                std::array::from_fn(|k| job.quantized.then(|| &mut *job.absmax[k].add(b)));
             (param, grad, codes, absmax)
         };
         let bufs: [&mut [f32]; N] = {
@@ -203,8 +214,26 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
                 &mut head[..len]
             })
         };
+        // SAFETY: as above; `plain[k]` (when not quantized) holds `numel` elements of `S`.
+        let mut plain: [&mut [S]; N] = std::array::from_fn(|k| unsafe {
+            let ptr = if job.quantized {
+                job.param
+            } else {
+                job.plain[k]
+            };
+            std::slice::from_raw_parts_mut(
+                (ptr as *mut S).add(start),
+                if job.quantized { 0 } else { len },
+            )
+        });
         for k in 0..N {
-            job.codecs[k].decode_block(codes[k], *absmax[k], bufs[k]);
+            if let Some(a) = &absmax[k] {
+                job.codecs[k].decode_block(codes[k], **a, bufs[k]);
+            } else {
+                for (b, x) in bufs[k].iter_mut().zip(plain[k].iter()) {
+                    *b = x.load().to_f64() as f32;
+                }
+            }
         }
         for i in 0..len {
             let mut g = grad[i].load();
@@ -216,13 +245,37 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
             for k in 0..N {
                 st[k] = <S::Compute as Float>::from_f64(f64::from(bufs[k][i]));
             }
-            param[i] = S::store(R::update(&job.scalars, param[i].load(), g, &mut st));
+            let p = R::update(&job.scalars, param[i].load(), g, &mut st);
+            if job.sr.is_some() {
+                pbuf[i] = p.to_f64() as f32;
+            } else {
+                param[i] = S::store(p);
+            }
             for k in 0..N {
                 bufs[k][i] = st[k].to_f64() as f32;
             }
         }
+        if let Some((key, id)) = job.sr {
+            // Blocks start on multiples of 4 (block sizes are powers of two ≥ 16), so each
+            // Philox call serves four consecutive elements.
+            for (q, (ps, vs)) in param.chunks_mut(4).zip(pbuf[..len].chunks(4)).enumerate() {
+                let quad = ((start / 4) + q) as u64;
+                let words =
+                    super::philox::philox4x32([quad as u32, (quad >> 32) as u32, id, 0], key);
+                for ((p, v), w) in ps.iter_mut().zip(vs).zip(words) {
+                    let rounded = super::philox::round_bf16(*v, w).to_f64();
+                    *p = S::store(<S::Compute as Float>::from_f64(rounded));
+                }
+            }
+        }
         for k in 0..N {
-            *absmax[k] = job.codecs[k].encode_block(bufs[k], codes[k], &mut fix[..len]);
+            if let Some(a) = absmax[k].as_deref_mut() {
+                *a = job.codecs[k].encode_block(bufs[k], &mut *codes[k], &mut fix[..len]);
+            } else {
+                for (x, b) in plain[k].iter_mut().zip(bufs[k].iter()) {
+                    *x = S::store(<S::Compute as Float>::from_f64(f64::from(*b)));
+                }
+            }
         }
     }
 }

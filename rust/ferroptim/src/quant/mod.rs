@@ -20,7 +20,10 @@
 mod codec;
 mod kernel;
 pub mod map;
+pub mod philox;
 mod step;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use step::{step_8bit, QuantGroup, QuantParam};
 

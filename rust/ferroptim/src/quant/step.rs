@@ -22,6 +22,10 @@ pub struct QuantParam {
     /// Per state tensor: the block scales (absmax), a contiguous `float32` CPU tensor of
     /// `numel.div_ceil(block_size)` elements.
     pub absmax: Vec<Tensor>,
+    /// Instead of `codes` and `absmax` (both empty): the state tensors themselves, contiguous
+    /// CPU tensors shaped like `param` and of its dtype, which must then be bfloat16 (small
+    /// tensors of a group with [`QuantGroup::bf16_stochastic_round`]).
+    pub state: Vec<Tensor>,
     /// The rule's scalar state tensors ([`Rule::scalar_state_names`] order), as in
     /// [`crate::ParamTensors`].
     pub scalar_state: Vec<Tensor>,
@@ -39,6 +43,11 @@ pub struct QuantGroup<R> {
     pub block_size: usize,
     /// The parameters that have a gradient this step.
     pub params: Vec<QuantParam>,
+    /// A seed for rounding bfloat16 parameters stochastically (see [`super::philox`]); `None`
+    /// rounds to nearest. Element `i` of the `j`-th parameter of the call (counted through
+    /// the groups) is rounded with Philox word `i % 4` of counter `(i / 4, j)` keyed by the
+    /// seed's two 32-bit halves: draw a new seed for every step.
+    pub bf16_stochastic_round: Option<u64>,
 }
 
 /// One optimizer step over parameters with 8-bit block-wise state (see the [module
@@ -75,32 +84,36 @@ pub fn step_8bit<R: Rule>(groups: &[QuantGroup<R>], grad_scale: Option<f64>) -> 
 
     // From here on, tensors are modified.
     let threads = tch::get_num_threads().max(1) as usize;
-    for ((g, ps), gi) in groups.iter().zip(&prepared).zip(0..) {
+    let mut param_id = 0usize;
+    for (g, ps) in groups.iter().zip(&prepared) {
         let mut jobs = Vec::with_capacity(ps.len());
         let mut bumps = Vec::new();
         let mut first_block = 0;
+        let key = g
+            .bf16_stochastic_round
+            .map(|seed| [seed as u32, (seed >> 32) as u32]);
         for (qp, p) in g.params.iter().zip(ps) {
+            let id = param_id as u32;
+            param_id += 1;
             for (t, v) in qp.scalar_state.iter().zip(&p.scalar_values) {
                 let _ = t.shallow_clone().f_fill_(v.get())?;
             }
-            let job = p.job(
-                qp,
-                g.block_size,
-                grad_scale,
-                first_block,
-                g.rule.state_names(),
-            );
+            let mut job = p.job(qp, grad_scale, first_block, g.rule.state_names());
+            if job.kind == Kind::BFloat16 {
+                job.sr = key.map(|k| (k, id));
+            }
             first_block += num_blocks(job.numel, g.block_size);
             bumps.extend(
                 std::iter::once(&qp.param)
                     .chain(&qp.codes)
                     .chain(&qp.absmax)
+                    .chain(&qp.state)
                     .chain(grad_scale.map(|_| &qp.grad))
                     .map(|t| t.as_ptr() as usize),
             );
             jobs.push(job);
         }
-        let _ = gi;
+
         version::bump(&bumps)?;
         kernel::run::<R>(&jobs, g.block_size, threads)?;
         drop(jobs);
@@ -140,8 +153,15 @@ impl<S: Copy> Prepared<S> {
         };
         let names = rule.state_names();
         let scalar_names = rule.scalar_state_names();
-        if qp.codes.len() != names.len()
-            || qp.absmax.len() != names.len()
+        let plain = !names.is_empty() && qp.codes.is_empty() && qp.absmax.is_empty();
+        let (n_codes, n_plain) = if plain {
+            (0, names.len())
+        } else {
+            (names.len(), 0)
+        };
+        if qp.codes.len() != n_codes
+            || qp.absmax.len() != n_codes
+            || qp.state.len() != n_plain
             || names.len() > MAX_STATE
         {
             return Err(Error::StateMismatch {
@@ -150,7 +170,12 @@ impl<S: Copy> Prepared<S> {
                     "codes and absmax of {} state tensors {names:?}",
                     names.len()
                 ),
-                got: format!("{} codes, {} absmax", qp.codes.len(), qp.absmax.len()),
+                got: format!(
+                    "{} codes, {} absmax, {} state tensors",
+                    qp.codes.len(),
+                    qp.absmax.len(),
+                    qp.state.len()
+                ),
             });
         }
         if qp.scalar_state.len() != scalar_names.len() {
@@ -233,6 +258,29 @@ impl<S: Copy> Prepared<S> {
                 });
             }
         }
+        for (t, name) in qp.state.iter().zip(names) {
+            dense(t, &at(name), true)?;
+            if p.kind() != Kind::BFloat16
+                || t.kind() != p.kind()
+                || t.device() != Device::Cpu
+                || !t.is_contiguous()
+                || t.size() != shape
+            {
+                return Err(Error::StateMismatch {
+                    what: at(name),
+                    expected: "bfloat16 parameter and state (unquantized state steps here only \
+                               with bfloat16 stochastic rounding), contiguous, on the CPU, \
+                               shaped like the parameter"
+                        .into(),
+                    got: format!(
+                        "{:?} parameter, {:?} state of shape {:?}",
+                        p.kind(),
+                        t.kind(),
+                        t.size()
+                    ),
+                });
+            }
+        }
         let mut scalar_values = Vec::with_capacity(scalar_names.len());
         for (t, name) in qp.scalar_state.iter().zip(scalar_names) {
             if !t.defined() || t.is_sparse() || t.numel() != 1 || t.is_complex() {
@@ -303,12 +351,14 @@ impl<S: Copy> Prepared<S> {
             add(c, true, "codes of ");
             add(a, true, "absmax of ");
         }
+        for t in &qp.state {
+            add(t, true, "state of ");
+        }
     }
 
     fn job(
         &self,
         qp: &QuantParam,
-        block_size: usize,
         grad_scale: Option<f64>,
         first_block: usize,
         names: &[&str],
@@ -318,12 +368,17 @@ impl<S: Copy> Prepared<S> {
         let mut codes = [std::ptr::null_mut(); MAX_STATE];
         let mut absmax = [std::ptr::null_mut(); MAX_STATE];
         let mut codecs = [codec::signed(); MAX_STATE];
+        let mut plain = [std::ptr::null_mut(); MAX_STATE];
+        let quantized = qp.state.is_empty();
         for k in 0..names.len() {
-            codes[k] = qp.codes[k].data_ptr() as *mut u8;
-            absmax[k] = qp.absmax[k].data_ptr() as *mut f32;
+            if quantized {
+                codes[k] = qp.codes[k].data_ptr() as *mut u8;
+                absmax[k] = qp.absmax[k].data_ptr() as *mut f32;
+            } else {
+                plain[k] = qp.state[k].data_ptr() as *mut u8;
+            }
             codecs[k] = codec::for_state(names[k]);
         }
-        let _ = block_size;
         QJob {
             scalars: self.scalars,
             kind: p.kind(),
@@ -335,6 +390,9 @@ impl<S: Copy> Prepared<S> {
             codes,
             absmax,
             codecs,
+            plain,
+            quantized,
+            sr: None,
             first_block,
         }
     }

@@ -58,7 +58,9 @@ fn check_against_definition<R: Rule + Copy>(
                 absmax: absmax.iter().map(Tensor::shallow_clone).collect(),
                 scalar_state,
                 fresh: t == 0,
+                state: vec![],
             }],
+            bf16_stochastic_round: None,
         }];
         step_8bit(&groups, None).unwrap();
         // The definition, with the fp32 driver.
@@ -170,7 +172,9 @@ fn invalid_inputs_change_nothing() {
             absmax: vec![a.shallow_clone(), absmax.shallow_clone()],
             scalar_state: vec![step_t.shallow_clone()],
             fresh: false,
+            state: vec![],
         }],
+        bf16_stochastic_round: None,
     };
     assert!(matches!(
         step_8bit(&[group(&bad_absmax, 256)], None),
@@ -216,4 +220,59 @@ fn quantize_round_trip() {
     let (c, a) = quantize(&v, "exp_avg_sq", 256).unwrap();
     let back = dequantize(&c, &a, "exp_avg_sq", 256, Kind::Float).unwrap();
     assert!(back.ge(0.0).all().int64_value(&[]) == 1);
+}
+
+/// bf16 parameters rounded stochastically: unbiased on average, independent of the thread
+/// count, and a pure function of the seed.
+#[test]
+fn bf16_stochastic_rounding() {
+    let n = 100_000i64;
+    // p = 1, an update of 0.3 bf16 ulp (2^-7 · 0.3) per step: SGD with lr·g = −0.3 ulp.
+    let ulp = 2f64.powi(-7);
+    let run = |seed: u64, threads: i32, plain: bool| {
+        tch::set_num_threads(threads);
+        let p = Tensor::ones([n], (Kind::BFloat16, Device::Cpu));
+        let grad = Tensor::full([n], -0.3 * ulp, (Kind::BFloat16, Device::Cpu));
+        let mom = p.zeros_like();
+        let (c, a) = quantize(&mom, "momentum_buffer", 256).unwrap();
+        let (codes, absmax, state) = if plain {
+            (vec![], vec![], vec![mom.shallow_clone()])
+        } else {
+            (vec![c], vec![a], vec![])
+        };
+        let g = [QuantGroup {
+            rule: Sgd {
+                lr: 1.0,
+                momentum: 1e-30,
+                ..Sgd::default()
+            },
+            block_size: 256,
+            params: vec![QuantParam {
+                param: p.shallow_clone(),
+                grad: grad.copy(),
+                codes,
+                absmax,
+                state,
+                scalar_state: vec![],
+                fresh: true,
+            }],
+            bf16_stochastic_round: Some(seed),
+        }];
+        step_8bit(&g, None).unwrap();
+        p
+    };
+    let p = run(7, 2, false);
+    let mean = p.to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+    // Each element is 1 or 1 + ulp, the latter with probability 0.3 (grad rounded to bf16:
+    // 0.30078125 ulp): 5 standard errors of the mean of n Bernoulli draws.
+    let expected = 1.0 + 0.30078125 * ulp;
+    assert!(
+        (mean - expected).abs() < 5.0 * ulp * (0.21 / n as f64).sqrt(),
+        "{mean}"
+    );
+    // Round-to-nearest would leave every element at 1.
+    assert!(p.ne(1.0).any().int64_value(&[]) == 1);
+    assert!(p.equal(&run(7, 1, false)) && p.equal(&run(7, 3, false)));
+    assert!(p.equal(&run(7, 2, true)), "plain state rounds the same");
+    assert!(!p.equal(&run(8, 2, false)));
 }
