@@ -195,7 +195,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         // SAFETY: the driver built the job from validated contiguous CPU tensors of the
         // stated dtypes and sizes; `start + len <= numel` and `b < numel.div_ceil(block)`;
         // written tensors overlap nothing else, and this thread alone owns block `b`.
-        let (param, grad, mut codes, mut absmax) = unsafe {
+        let (param, grad, codes, mut absmax) = unsafe {
             let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
             let grad = std::slice::from_raw_parts_mut((job.grad as *mut S).add(start), len);
             let codes: [&mut [u8]; N] = std::array::from_fn(|k| match job.quantized {
@@ -206,7 +206,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
                 std::array::from_fn(|k| job.quantized.then(|| &mut *job.absmax[k].add(b)));
             (param, grad, codes, absmax)
         };
-        let bufs: [&mut [f32]; N] = {
+        let mut bufs: [&mut [f32]; N] = {
             let mut rest = &mut bufs[..];
             std::array::from_fn(|_| {
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut(block);
@@ -215,7 +215,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
             })
         };
         // SAFETY: as above; `plain[k]` (when not quantized) holds `numel` elements of `S`.
-        let mut plain: [&mut [S]; N] = std::array::from_fn(|k| unsafe {
+        let plain: [&mut [S]; N] = std::array::from_fn(|k| unsafe {
             let ptr = if job.quantized {
                 job.param
             } else {
@@ -235,25 +235,15 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
                 }
             }
         }
-        for i in 0..len {
-            let mut g = grad[i].load();
-            if let Some(scale) = scale {
-                g = g / scale;
-                grad[i] = S::store(g);
+        // The branches are taken outside the loop, so that each variant vectorises.
+        let pbuf = &mut pbuf[..len];
+        match (scale, job.sr.is_some()) {
+            (None, false) => {
+                update::<R, S, N, false, false>(job, param, grad, &mut bufs, pbuf, None)
             }
-            let mut st = [<S::Compute as Float>::ZERO; N];
-            for k in 0..N {
-                st[k] = <S::Compute as Float>::from_f64(f64::from(bufs[k][i]));
-            }
-            let p = R::update(&job.scalars, param[i].load(), g, &mut st);
-            if job.sr.is_some() {
-                pbuf[i] = p.to_f64() as f32;
-            } else {
-                param[i] = S::store(p);
-            }
-            for k in 0..N {
-                bufs[k][i] = st[k].to_f64() as f32;
-            }
+            (None, true) => update::<R, S, N, false, true>(job, param, grad, &mut bufs, pbuf, None),
+            (s, false) => update::<R, S, N, true, false>(job, param, grad, &mut bufs, pbuf, s),
+            (s, true) => update::<R, S, N, true, true>(job, param, grad, &mut bufs, pbuf, s),
         }
         if let Some((key, id)) = job.sr {
             // Blocks start on multiples of 4 (block sizes are powers of two ≥ 16), so each
@@ -276,6 +266,52 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
                     *x = S::store(<S::Compute as Float>::from_f64(f64::from(*b)));
                 }
             }
+        }
+    }
+}
+
+/// The rule over one block's elements: `bufs` holds the decoded state (updated in place);
+/// the new parameter goes to `param` (or, with stochastic rounding `SR`, to `pbuf`); with
+/// `SCALED`, gradients are divided by `scale` and written back.
+#[inline(always)]
+fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: bool>(
+    job: &QJob<R::Scalars>,
+    param: &mut [S],
+    grad: &mut [S],
+    bufs: &mut [&mut [f32]; N],
+    pbuf: &mut [f32],
+    scale: Option<S::Compute>,
+) {
+    let len = param.len().min(grad.len()).min(pbuf.len());
+    let (param, grad, pbuf) = (&mut param[..len], &mut grad[..len], &mut pbuf[..len]);
+    let bufs: [&mut [f32]; N] = {
+        let mut it = bufs.iter_mut();
+        std::array::from_fn(|_| match it.next() {
+            Some(b) => &mut b[..len],
+            None => &mut [][..],
+        })
+    };
+    let one = <S::Compute as Float>::from_f64(1.0);
+    let scale = scale.unwrap_or(one);
+
+    for i in 0..len {
+        let mut g = grad[i].load();
+        if SCALED {
+            g = g / scale;
+            grad[i] = S::store(g);
+        }
+        let mut st = [<S::Compute as Float>::ZERO; N];
+        for k in 0..N {
+            st[k] = <S::Compute as Float>::from_f64(f64::from(bufs[k][i]));
+        }
+        let p = R::update(&job.scalars, param[i].load(), g, &mut st);
+        if SR {
+            pbuf[i] = p.to_f64() as f32;
+        } else {
+            param[i] = S::store(p);
+        }
+        for k in 0..N {
+            bufs[k][i] = st[k].to_f64() as f32;
         }
     }
 }
