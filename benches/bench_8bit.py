@@ -22,6 +22,7 @@ Usage (repository root, ``PYTHONPATH`` holding the ferroptim package):
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -115,7 +116,7 @@ def main() -> None:
         rows = {}
         for name in implementations():
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-child", name],
+                [sys.executable, os.path.abspath(__file__), "--memory-child", name],
                 capture_output=True,
                 text=True,
                 check=True,

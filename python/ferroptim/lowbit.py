@@ -146,14 +146,23 @@ class _EightBit:
         super().add_param_group(param_group)  # type: ignore[misc]
 
     def _init_state8(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The fp32 class's new state for ``p``, quantized if ``p`` gets 8-bit state."""
-        state = self._init_state(p, group)  # type: ignore[attr-defined]
-        if _is_8bit(p, group):
-            names, _ = self._state_names(group)  # type: ignore[attr-defined]
-            for name in names:
-                state[name], state[name + "_absmax"] = _quantize(
-                    state[name], name, group["block_size"]
-                )
+        """The fp32 class's new state for ``p``, quantized if ``p`` gets 8-bit state.
+
+        The fp32 classes create each state tensor filled with one value (zeros,
+        Adagrad's ``initial_accumulator_value``). For 8-bit state that value is read from
+        the state of a one-element stand-in for ``p``, and the codes and scales of a tensor
+        filled with it are built directly: the same as quantizing the full fp32 tensor (every
+        block holds the one value), without allocating it."""
+        if not _is_8bit(p, group):
+            return self._init_state(p, group)  # type: ignore[attr-defined]
+        state = self._init_state(p.new_zeros(1), group)  # type: ignore[attr-defined]
+        names, _ = self._state_names(group)  # type: ignore[attr-defined]
+        block = group["block_size"]
+        blocks = -(-p.numel() // block)
+        for name in names:
+            codes, absmax = _quantize(state[name], name, block)
+            state[name] = torch.full(p.shape, int(codes.item()), dtype=torch.uint8)
+            state[name + "_absmax"] = torch.full((blocks,), absmax.item(), dtype=torch.float32)
         return state
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]

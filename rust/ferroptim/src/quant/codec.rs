@@ -159,7 +159,7 @@ impl Codec {
             let fl = fr.floor();
             let f = fl.max(0.0).min(self.kmax[n]);
             let dist = fr - fl;
-            let unsure = u8::from(!(dist >= GUARD && dist <= 1.0 - GUARD));
+            let unsure = u8::from(!(GUARD..=1.0 - GUARD).contains(&dist));
             fix[i] = unsure;
             any |= unsure;
             codes[i] = (self.base[n] + f as u32) as u8 | sign;

@@ -1,5 +1,5 @@
 //! 8-bit block-wise optimizer state (Dettmers et al., "8-bit Optimizers via Block-wise
-//! Quantization", ICLR 2022), for every elementwise [`Rule`].
+//! Quantization", ICLR 2022), for every elementwise [`Rule`](crate::Rule).
 //!
 //! Each state tensor of a parameter (`exp_avg`, `exp_avg_sq`, `momentum_buffer`, …) is kept
 //! as one `uint8` code per element plus one `float32` scale per block of `block_size`
@@ -8,7 +8,7 @@
 //! non-negative state (second moments, Adagrad's `sum`, …; see [`map::is_non_negative`]).
 //!
 //! [`step_8bit`] runs a rule over such state in one pass over memory: for each block it
-//! decodes the state into a small `f32` buffer, applies the rule's own [`Rule::update`] to
+//! decodes the state into a small `f32` buffer, applies the rule's own [`Rule::update`](crate::Rule::update) to
 //! every element (exactly as the fp32 driver does), and re-encodes the block with its new
 //! absmax. The work is split between threads on block boundaries, so the result does not
 //! depend on the thread count. Parameters stay in their dtype (float32, float64, bfloat16,
