@@ -43,11 +43,15 @@ pub struct Codec {
 /// [`Codec`]'s per-decade tables padded to 16 entries (see `x86.rs`).
 #[derive(Debug)]
 pub(super) struct Wide {
-    pub threshold: [f32; 8],
     pub scale: [f32; 16],
     pub offset: [f32; 16],
     pub kmax: [f32; 16],
     pub base: [i32; 16],
+    /// Per binary octave `o` (values in [2⁻ᵒ, 2¹⁻ᵒ), `o` = 0..=31, the last also holding
+    /// everything smaller): the number of decade thresholds below the octave, and the one
+    /// threshold inside it (+∞ if none; thresholds are ~10× apart, so there is at most one).
+    pub octave_base: [i32; 32],
+    pub octave_threshold: [f32; 32],
 }
 
 impl Codec {
@@ -73,11 +77,12 @@ impl Codec {
             kmax[n] = (steps - 1.0) as f32;
         }
         let mut wide = Wide {
-            threshold,
             scale: [0.0; 16],
             offset: [0.0; 16],
             kmax: [0.0; 16],
             base: [0; 16],
+            octave_base: [0; 32],
+            octave_threshold: [f32::INFINITY; 32],
         };
         wide.scale[..9].copy_from_slice(&scale);
         wide.offset[..9].copy_from_slice(&offset);
@@ -85,6 +90,20 @@ impl Codec {
         for (w, b) in wide.base.iter_mut().zip(base) {
             *w = b as i32;
         }
+        let thresholds = &threshold[..bits];
+        for o in 0..32 {
+            let (lo, hi) = (2f32.powi(-(o as i32)), 2f32.powi(1 - o as i32));
+            wide.octave_base[o] = thresholds.iter().filter(|t| **t < lo).count() as i32;
+            let inside: Vec<f32> = thresholds
+                .iter()
+                .copied()
+                .filter(|t| *t >= lo && *t < hi)
+                .collect();
+            debug_assert!(inside.len() <= 1);
+            wide.octave_threshold[o] = inside.first().copied().unwrap_or(f32::INFINITY);
+        }
+        // Nothing below the last octave: every value there has bit length 0.
+        debug_assert!(thresholds.iter().all(|t| *t >= 2f32.powi(-31)));
         Codec {
             map,
             decode,

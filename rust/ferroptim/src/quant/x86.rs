@@ -44,7 +44,16 @@ pub(super) unsafe fn encode(c: &Codec, values: &[f32], codes: &mut [u8]) -> f32 
     let t = c.tables();
     let vinv = _mm512_set1_ps(inv);
     let (one, sign_bit) = (_mm512_set1_epi32(1), _mm512_set1_epi32(0x80));
-    let thresholds: [__m512; 8] = std::array::from_fn(|j| _mm512_set1_ps(t.threshold[j]));
+    // SAFETY: the octave tables are 32 entries long.
+    let (ob_lo, ob_hi, ot_lo, ot_hi) = unsafe {
+        (
+            _mm512_loadu_si512(t.octave_base.as_ptr() as *const __m512i),
+            _mm512_loadu_si512(t.octave_base.as_ptr().add(16) as *const __m512i),
+            _mm512_loadu_ps(t.octave_threshold.as_ptr()),
+            _mm512_loadu_ps(t.octave_threshold.as_ptr().add(16)),
+        )
+    };
+    let (bias, last) = (_mm512_set1_epi32(127), _mm512_set1_epi32(31));
     // SAFETY: the tables are 16 entries long (`[f32; 16]`, `[i32; 16]`).
     let (scale, offset, kmax, base) = unsafe {
         (
@@ -73,11 +82,17 @@ pub(super) unsafe fn encode(c: &Codec, values: &[f32], codes: &mut [u8]) -> f32 
             // the portable loop (which clamps them to 0 first).
             (_mm512_max_ps(y, zero), 0)
         };
-        let mut n = _mm512_setzero_si512();
-        for th in &thresholds {
-            let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, *th);
-            n = _mm512_mask_add_epi32(n, gt, n, one);
-        }
+        // The bit length n of the index = the number of decade thresholds below `a`: those
+        // below `a`'s binary octave, plus the one inside it if `a` exceeds it.
+        let exponent = _mm512_srli_epi32::<23>(_mm512_castps_si512(a));
+        let octave = _mm512_min_epi32(
+            _mm512_max_epi32(_mm512_sub_epi32(bias, exponent), _mm512_setzero_si512()),
+            last,
+        );
+        let n = _mm512_permutex2var_epi32(ob_lo, octave, ob_hi);
+        let inside = _mm512_permutex2var_ps(ot_lo, octave, ot_hi);
+        let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(a, inside);
+        let n = _mm512_mask_add_epi32(n, gt, n, one);
         let fr = _mm512_fmsub_ps(
             a,
             _mm512_permutexvar_ps(n, scale),
