@@ -16,7 +16,9 @@ Usage::
     python examples/train_charlm.py --optimizer ferroptim --device cuda --batch-size 64
 
 ``--optimizer torch`` is ``torch.optim.AdamW`` in its fused implementation (the fastest one on
-CPU and CUDA), ``--optimizer ferroptim`` is ``ferroptim.AdamW`` with the same hyperparameters.
+CPU and CUDA), ``--optimizer ferroptim`` is ``ferroptim.AdamW`` with the same hyperparameters,
+``--optimizer AdamW8bit`` is ``ferroptim.AdamW8bit`` (8-bit block-wise state on the CPU);
+``--with-8bit`` adds an ``AdamW8bit`` run from the same seed, its loss shown beside the others.
 ``--compare`` trains both from the same seed (identical initial weights, identical batches),
 interleaved step by step so that machine noise hits both alike, then prints the loss curves
 side by side, the median time of ``opt.step()`` alone and of a whole training step (forward,
@@ -45,7 +47,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from torch import nn
 from tqdm import tqdm
 
-OPTIMIZERS = ("torch", "ferroptim")
+OPTIMIZERS = ("torch", "ferroptim", "AdamW8bit")
+COMPARED = ("torch", "ferroptim")  # what --compare trains
 FUSED_DEVICES = ("cpu", "cuda")  # device types with a fused torch.optim.AdamW
 BETAS = (0.9, 0.95)
 SAMPLE_PROMPT = "\ndef "
@@ -58,6 +61,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, default="ferroptim", help="AdamW implementation"
+    )
+    parser.add_argument(
+        "--with-8bit",
+        action="store_true",
+        help="also train with ferroptim.AdamW8bit (8-bit state) from the same seed",
     )
     parser.add_argument(
         "--compare", action="store_true", help="train with both optimizers from the same seed"
@@ -234,7 +242,8 @@ def optimizer_class(name: str, device: torch.device) -> Callable[..., torch.opti
             f"--optimizer ferroptim needs the ferroptim package ({err}); "
             "build and install it with `bash .ci/dev build`"
         ) from err
-    return ferroptim.AdamW
+    # AdamW8bit: 8-bit block-wise state for the CPU parameters of at least 4096 elements.
+    return ferroptim.AdamW8bit if name == "AdamW8bit" else ferroptim.AdamW
 
 
 # --------------------------------------------------------------------------- training
@@ -385,7 +394,7 @@ def median_ms(times: list[float]) -> float:
 
 
 def print_timing_table(results: list[RunResult]) -> None:
-    compare = {r.name for r in results} == set(OPTIMIZERS)
+    compare = set(COMPARED) <= {r.name for r in results}
     print("\nmedian time per step (ms)")
     header = f"{'':<16}" + "".join(f"{r.name:>12}" for r in results)
     print(header + (f"{'torch/ferroptim':>17}" if compare else ""))
@@ -411,7 +420,7 @@ def plot_results(results: list[RunResult], path: Path) -> None:
 
     steps = len(results[0].losses)
     window = max(1, steps // 50)
-    for r, style, marker in zip(results, ("-", "--"), ("o", "x")):
+    for r, style, marker in zip(results, ("-", "--", ":"), ("o", "x", "s")):
         smooth = np.convolve(r.losses, np.ones(window) / window, mode="valid")
         line = loss_ax.plot(range(window, steps + 1), smooth, style, label=f"{r.name} train")[0]
         loss_ax.plot(steps, r.val_loss, marker, color=line.get_color(), label=f"{r.name} val")
@@ -438,7 +447,9 @@ def plot_results(results: list[RunResult], path: Path) -> None:
 def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
-    names = list(OPTIMIZERS) if args.compare else [args.optimizer]
+    names = list(COMPARED) if args.compare else [args.optimizer]
+    if args.with_8bit and "AdamW8bit" not in names:
+        names.append("AdamW8bit")
     adamws = {name: optimizer_class(name, device) for name in names}
 
     raw, n_files, stdlib = read_stdlib_source(int(args.corpus_mb * 2**20))
@@ -453,14 +464,14 @@ def main() -> None:
     print_loss_table(results)
     print_timing_table(results)
     if args.compare:
-        diff = max_param_difference(results[0].model, results[1].model)
+        diff = max_param_difference(results[0].model, results[1].model)  # torch, ferroptim
         print(f"\nmax |torch - ferroptim| over all final parameters: {diff:.3e}")
 
     path = args.out / f"train_charlm_{'_vs_'.join(names)}.png"
     plot_results(results, path)
     print(f"\nplot: {path}")
 
-    sampler = results[-1]  # the ferroptim model with --compare
+    sampler = results[-1]  # the last model trained (ferroptim's with --compare)
     print(f"\nsample from the {sampler.name} model:")
     print(generate(sampler.model, corpus, args, device))
 

@@ -34,6 +34,16 @@ from ferroptim.lamb import Lamb
 from ferroptim.lars import LARS
 from ferroptim.lbfgs import LBFGS
 from ferroptim.lion import Lion
+from ferroptim.lowbit import (
+    Adagrad8bit,
+    Adam8bit,
+    AdamW8bit,
+    Adan8bit,
+    AdEMAMix8bit,
+    Lion8bit,
+    RMSprop8bit,
+    SGD8bit,
+)
 from ferroptim.muon import Muon
 from ferroptim.nadam import NAdam
 from ferroptim.radam import RAdam
@@ -51,6 +61,14 @@ __all__ = [
     "LBFGS",
     "SGD",
     "Adadelta",
+    "Adagrad8bit",
+    "Adam8bit",
+    "AdamW8bit",
+    "Adan8bit",
+    "AdEMAMix8bit",
+    "Lion8bit",
+    "RMSprop8bit",
+    "SGD8bit",
     "Adafactor",
     "Adagrad",
     "Adam",

@@ -65,6 +65,9 @@ __all__ = [
     "muon_step",
     "sparse_adam_step",
     "lbfgs_step",
+    "step_8bit",
+    "quantize_8bit",
+    "dequantize_8bit",
 ]
 
 @final
@@ -427,3 +430,24 @@ def zero_grad(param_groups: Sequence[Mapping[str, Any]], set_to_none: bool = Tru
     """Resets the gradients of every parameter of ``param_groups`` as
     ``torch.optim.Optimizer.zero_grad`` does, in one native call; False (nothing changed) if a
     parameter is not a leaf tensor."""
+
+def step_8bit(
+    rule: str, groups: Sequence[Mapping[str, Any]], grad_scale: float | None = None
+) -> None:
+    """One step of the elementwise rule ``rule`` (``"adam"``, ``"sgd"``, ``"lion"``,
+    ``"rmsprop"``, ``"adagrad"``, ``"adan"``, ``"ademamix"``, ``"adamax"``, ``"nadam"``,
+    ``"radam"``, ``"adadelta"``, ``"adopt"``) over groups with 8-bit state: each group dict
+    holds the rule's hyperparameters (as for its ``*_step``), ``block_size``, ``params``,
+    ``grads``, ``codes`` and ``absmax`` (per parameter, one uint8 codes tensor and one
+    float32 absmax tensor per state name, in the rule's order), ``scalar_states``, ``fresh``,
+    and optionally ``states`` (unquantized bfloat16 state instead of codes/absmax) and
+    ``bf16_stochastic_round`` (an int seed, or None). GIL released."""
+
+def quantize_8bit(t: torch.Tensor, name: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The uint8 codes (``t``'s shape) and float32 block absmax (``[ceil(numel/block_size)]``)
+    of the state tensor ``t`` named ``name`` (which picks the signed or unsigned map)."""
+
+def dequantize_8bit(
+    codes: torch.Tensor, absmax: torch.Tensor, name: str, block_size: int
+) -> torch.Tensor:
+    """The float32 values of 8-bit state (the shape of ``codes``)."""

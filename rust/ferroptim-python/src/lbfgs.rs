@@ -25,7 +25,7 @@ fn num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
 }
 
 /// A tensor as a `torch.Tensor` sharing its storage.
-fn wrap<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn wrap<'py>(py: Python<'py>, t: &Tensor) -> PyResult<Bound<'py, PyAny>> {
     let ptr = t
         .pyobject_wrap()
         .map_err(|e| PyErr::from(CoreError::from(ferroptim::Error::from(e))))?;

@@ -11,6 +11,7 @@ mod graph;
 mod groups;
 mod lbfgs;
 mod plan;
+mod quant;
 mod rules;
 mod tensor;
 mod tensor_rules;
@@ -26,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     device::register(m)?;
     grads::register(m)?;
     graph::register(m)?;
+    quant::register(m)?;
     tensor_rules::register(m)
 }
 

@@ -91,6 +91,7 @@ mod error;
 pub mod expr;
 pub mod optim;
 mod profiling;
+pub mod quant;
 mod rule;
 pub mod rules;
 pub mod sched;

@@ -141,7 +141,7 @@ fn run_piece<R: Rule>(job: &Job<R::Scalars>, start: usize, len: usize) {
 
 /// Instruction sets the fused loop is compiled for; the best one the CPU has is chosen once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Isa {
+pub(crate) enum Isa {
     Baseline,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -149,7 +149,7 @@ pub(super) enum Isa {
     Avx512,
 }
 
-pub(super) fn isa() -> Isa {
+pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -276,7 +276,7 @@ fn update_element<R: Rule, S: Storage, const N: usize>(
 /// the cores (measured: 1.15–1.35x the bandwidth floor with a separate pool, 1.0x with
 /// `OMP_WAIT_POLICY=passive`).
 #[cfg(target_os = "linux")]
-pub(super) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
+pub(crate) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
     use std::ffi::{c_int, c_uint, c_void};
 
     #[link(name = "gomp")]
@@ -327,7 +327,7 @@ pub(super) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
 
 /// Portable fallback: scoped OS threads (other platforms' torch builds use other runtimes).
 #[cfg(not(target_os = "linux"))]
-pub(super) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
+pub(crate) fn parallel<F: Fn(usize) + Sync>(n: usize, body: &F) -> Result<()> {
     std::thread::scope(|s| {
         for range in 1..n {
             s.spawn(move || body(range));

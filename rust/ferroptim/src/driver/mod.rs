@@ -14,6 +14,21 @@ use tch::{Device, Kind, Tensor};
 pub use validate::StepCache;
 use validate::{Extent, Meta, ParamMeta, Who};
 
+// Shared with `crate::quant` (8-bit state): the thread pool and the instruction-set choice.
+pub(crate) use kernel::parallel;
+
+/// True if the fused loops run their AVX-512 variant (see `kernel::isa`).
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        kernel::isa() == kernel::Isa::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// One parameter and the tensors a step reads and writes for it.
 ///
 /// All tensors are handles (e.g. [`Tensor::shallow_clone`]) to the caller's storage: the step

@@ -197,6 +197,10 @@ pub(crate) fn cast(t: Tensor, key: &str, param: &Tensor) -> Result<Tensor> {
     if key == "step" {
         return Ok(t);
     }
+    // 8-bit state (`crate::quant`): codes and block scales keep their dtypes, on the CPU.
+    if t.kind() == Kind::Uint8 || key.ends_with("_absmax") {
+        return Ok(t.f_to_device(Device::Cpu)?);
+    }
     let target = if param.is_floating_point() {
         param.kind()
     } else {

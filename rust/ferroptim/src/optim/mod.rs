@@ -99,6 +99,7 @@ pub(crate) mod checkpoint;
 mod grad;
 mod lars;
 mod lbfgs;
+mod quantized;
 mod schedule_free;
 pub(crate) mod stateful;
 mod tensor;
@@ -115,6 +116,7 @@ pub use algorithm::{
 pub use checkpoint::FORMAT;
 pub use grad::{clear_grads, set_grad, zero_grads, zero_grads_raw};
 pub use lbfgs::LbfgsOptim;
+pub use quantized::Quantized;
 pub use schedule_free::ScheduleFreeAdamWConfig;
 pub use stateful::{IntoParams, Optim};
 

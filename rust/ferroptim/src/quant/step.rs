@@ -1,0 +1,457 @@
+//! [`step_8bit`]: validation, scalar state and jobs of a step over 8-bit state.
+
+use super::kernel::{self, QJob};
+use super::{check_block_size, codec, num_blocks};
+use crate::driver::version;
+use crate::element::is_supported;
+use crate::error::{Error, Result};
+use crate::rule::{Rule, ScalarState, MAX_STATE};
+use tch::{Device, Kind, Tensor};
+
+/// One parameter with 8-bit state: the tensors a step reads and writes (handles to the
+/// caller's storage, updated in place).
+#[derive(Debug)]
+pub struct QuantParam {
+    /// The parameter θ: a dense CPU tensor of dtype float32/float64/bfloat16/float16.
+    pub param: Tensor,
+    /// Its gradient: same shape; converted to the parameter's dtype if it differs.
+    pub grad: Tensor,
+    /// Per state tensor of the rule ([`Rule::state_names`] order): the codes, a contiguous
+    /// `uint8` CPU tensor with one element per element of `param`.
+    pub codes: Vec<Tensor>,
+    /// Per state tensor: the block scales (absmax), a contiguous `float32` CPU tensor of
+    /// `numel.div_ceil(block_size)` elements.
+    pub absmax: Vec<Tensor>,
+    /// Instead of `codes` and `absmax` (both empty): the state tensors themselves, contiguous
+    /// CPU tensors shaped like `param` and of its dtype, which must then be bfloat16 (small
+    /// tensors of a group with [`QuantGroup::bf16_stochastic_round`]).
+    pub state: Vec<Tensor>,
+    /// The rule's scalar state tensors ([`Rule::scalar_state_names`] order), as in
+    /// [`crate::ParamTensors`].
+    pub scalar_state: Vec<Tensor>,
+    /// True when the state was just created and holds no history (see [`Rule::scalars`]).
+    pub fresh: bool,
+}
+
+/// A parameter group with 8-bit state: the rule, the block size of its state and its
+/// parameters.
+#[derive(Debug)]
+pub struct QuantGroup<R> {
+    /// The algorithm and its hyperparameters.
+    pub rule: R,
+    /// Elements per block of the state (a power of two, 16 to 65536; default 256).
+    pub block_size: usize,
+    /// The parameters that have a gradient this step.
+    pub params: Vec<QuantParam>,
+    /// A seed for rounding bfloat16 parameters stochastically (see [`super::philox`]); `None`
+    /// rounds to nearest. Element `i` of the `j`-th parameter of the call (counted through
+    /// the groups) is rounded with Philox word `i % 4` of counter `(i / 4, j)` keyed by the
+    /// seed's two 32-bit halves: draw a new seed for every step.
+    pub bf16_stochastic_round: Option<u64>,
+}
+
+/// One optimizer step over parameters with 8-bit block-wise state (see the [module
+/// documentation](super)); with `grad_scale`, gradients are divided by it in the pass and
+/// written back (as [`crate::step_unscaling`]).
+///
+/// # Errors
+/// Every input is checked before anything is modified; on error no tensor has changed.
+/// [`Error::InvalidArgument`] for a bad `block_size` or `grad_scale`, or a rule that reduces
+/// over whole tensors (LAMB, LARS: not supported with 8-bit state);
+/// [`Error::StateMismatch`] for missing or malformed codes/absmax/scalar state;
+/// [`Error::ShapeMismatch`], [`Error::DeviceMismatch`] (parameters must be on the CPU),
+/// [`Error::UnsupportedDtype`], [`Error::Sparse`], [`Error::Overlap`],
+/// [`Error::InferenceTensor`] as for [`crate::step`].
+pub fn step_8bit<R: Rule>(groups: &[QuantGroup<R>], grad_scale: Option<f64>) -> Result<()> {
+    if let Some(scale) = grad_scale {
+        crate::driver::check_grad_scale(scale)?;
+    }
+    let _no_grad = tch::no_grad_guard();
+    // Validate everything and compute every parameter's scalars before writing anything.
+    let mut prepared = Vec::with_capacity(groups.len());
+    let mut extents: Vec<(usize, usize, bool, String)> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        check_block_size(g.block_size)?;
+        let mut ps = Vec::with_capacity(g.params.len());
+        for (pi, qp) in g.params.iter().enumerate() {
+            let p = Prepared::new(&g.rule, qp, g.block_size, gi, pi, grad_scale.is_some())?;
+            p.extents(qp, gi, pi, grad_scale.is_some(), &mut extents);
+            ps.push(p);
+        }
+        prepared.push(ps);
+    }
+    check_overlaps(&mut extents)?;
+
+    // From here on, tensors are modified.
+    let threads = tch::get_num_threads().max(1) as usize;
+    let mut param_id = 0usize;
+    for (g, ps) in groups.iter().zip(&prepared) {
+        let mut jobs = Vec::with_capacity(ps.len());
+        let mut bumps = Vec::new();
+        let mut first_block = 0;
+        let key = g
+            .bf16_stochastic_round
+            .map(|seed| [seed as u32, (seed >> 32) as u32]);
+        for (qp, p) in g.params.iter().zip(ps) {
+            let id = param_id as u32;
+            param_id += 1;
+            for (t, v) in qp.scalar_state.iter().zip(&p.scalar_values) {
+                let _ = t.shallow_clone().f_fill_(v.get())?;
+            }
+            let mut job = p.job(qp, grad_scale, first_block, g.rule.state_names());
+            if job.kind == Kind::BFloat16 {
+                job.sr = key.map(|k| (k, id));
+            }
+            first_block += num_blocks(job.numel, g.block_size);
+            bumps.extend(
+                std::iter::once(&qp.param)
+                    .chain(&qp.codes)
+                    .chain(&qp.absmax)
+                    .chain(&qp.state)
+                    .chain(grad_scale.map(|_| &qp.grad))
+                    .map(|t| t.as_ptr() as usize),
+            );
+            jobs.push(job);
+        }
+
+        version::bump(&bumps)?;
+        kernel::run::<R>(&jobs, g.block_size, threads)?;
+        drop(jobs);
+        for (qp, p) in g.params.iter().zip(ps) {
+            p.copy_back(qp, grad_scale.is_some())?;
+        }
+    }
+    Ok(())
+}
+
+/// One validated parameter: its scalars, the contiguous copies it needed (if any) and the
+/// advanced scalar state.
+struct Prepared<S> {
+    scalars: S,
+    scalar_values: Vec<ScalarState>,
+    /// A contiguous copy of the parameter (written back after the step), if it was not.
+    param: Option<Tensor>,
+    /// A contiguous copy of the gradient in the parameter's dtype, if it was not.
+    grad: Option<Tensor>,
+}
+
+impl<S: Copy> Prepared<S> {
+    fn new<R: Rule<Scalars = S>>(
+        rule: &R,
+        qp: &QuantParam,
+        block_size: usize,
+        gi: usize,
+        pi: usize,
+        unscale: bool,
+    ) -> Result<Self> {
+        let at = |what: &str| {
+            if what.is_empty() {
+                format!("params[{pi}] in group {gi}")
+            } else {
+                format!("{what} of params[{pi}] in group {gi}")
+            }
+        };
+        let names = rule.state_names();
+        let scalar_names = rule.scalar_state_names();
+        let plain = !names.is_empty() && qp.codes.is_empty() && qp.absmax.is_empty();
+        let (n_codes, n_plain) = if plain {
+            (0, names.len())
+        } else {
+            (names.len(), 0)
+        };
+        if qp.codes.len() != n_codes
+            || qp.absmax.len() != n_codes
+            || qp.state.len() != n_plain
+            || names.len() > MAX_STATE
+        {
+            return Err(Error::StateMismatch {
+                what: at(""),
+                expected: format!(
+                    "codes and absmax of {} state tensors {names:?}",
+                    names.len()
+                ),
+                got: format!(
+                    "{} codes, {} absmax, {} state tensors",
+                    qp.codes.len(),
+                    qp.absmax.len(),
+                    qp.state.len()
+                ),
+            });
+        }
+        if qp.scalar_state.len() != scalar_names.len() {
+            return Err(Error::StateMismatch {
+                what: at(""),
+                expected: format!(
+                    "{} scalar state tensors {scalar_names:?}",
+                    scalar_names.len()
+                ),
+                got: format!("{} scalar state tensors", qp.scalar_state.len()),
+            });
+        }
+        let p = &qp.param;
+        dense(p, &at(""), true)?;
+        if !is_supported(p.kind()) {
+            return Err(Error::UnsupportedDtype {
+                what: at(""),
+                kind: p.kind(),
+            });
+        }
+        if p.device() != Device::Cpu {
+            return Err(Error::DeviceMismatch {
+                what: at("") + " (8-bit state steps on the CPU)",
+                expected: Device::Cpu,
+                got: p.device(),
+            });
+        }
+        let shape = p.size();
+        let g = &qp.grad;
+        dense(g, &at("grad"), unscale)?;
+        if g.size() != shape {
+            return Err(Error::ShapeMismatch {
+                what: at("grad"),
+                expected: shape,
+                got: g.size(),
+            });
+        }
+        if g.device() != p.device() {
+            return Err(Error::DeviceMismatch {
+                what: at("grad"),
+                expected: p.device(),
+                got: g.device(),
+            });
+        }
+        if !is_supported(g.kind()) {
+            return Err(Error::UnsupportedDtype {
+                what: at("grad"),
+                kind: g.kind(),
+            });
+        }
+        let numel = p.numel();
+        let blocks = num_blocks(numel, block_size);
+        for ((c, a), name) in qp.codes.iter().zip(&qp.absmax).zip(names) {
+            let cw = at(name);
+            dense(c, &cw, true)?;
+            dense(a, &(at(name) + "_absmax"), true)?;
+            let ok_codes = c.kind() == Kind::Uint8
+                && c.device() == Device::Cpu
+                && c.is_contiguous()
+                && c.numel() == numel;
+            let ok_absmax = a.kind() == Kind::Float
+                && a.device() == Device::Cpu
+                && a.is_contiguous()
+                && a.numel() == blocks;
+            if !ok_codes || !ok_absmax {
+                return Err(Error::StateMismatch {
+                    what: cw,
+                    expected: format!(
+                        "contiguous CPU uint8 codes of {numel} elements and float32 absmax of \
+                         {blocks} elements (block_size {block_size})"
+                    ),
+                    got: format!(
+                        "{:?} codes of {} elements on {:?}, {:?} absmax of {} elements",
+                        c.kind(),
+                        c.numel(),
+                        c.device(),
+                        a.kind(),
+                        a.numel()
+                    ),
+                });
+            }
+        }
+        for (t, name) in qp.state.iter().zip(names) {
+            dense(t, &at(name), true)?;
+            if p.kind() != Kind::BFloat16
+                || t.kind() != p.kind()
+                || t.device() != Device::Cpu
+                || !t.is_contiguous()
+                || t.size() != shape
+            {
+                return Err(Error::StateMismatch {
+                    what: at(name),
+                    expected: "bfloat16 parameter and state (unquantized state steps here only \
+                               with bfloat16 stochastic rounding), contiguous, on the CPU, \
+                               shaped like the parameter"
+                        .into(),
+                    got: format!(
+                        "{:?} parameter, {:?} state of shape {:?}",
+                        p.kind(),
+                        t.kind(),
+                        t.size()
+                    ),
+                });
+            }
+        }
+        let mut scalar_values = Vec::with_capacity(scalar_names.len());
+        for (t, name) in qp.scalar_state.iter().zip(scalar_names) {
+            if !t.defined() || t.is_sparse() || t.numel() != 1 || t.is_complex() {
+                return Err(Error::StateMismatch {
+                    what: at(name),
+                    expected: "a one-element dense real tensor".into(),
+                    got: if t.defined() {
+                        format!("shape {:?}", t.size())
+                    } else {
+                        "an undefined tensor".into()
+                    },
+                });
+            }
+            if !version::inplace_allowed(t) {
+                return Err(Error::InferenceTensor { what: at(name) });
+            }
+            scalar_values.push(ScalarState::new(t.f_double_value(&[])?, t.kind()));
+        }
+        let scalars = rule.scalars(&mut scalar_values, qp.fresh);
+        if R::norms(&scalars) > 0 {
+            return Err(Error::InvalidArgument {
+                name: "rule",
+                value: "a rule with per-tensor norms (LAMB, LARS): not supported with 8-bit state"
+                    .into(),
+            });
+        }
+        // Contiguous copies (rare: torch's parameters and gradients are contiguous).
+        let param = (!p.is_contiguous()).then(|| p.f_contiguous()).transpose()?;
+        let grad = if g.is_contiguous() && g.kind() == p.kind() {
+            None
+        } else {
+            Some(g.f_to_kind(p.kind())?.f_contiguous()?)
+        };
+        Ok(Prepared {
+            scalars,
+            scalar_values,
+            param,
+            grad,
+        })
+    }
+
+    /// Appends `(start, end, written, label)` of the tensors the step touches in place.
+    fn extents(
+        &self,
+        qp: &QuantParam,
+        gi: usize,
+        pi: usize,
+        unscale: bool,
+        out: &mut Vec<(usize, usize, bool, String)>,
+    ) {
+        let mut add = |t: &Tensor, written: bool, what: &str| {
+            let n = t.numel() * t.kind().elt_size_in_bytes();
+            if n > 0 {
+                let start = t.data_ptr() as usize;
+                out.push((
+                    start,
+                    start + n,
+                    written,
+                    format!("{what}params[{pi}] in group {gi}"),
+                ));
+            }
+        };
+        let p = self.param.as_ref().unwrap_or(&qp.param);
+        add(p, true, "");
+        let g = self.grad.as_ref().unwrap_or(&qp.grad);
+        add(g, unscale, "grad of ");
+        for (c, a) in qp.codes.iter().zip(&qp.absmax) {
+            add(c, true, "codes of ");
+            add(a, true, "absmax of ");
+        }
+        for t in &qp.state {
+            add(t, true, "state of ");
+        }
+    }
+
+    fn job(
+        &self,
+        qp: &QuantParam,
+        grad_scale: Option<f64>,
+        first_block: usize,
+        names: &[&str],
+    ) -> QJob<S> {
+        let p = self.param.as_ref().unwrap_or(&qp.param);
+        let g = self.grad.as_ref().unwrap_or(&qp.grad);
+        let mut codes = [std::ptr::null_mut(); MAX_STATE];
+        let mut absmax = [std::ptr::null_mut(); MAX_STATE];
+        let mut codecs = [codec::signed(); MAX_STATE];
+        let mut plain = [std::ptr::null_mut(); MAX_STATE];
+        let quantized = qp.state.is_empty();
+        for k in 0..names.len() {
+            if quantized {
+                codes[k] = qp.codes[k].data_ptr() as *mut u8;
+                absmax[k] = qp.absmax[k].data_ptr() as *mut f32;
+            } else {
+                plain[k] = qp.state[k].data_ptr() as *mut u8;
+            }
+            codecs[k] = codec::for_state(names[k]);
+        }
+        QJob {
+            scalars: self.scalars,
+            kind: p.kind(),
+            numel: p.numel(),
+            n_state: names.len(),
+            param: p.data_ptr() as *mut u8,
+            grad: g.data_ptr() as *mut u8,
+            grad_scale,
+            codes,
+            absmax,
+            codecs,
+            plain,
+            quantized,
+            sr: None,
+            first_block,
+        }
+    }
+
+    /// Writes the contiguous copies back to the caller's tensors.
+    fn copy_back(&self, qp: &QuantParam, unscale: bool) -> Result<()> {
+        if let Some(p) = &self.param {
+            qp.param.shallow_clone().f_copy_(p)?;
+        }
+        if let (Some(g), true) = (&self.grad, unscale) {
+            qp.grad.shallow_clone().f_copy_(g)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `t` is defined and dense, and, if `writable`, may be updated in place.
+fn dense(t: &Tensor, what: &str, writable: bool) -> Result<()> {
+    if !t.defined() {
+        return Err(Error::StateMismatch {
+            what: what.to_string(),
+            expected: "a defined tensor".into(),
+            got: "an undefined tensor".into(),
+        });
+    }
+    if t.is_sparse() || t.is_mkldnn() {
+        return Err(Error::Sparse {
+            what: what.to_string(),
+        });
+    }
+    if writable && !version::inplace_allowed(t) {
+        return Err(Error::InferenceTensor {
+            what: what.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Fails if a written byte range overlaps another range (read ranges may share memory).
+fn check_overlaps(extents: &mut [(usize, usize, bool, String)]) -> Result<()> {
+    extents.sort_unstable_by_key(|e| e.0);
+    // Sweep: the written extent reaching furthest so far, and the furthest of any extent.
+    let mut last_any: Option<usize> = None;
+    let mut last_written: Option<usize> = None;
+    for i in 0..extents.len() {
+        let (start, _, written, _) = &extents[i];
+        let clash = if *written { last_any } else { last_written };
+        if let Some(j) = clash.filter(|&j| extents[j].1 > *start) {
+            return Err(Error::Overlap {
+                first: extents[j].3.clone(),
+                second: extents[i].3.clone(),
+            });
+        }
+        if last_any.is_none_or(|j| extents[i].1 > extents[j].1) {
+            last_any = Some(i);
+        }
+        if *written && last_written.is_none_or(|j| extents[i].1 > extents[j].1) {
+            last_written = Some(i);
+        }
+    }
+    Ok(())
+}
