@@ -118,7 +118,7 @@ unsafe fn chunks<R: Rule, const N: usize, const SCALED: bool>(
             unsafe {
                 g[j] = (*grad.add(i)).load();
                 if SCALED {
-                    g[j] = g[j] / scale;
+                    g[j] /= scale;
                 }
                 let mut e = [0f32; N];
                 for k in 0..N {
