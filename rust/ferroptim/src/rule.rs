@@ -50,6 +50,10 @@ pub trait Rule: Sync {
     /// `state.len()` equals `self.state_names().len()`.
     fn update<F: Float>(s: &Self::Scalars, param: F, grad: F, state: &mut [F]) -> F;
 
+    /// True if [`Rule::update_slice`] updates whole pieces: every instruction-set variant of
+    /// the driver then calls it instead of its own per-element loops (the default, false).
+    const UPDATES_SLICES: bool = false;
+
     /// Updates a whole contiguous piece of one parameter at once, instead of element by
     /// element with [`Rule::update`]: `param`, `grad` and each `state[k]` have the same
     /// length; with `grad_scale`, each gradient element is divided by it, and stored back so

@@ -147,39 +147,102 @@ pub(crate) enum Isa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// AVX-512 plus AVX512_BF16: bfloat16 results are rounded by `vcvtneps2bf16`
+    /// (`driver/avx512bf16.rs`); other dtypes run the `Avx512` loop.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
 }
 
+/// The instruction set the fused loops use in this process: the best the CPU supports, or the
+/// one `FERROPTIM_ISA` names (`baseline`, `avx2`, `avx512`, `avx512bf16`) when the CPU supports
+/// it (a name it does not support, or an unknown name, is ignored). `FERROPTIM_NO_SIMD` (any
+/// value) forces `baseline`. Every variant gives bit-identical results; forcing one is for
+/// tests and measurements.
 pub(crate) fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("FERROPTIM_NO_SIMD").is_some() {
+            return Isa::Baseline;
+        }
+        let supported = supported_isas();
+        let forced = std::env::var("FERROPTIM_ISA").ok().and_then(|name| {
+            supported
+                .iter()
+                .copied()
+                .find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
+        });
+        forced.unwrap_or_else(|| supported.last().copied().unwrap_or(Isa::Baseline))
+    })
+}
+
+impl Isa {
+    /// The name `FERROPTIM_ISA` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => "avx512",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => "avx512bf16",
+        }
+    }
+}
+
+/// The variants this CPU can run, worst to best.
+pub(crate) fn supported_isas() -> Vec<Isa> {
+    #[allow(unused_mut)] // only x86-64 has more than the baseline
+    let mut isas = vec![Isa::Baseline];
+    #[cfg(target_arch = "x86_64")]
+    {
+        let fma = is_x86_feature_detected!("fma");
+        if is_x86_feature_detected!("avx2") && fma {
+            isas.push(Isa::Avx2);
+        }
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && fma
         {
-            if std::env::var_os("FERROPTIM_NO_SIMD").is_some() {
-                return Isa::Baseline;
-            }
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("fma")
-            {
-                return Isa::Avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
+            isas.push(Isa::Avx512);
+            if is_x86_feature_detected!("avx512dq") && super::avx512bf16::detected() {
+                isas.push(Isa::Avx512Bf16);
             }
         }
-        Isa::Baseline
-    })
+    }
+    isas
 }
 
 /// The fused loop, compiled for the best instruction set available. Every variant performs
 /// the same IEEE operations in the same order (Rust never contracts `a * b + c` into an FMA),
 /// so results are bit-identical whichever runs.
 fn piece<R: Rule, S: Storage, const N: usize>(job: &Job<R::Scalars>, start: usize, len: usize) {
-    match isa() {
-        // SAFETY: `isa()` returned this variant only after detecting the features it enables.
+    // SAFETY: `isa()` only returns variants the CPU supports.
+    unsafe { piece_isa::<R, S, N>(isa(), job, start, len) }
+}
+
+/// `piece` with the variant `isa`.
+///
+/// # Safety
+/// The CPU supports `isa` (one of `supported_isas()`); the job satisfies `piece_loop`'s
+/// requirements for `[start, start + len)`.
+pub(super) unsafe fn piece_isa<R: Rule, S: Storage, const N: usize>(
+    isa: Isa,
+    job: &Job<R::Scalars>,
+    start: usize,
+    len: usize,
+) {
+    match isa {
+        // SAFETY: the caller guarantees the CPU supports this variant; the job's tensors are
+        // bfloat16, as `piece_bf16` requires.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { piece_avx512::<R, S, N>(job, start, len) },
+        Isa::Avx512Bf16 if S::KIND == Kind::BFloat16 && !R::UPDATES_SLICES => unsafe {
+            super::avx512bf16::piece_bf16::<R, N>(job, start, len)
+        },
+        // SAFETY: the caller guarantees the CPU supports this variant.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { piece_avx512::<R, S, N>(job, start, len) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { piece_avx2::<R, S, N>(job, start, len) },
@@ -209,7 +272,7 @@ unsafe fn piece_avx2<R: Rule, S: Storage, const N: usize>(
 
 /// The fused loop: reads param, grad and `N` state values once, writes param and state once.
 #[inline(always)]
-fn piece_loop<R: Rule, S: Storage, const N: usize>(
+pub(super) fn piece_loop<R: Rule, S: Storage, const N: usize>(
     job: &Job<R::Scalars>,
     start: usize,
     len: usize,
@@ -227,7 +290,9 @@ fn piece_loop<R: Rule, S: Storage, const N: usize>(
         });
         (param, grad, state)
     };
-    if R::update_slice::<S>(&job.scalars, job.grad_scale, param, grad, &mut state) {
+    if R::UPDATES_SLICES
+        && R::update_slice::<S>(&job.scalars, job.grad_scale, param, grad, &mut state)
+    {
         return;
     }
     match job.grad_scale {

@@ -1,5 +1,7 @@
 //! The generic driver: one fused, multi-threaded pass over every parameter of every group.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod fast;
 mod kernel;
 mod metadata;
@@ -575,3 +577,5 @@ impl Staged {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_isa;

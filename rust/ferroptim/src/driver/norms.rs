@@ -107,7 +107,7 @@ fn block<R: Rule, S: Storage, const N: usize>(
     match isa() {
         // SAFETY: `isa()` returned this variant only after detecting the features it enables.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { block_avx512::<R, S, N>(job, start, len) },
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { block_avx512::<R, S, N>(job, start, len) },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { block_avx2::<R, S, N>(job, start, len) },

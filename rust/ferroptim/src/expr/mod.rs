@@ -114,6 +114,8 @@ fn state_names_of(graph: &'static Graph) -> &'static [&'static str] {
 impl Rule for GraphRule {
     type Scalars = GraphScalars;
 
+    const UPDATES_SLICES: bool = true;
+
     fn state_names(&self) -> &'static [&'static str] {
         state_names_of(self.graph)
     }
