@@ -3,7 +3,9 @@
 //! compiler vectorises, in the instruction set the driver's kernel was compiled for.
 
 use super::graph::{Graph, NodeId, Op, MAX_NODES, MAX_SLOTS};
+// `torch.sign` as the built-in rules compute it: 1, −1, or 0 (±0 and NaN).
 use crate::element::{Float, Storage};
+use crate::rules::sign;
 use std::cell::Cell;
 
 /// Elements per block: with the graph's nodes as rows of this many values, a block stays in
@@ -398,19 +400,6 @@ fn ternary<F: Float>(
 fn flag<F: Float>(b: bool) -> F {
     if b {
         F::from_f64(1.0)
-    } else {
-        F::ZERO
-    }
-}
-
-/// `torch.sign`: 1 for positive, −1 for negative, 0 otherwise (±0 and NaN), as ferroptim's
-/// built-in rules compute it (`rules/ops.rs`).
-#[inline(always)]
-fn sign<F: Float>(x: F) -> F {
-    if x > F::ZERO {
-        F::from_f64(1.0)
-    } else if x < F::ZERO {
-        F::from_f64(-1.0)
     } else {
         F::ZERO
     }

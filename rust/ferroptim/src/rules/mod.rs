@@ -13,6 +13,7 @@ mod lars;
 mod lion;
 mod nadam;
 mod ops;
+pub(crate) use ops::sign;
 mod radam;
 mod rmsprop;
 mod rprop;
