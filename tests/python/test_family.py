@@ -56,7 +56,9 @@ CONFIGS = {
 # ScheduleFreeAdamW divides it by the denominator, LARS scales it and adds weight decay and
 # momentum); ferroptim leaves the unscaled gradient.
 REFERENCE_OVERWRITES_GRAD = {"Adan", "ScheduleFreeAdamW", "LARS"}
-NAMES = [n for n in OURS.__all__ if isinstance(getattr(OURS, n), type)]  # the classes
+# The classes, without the 8-bit-state family (`ferroptim.lowbit`: its state is not torch's,
+# tested in test_8bit.py and test_stochastic_round.py).
+NAMES = [n for n in OURS.__all__ if isinstance(getattr(OURS, n), type) and not n.endswith("8bit")]
 TORCH_NAMES = [n for n in NAMES if hasattr(torch.optim, n)]
 # The classes whose step runs in the fused driver (dense gradients; their GradScaler hand-over
 # is tested here, the tensor rules' in test_amp_tensor_rules.py).

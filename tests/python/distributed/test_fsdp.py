@@ -422,7 +422,12 @@ CASES: dict[str, Callable[[int, int], None]] = {
 
 
 def test_every_class_has_a_case() -> None:
-    names = {n for n in ferroptim.__all__ if isinstance(getattr(ferroptim, n), type)}
+    # The 8-bit-state classes are CPU-local (no DTensor support yet): not in this suite.
+    names = {
+        n
+        for n in ferroptim.__all__
+        if isinstance(getattr(ferroptim, n), type) and not n.endswith("8bit")
+    }
     assert names <= {n.split("-", 1)[1] for n in CASES if n.startswith("fsdp-")} | {"SparseAdam"}
 
 
