@@ -84,9 +84,9 @@ fn blocks_match_the_element_formula_at_every_length() {
 fn half_storage_rounds_once_and_unscales_the_gradient() {
     let rule = GraphRule::new(&rms_graph(), &[0.01, 0.9, 1e-8]).unwrap();
     let s = rule.scalars(&mut [ScalarState::new(0.0, tch::Kind::Float)], false);
-    let mut p = vec![bf16::from_f32(0.5); 3];
-    let mut g = vec![bf16::from_f32(4.0); 3];
-    let mut v = vec![bf16::from_f32(0.25); 3];
+    let mut p = [bf16::from_f32(0.5); 3];
+    let mut g = [bf16::from_f32(4.0); 3];
+    let mut v = [bf16::from_f32(0.25); 3];
     assert!(GraphRule::update_slice(
         &s,
         Some(2.0),
