@@ -3,7 +3,7 @@
 //! the built-in rules (threads, small-tensor batching, half types, GradScaler, plans), one pass
 //! over memory per step. Python-defined rules (`ferroptim.rules`) arrive here as a [`Graph`].
 //!
-//! The element graph is evaluated over blocks of elements ([`eval`]), each node over the whole
+//! The element graph is evaluated over blocks of elements (`eval.rs`), each node over the whole
 //! block in a vectorised loop; the built-in SIMD rules are the oracle it must reproduce bit for
 //! bit when it is given the same operations (tests in `tests.rs` and
 //! `tests/python/test_rules.py`).
