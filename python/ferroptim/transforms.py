@@ -1,0 +1,537 @@
+r"""Optimizers as a chain of small transforms, fused into one native rule.
+
+:func:`chain` composes building blocks — :func:`scale_by_adam`, :func:`scale_by_lion`,
+:func:`trace` (momentum / Nesterov), :func:`add_decayed_weights` (coupled, decoupled or
+absolute weight decay), :func:`scale_by_lr` — into **one** per-element rule (the idea of
+optax's ``chain``: Babuschkin et al., "The DeepMind JAX Ecosystem", 2020), traced once by
+:func:`ferroptim.rules.rule_optimizer` and stepped by ferroptim's fused native driver: one pass
+over memory per step for the whole chain, whatever its length. The result is a
+``torch.optim.Optimizer`` subclass with the union of the transforms' hyperparameters as its
+constructor's keyword arguments and ``defaults``, torch's validation messages, and its state
+in ``optimizer.state[p]``::
+
+    import ferroptim
+    from ferroptim.transforms import add_decayed_weights, scale_by_adam, scale_by_lr
+
+    MyAdamW = ferroptim.chain(
+        add_decayed_weights(1e-2, mode="decoupled"),  # θ ← θ(1 − lr·λ)
+        scale_by_adam(betas=(0.9, 0.999), eps=1e-8),  # u ← m̂ / (√v̂ + ε)
+        scale_by_lr(1e-3),                            # θ ← θ − lr·u
+        name="MyAdamW",
+    )
+    opt = MyAdamW(model.parameters(), lr=3e-4)  # gives ferroptim.AdamW's results bit for bit
+
+**How a chain computes.** The gradient ``g`` (negated first when the group's ``maximize`` is
+true, as torch's classes do) is the initial update ``u``; each transform in turn maps ``u``
+(and may read or decay the parameter ``θ``), and the final ``u`` is added to ``θ``. Scalar
+factors (Adam's ``1/(1 − β₁ᵗ)``, ``−lr``) are multiplied in float64 once per step, not per
+element, and applied where the next transform reads ``u`` or, at the end, as
+``θ + (c·num)/den`` (``fma(c, u, θ)`` without a denominator). That is the order of operations
+of ferroptim's (and torch's) built-in AdamW, Adam, SGD and Lion, so those chains reproduce
+them bit for bit (``tests/python/test_chain.py``). Order matters: coupled weight decay before
+:func:`scale_by_adam` is Adam's L2 penalty, after it is a different algorithm.
+
+**State names.** Each transform keeps torch's state names (``exp_avg``, ``exp_avg_sq``,
+``momentum_buffer``) so a chain that reproduces a torch class has its ``state_dict`` layout;
+when two transforms of one chain claim the same name, the later one's slot is named
+``<name>_<position>`` (e.g. ``exp_avg_2``). ``step`` (float32) is kept as for every rule.
+
+**Hyperparameters.** Every transform contributes its torch-named hyperparameters (``lr``,
+``betas``, ``eps``, ``weight_decay``, ``momentum``, ``dampening``, ``nesterov``) with the
+defaults given to it; a chain also has ``maximize`` (default False). Two transforms may share a
+name only with equal defaults (e.g. decoupled weight decay reads the ``lr`` of
+:func:`scale_by_lr`).
+
+Missing: norm-based transforms (``clip_by_global_norm``, ``scale_by_trust_ratio``, Lamb),
+which need a reduction pass before the elementwise one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import rules as R
+from ._base import scalar
+
+__all__ = [
+    "Transform",
+    "chain",
+    "scale_by_adam",
+    "scale_by_lion",
+    "trace",
+    "momentum",
+    "add_decayed_weights",
+    "scale_by_lr",
+]
+
+_Frac = tuple[Any, Any]  # (numerator, denominator) of a scalar factor; None means 1
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One building block of :func:`chain` (made by the functions of this module).
+
+    Attributes:
+        name: the transform's name, used in error messages.
+        defaults: the hyperparameters it owns, with their defaults (torch names).
+        requires: hyperparameters it reads that another transform of the chain owns.
+        state: its state tensors' names (torch names where it reproduces a torch class).
+        scalars: ``scalars(h, step) -> {name: value}``, its per-step float64 scalars.
+        update: ``update(u, p, state, s) -> (num, den)``: the new update ``num / den``
+            (``den`` None for none) from the incoming update ``u`` (element values, see
+            :mod:`ferroptim.rules`); None for a transform that does not read ``u``.
+        param: ``param(p, s) -> p``: a new parameter value (weight decay), or None.
+        factor: ``factor(h, step) -> (num, den)``: a per-step scalar factor (float64) that
+            multiplies the update — the transform's own output for an ``update`` transform
+            (Adam's bias correction), the incoming update otherwise (``-lr``); or None.
+        validate: called with the constructor's hyperparameters; raises ValueError.
+    """
+
+    name: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    state: tuple[str, ...] = ()
+    scalars: Callable[..., dict[str, Any]] | None = None
+    update: Callable[..., tuple[Any, Any]] | None = None
+    param: Callable[..., Any] | None = None
+    factor: Callable[..., _Frac] | None = None
+    validate: Callable[[dict[str, Any]], None] | None = None
+
+
+def _check(name: str, value: Any, ok: bool, message: str | None = None) -> None:
+    if not ok:
+        raise ValueError(message or f"Invalid {name} value: {value}")
+
+
+def _nonneg(h: dict[str, Any], key: str, message: str | None = None) -> None:
+    value = h[key]
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError(f"Tensor {key} must be 1-element")
+    _check(key, value, scalar(value) >= 0.0, message and message.format(value))
+
+
+def _betas(h: dict[str, Any], closed: bool) -> None:
+    betas = h["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas value: {betas!r} (expected a pair (beta1, beta2))")
+    for i, beta in enumerate(betas):
+        b = scalar(beta)
+        if not (0.0 <= b <= 1.0 if closed else 0.0 <= b < 1.0):
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
+def _made(t: Transform) -> Transform:
+    """Checks a transform's own defaults at definition time."""
+    if t.validate is not None:
+        t.validate(dict(t.defaults))
+    return t
+
+
+def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Transform:
+    r"""Adam's bias-corrected direction ``u ← m̂ / (√v̂ + ε)`` (Kingma & Ba, "Adam: A Method
+    for Stochastic Optimization", ICLR 2015), in torch's order of operations:
+    ``m ← lerp(m, u, 1 − β₁)``, ``v ← β₂v + (1 − β₂)u²``, ``u ← (m / (1 − β₁ᵗ)) /
+    (√v / √(1 − β₂ᵗ) + ε)`` (the factor ``1/(1 − β₁ᵗ)`` is carried to the next scaling).
+
+    Args:
+        betas: β₁, β₂ (default (0.9, 0.999)), each in [0, 1).
+        eps: ε added to the denominator (default 1e-8), ≥ 0.
+
+    State: ``exp_avg``, ``exp_avg_sq`` (like the parameter). Hyperparameters: ``betas``,
+    ``eps``. Raises ValueError for an invalid default (torch's messages).
+    """
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        beta1, beta2 = h.betas
+        return {
+            "lerp_weight": 1 - beta1,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "bc2_sqrt": (1 - beta2**step) ** 0.5,
+        }
+
+    def factor(h: Any, step: Any) -> _Frac:
+        beta1, _ = h.betas
+        return None, 1 - beta1**step
+
+    def update(u: Any, p: Any, state: Any, s: Any) -> tuple[Any, Any]:
+        m = R.lerp(state.exp_avg, u, s.lerp_weight)
+        v = R.fma(s.one_minus_beta2 * u, u, state.exp_avg_sq * s.beta2)
+        state.exp_avg, state.exp_avg_sq = m, v
+        return m, R.sqrt(v) / s.bc2_sqrt + s.eps
+
+    def validate(h: dict[str, Any]) -> None:
+        _nonneg(h, "eps", "Invalid epsilon value: {}")
+        _betas(h, closed=False)
+
+    return _made(
+        Transform(
+            "scale_by_adam",
+            {"betas": tuple(betas), "eps": eps},
+            state=("exp_avg", "exp_avg_sq"),
+            scalars=scalars,
+            update=update,
+            factor=factor,
+            validate=validate,
+        )
+    )
+
+
+def scale_by_lion(betas: tuple[float, float] = (0.9, 0.99)) -> Transform:
+    r"""Lion's direction ``u ← sign(β₁m + (1 − β₁)u)``, then ``m ← β₂m + (1 − β₂)u`` (Chen et
+    al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, Algorithm 2), each
+    sum one fused multiply-add as ferroptim's :class:`~ferroptim.Lion`.
+
+    Args:
+        betas: β₁ (the sign's interpolation) and β₂ (the momentum's decay) (default (0.9,
+            0.99)), each in [0, 1].
+
+    State: ``exp_avg``. Hyperparameters: ``betas``. Raises ValueError for invalid betas.
+    """
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        beta1, beta2 = h.betas
+        return {
+            "beta1": beta1,
+            "beta2": beta2,
+            "one_minus_beta1": 1 - beta1,
+            "one_minus_beta2": 1 - beta2,
+        }
+
+    def update(u: Any, p: Any, state: Any, s: Any) -> tuple[Any, Any]:
+        m = state.exp_avg
+        c = R.fma(s.one_minus_beta1, u, m * s.beta1)
+        state.exp_avg = R.fma(s.one_minus_beta2, u, m * s.beta2)
+        return R.sign(c), None
+
+    return _made(
+        Transform(
+            "scale_by_lion",
+            {"betas": tuple(betas)},
+            state=("exp_avg",),
+            scalars=scalars,
+            update=update,
+            validate=lambda h: _betas(h, closed=True),
+        )
+    )
+
+
+def trace(momentum: float = 0.9, dampening: float = 0.0, nesterov: bool = False) -> Transform:
+    r"""Momentum as torch.optim.SGD computes it (Sutskever et al., "On the importance of
+    initialization and momentum in deep learning", ICML 2013): ``b ← u`` on a parameter's
+    first step, else ``b ← μb + (1 − τ)u``; then ``u ← u + μb`` (Nesterov) or ``u ← b``.
+
+    Args:
+        momentum: μ (default 0.9), ≥ 0. Unlike torch.optim.SGD, ``momentum_buffer`` is kept
+            even when μ = 0 (the state is fixed when the chain is defined).
+        dampening: τ (default 0).
+        nesterov: Nesterov momentum (default False); needs μ > 0 and τ = 0.
+
+    State: ``momentum_buffer``. Hyperparameters: ``momentum``, ``dampening``, ``nesterov``.
+    Raises ValueError as torch.optim.SGD (negative momentum; Nesterov with μ ≤ 0 or τ ≠ 0).
+    """
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        return {"one_minus_dampening": 1 - h.dampening, "first": h.fresh}
+
+    def update(u: Any, p: Any, state: Any, s: Any) -> tuple[Any, Any]:
+        buf = R.where(
+            s.first, u, R.fma(s.one_minus_dampening, u, state.momentum_buffer * s.momentum)
+        )
+        state.momentum_buffer = buf
+        return (R.fma(s.momentum, buf, u) if s.nesterov else buf), None
+
+    def validate(h: dict[str, Any]) -> None:
+        _nonneg(h, "momentum")
+        if h["nesterov"] and (scalar(h["momentum"]) <= 0 or scalar(h["dampening"]) != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    return _made(
+        Transform(
+            "trace",
+            {"momentum": momentum, "dampening": dampening, "nesterov": nesterov},
+            state=("momentum_buffer",),
+            scalars=scalars,
+            update=update,
+            validate=validate,
+        )
+    )
+
+
+#: :func:`trace` under torch's name.
+momentum = trace
+
+_MODES = ("coupled", "decoupled", "absolute")
+
+
+def add_decayed_weights(weight_decay: float = 1e-2, mode: str = "decoupled") -> Transform:
+    r"""Weight decay λ, in one of the three forms of labml's ``WeightDecay``:
+
+    - ``"coupled"``: the L2 penalty added to the update, ``u ← u + λθ`` (torch's Adam and
+      SGD ``weight_decay``; place it before the moments to match them);
+    - ``"decoupled"``: ``θ ← θ(1 − lr·λ)`` (AdamW: Loshchilov & Hutter, "Decoupled Weight
+      Decay Regularization", ICLR 2019; Lion); reads the chain's ``lr``;
+    - ``"absolute"``: ``θ ← θ(1 − λ)``, independent of the learning rate.
+
+    With λ = 0 the coupled form leaves the update untouched (as torch skips it). The
+    decoupled and absolute forms decay the parameter where the transform stands in the chain.
+
+    Args:
+        weight_decay: λ (default 1e-2), ≥ 0.
+        mode: ``"coupled"``, ``"decoupled"`` (default) or ``"absolute"``.
+
+    Hyperparameters: ``weight_decay``. Raises ValueError for an unknown ``mode`` or a negative
+    λ, naming the value.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"Invalid mode value: {mode!r} (expected one of {', '.join(_MODES)})")
+
+    def coupled(u: Any, p: Any, state: Any, s: Any) -> tuple[Any, Any]:
+        # where() on a per-step mask computes only the branch taken (no cost per element).
+        return R.where(R.eq(s.weight_decay, 0.0), u, R.fma(s.weight_decay, p, u)), None
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        if mode == "decoupled":
+            return {"decay": 1 - h.lr * h.weight_decay}
+        return {"decay": 1 - h.weight_decay}
+
+    def decay(p: Any, s: Any) -> Any:
+        return p * s.decay
+
+    return _made(
+        Transform(
+            f"add_decayed_weights({mode})",
+            {"weight_decay": weight_decay},
+            requires=("lr",) if mode == "decoupled" else (),
+            scalars=None if mode == "coupled" else scalars,
+            update=coupled if mode == "coupled" else None,
+            param=None if mode == "coupled" else decay,
+            validate=lambda h: _nonneg(h, "weight_decay"),
+        )
+    )
+
+
+def scale_by_lr(lr: float | torch.Tensor = 1e-3) -> Transform:
+    r"""Descent with learning rate γ: ``u ← −γ·u`` (the factor is applied to the update where
+    the next transform reads it, or in the final ``θ + u``).
+
+    Args:
+        lr: γ (default 1e-3), ≥ 0; a float or a one-element tensor, changed by torch's LR
+            schedulers like any ``lr``.
+
+    Hyperparameters: ``lr``. Raises ValueError for a negative ``lr`` ("Invalid learning rate").
+    """
+    return _made(
+        Transform(
+            "scale_by_lr",
+            {"lr": lr},
+            factor=lambda h, step: (-h.lr, None),
+            validate=lambda h: _nonneg(h, "lr", "Invalid learning rate: {}"),
+        )
+    )
+
+
+def _times(a: _Frac, b: _Frac) -> _Frac:
+    def mul(x: Any, y: Any) -> Any:
+        return y if x is None else x if y is None else x * y
+
+    return mul(a[0], b[0]), mul(a[1], b[1])
+
+
+def _value(f: _Frac) -> Any:
+    num, den = f
+    if den is None:
+        return num
+    return (1.0 if num is None else num) / den
+
+
+def _apply(num: Any, den: Any, coef: Any) -> Any:
+    """The update ``(coef·num)/den`` as one element value (``coef``/``den`` may be None)."""
+    if coef is not None:
+        num = coef * num
+    return num if den is None else num / den
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
+            and bool(torch.equal(a, b))
+        )
+    return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
+
+
+class _Scoped:
+    """``s`` of one transform: its own scalars under its position's prefix, the chain's
+    hyperparameters (shared) by name."""
+
+    def __init__(self, s: Any, prefix: str, own: set[str]) -> None:
+        self._s, self._prefix, self._own = s, prefix, own
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._s, self._prefix + name if name in self._own else name)
+
+
+class _Renamed:
+    """``state`` of one transform: its slot names mapped to the chain's."""
+
+    def __init__(self, state: Any, names: dict[str, str]) -> None:
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "_names", names)
+
+    def _name(self, name: str) -> str:
+        names = self.__dict__["_names"]
+        if name not in names:
+            raise AttributeError(f"no state {name!r} (declared: {tuple(names)})")
+        return names[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_state"], self._name(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.__dict__["_state"], self._name(name), value)
+
+
+def chain(
+    *transforms: Transform, name: str = "Chain", doc: str | None = None
+) -> type[torch.optim.Optimizer]:
+    r"""One optimizer from a sequence of transforms, fused into a single native rule (see the
+    module docs; optax's ``chain``).
+
+    Args:
+        *transforms: the transforms, applied in order to the gradient (negated first when
+            ``maximize``); the last update is added to the parameter.
+        name: the class name (default ``"Chain"``).
+        doc: the class docstring (default: the chain's transforms).
+
+    Returns:
+        A ``torch.optim.Optimizer`` subclass, constructed as ``Cls(params, **hyperparameters)``
+        with the transforms' hyperparameters (and ``maximize``) as keyword arguments and
+        defaults; parameters of any shape and of dtype float32, float64, bfloat16 or
+        float16, on the CPU (as :func:`ferroptim.rules.rule_optimizer`).
+
+    Raises:
+        TypeError: an argument is not a :class:`Transform`.
+        ValueError: no transforms; two transforms set one hyperparameter with different
+            defaults; a transform reads a hyperparameter that none sets (e.g. decoupled
+            weight decay without :func:`scale_by_lr`); no ``lr`` at all (every torch
+            optimizer has one, LR schedulers need it); a state name clash.
+    """
+    if not transforms:
+        raise ValueError("chain() needs at least one transform")
+    for i, t in enumerate(transforms):
+        if not isinstance(t, Transform):
+            raise TypeError(
+                f"chain() argument {i} must be a ferroptim.transforms.Transform, "
+                f"got {type(t).__name__}"
+            )
+    ts = tuple(transforms)
+    defaults: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for t in ts:
+        for key, value in t.defaults.items():
+            if key == "maximize":
+                raise ValueError(f"{t.name}: 'maximize' is the chain's own hyperparameter")
+            if key in defaults and not _same(defaults[key], value):
+                raise ValueError(
+                    f"{owner[key]} and {t.name} both set hyperparameter {key!r}, with "
+                    f"defaults {defaults[key]!r} and {value!r}; give them the same value"
+                )
+            defaults.setdefault(key, value)
+            owner.setdefault(key, t.name)
+    for t in ts:
+        for key in t.requires:
+            if key not in defaults:
+                raise ValueError(
+                    f"{t.name} reads hyperparameter {key!r}, which no transform of the chain "
+                    "sets (add scale_by_lr)"
+                )
+    if "lr" not in defaults:
+        raise ValueError(
+            "chain() has no learning rate 'lr': add scale_by_lr (the update is added to the "
+            "parameter, so without it the chain would ascend the gradient)"
+        )
+    defaults["maximize"] = False
+
+    state: list[str] = []
+    renames: list[dict[str, str]] = []
+    for i, t in enumerate(ts):
+        names = {}
+        for slot in t.state:
+            full = slot if slot not in state else f"{slot}_{i}"
+            if full in state:
+                raise ValueError(f"{t.name}: state name {full!r} is already taken in the chain")
+            names[slot] = full
+            state.append(full)
+        renames.append(names)
+
+    prefixes = [f"{i}.{t.name}." for i, t in enumerate(ts)]
+    own: list[set[str]] = [set() for _ in ts]  # each transform's scalar names
+    # Where a scalar factor is pending on the update: before transform i reads it (key i),
+    # and at the end (key len(ts)). Static: it depends only on the transforms' kinds.
+    pending: dict[int, bool] = {}
+    carried = False
+    for i, t in enumerate(ts):
+        if t.update is not None:
+            pending[i] = carried
+            carried = t.factor is not None
+        elif t.factor is not None:
+            carried = True
+    pending[len(ts)] = carried
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        coef: _Frac = (None, None)
+        for i, t in enumerate(ts):
+            if t.scalars is not None:
+                mine = t.scalars(h, step)
+                own[i].update(mine)  # names only; the tracing of update reads them
+                out.update({prefixes[i] + k: v for k, v in mine.items()})
+            if t.update is not None:
+                if pending[i]:
+                    out[f"{i}.coef"] = _value(coef)
+                coef = t.factor(h, step) if t.factor is not None else (None, None)
+            elif t.factor is not None:
+                coef = _times(coef, t.factor(h, step))
+        if pending[len(ts)]:
+            out["coef"] = _value(coef)
+        return out
+
+    def update(p: Any, g: Any, st: Any, s: Any) -> Any:
+        num, den = (-g if s.maximize else g), None
+        for i, t in enumerate(ts):
+            si = _Scoped(s, prefixes[i], own[i])
+            if t.update is not None:
+                u = _apply(num, den, getattr(s, f"{i}.coef") if pending[i] else None)
+                num, den = t.update(u, p, _Renamed(st, renames[i]), si)
+            elif t.param is not None:
+                p = t.param(p, si)
+        coef = s.coef if pending[len(ts)] else None
+        if den is None and coef is not None:
+            return R.fma(coef, num, p)  # θ + c·u with one rounding (torch's add(alpha=))
+        return p + _apply(num, den, coef)
+
+    def validate(h: dict[str, Any]) -> None:
+        for t in ts:
+            if t.validate is not None:
+                t.validate(h)
+
+    return R.rule_optimizer(
+        name,
+        update,
+        scalars,
+        state=tuple(state),
+        defaults=defaults,
+        validate=validate,
+        doc=doc or f"{name}: ferroptim.chain(" + ", ".join(t.name for t in ts) + ").",
+    )
