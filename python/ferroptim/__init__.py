@@ -20,6 +20,7 @@ check_torch(torch.__version__)
 from ferroptim import _core
 from ferroptim import checkpoint as checkpoint  # the submodule, as an attribute
 from ferroptim import rules as rules  # your own rules (ferroptim.rules.rule_optimizer)
+from ferroptim import transforms as transforms  # building blocks of ferroptim.chain
 from ferroptim._device import cuda_kernels_enabled, force_device_path, use_cuda_kernels
 from ferroptim.adadelta import Adadelta
 from ferroptim.adafactor import Adafactor
@@ -52,6 +53,7 @@ from ferroptim.rprop import Rprop
 from ferroptim.schedule_free import ScheduleFreeAdamW
 from ferroptim.sgd import SGD
 from ferroptim.sparse_adam import SparseAdam
+from ferroptim.transforms import chain
 
 __version__ = _core.__version__
 __all__ = [
@@ -86,6 +88,7 @@ __all__ = [
     "ScheduleFreeAdamW",
     "SparseAdam",
     "__version__",
+    "chain",
     "force_device_path",
     "use_cuda_kernels",
     "cuda_kernels_enabled",
