@@ -42,20 +42,21 @@ defaults given to it; a chain also has ``maximize`` (default False). Two transfo
 name only with equal defaults (e.g. decoupled weight decay reads the ``lr`` of
 :func:`scale_by_lr`).
 
-Missing: norm-based transforms (``clip_by_global_norm``, ``scale_by_trust_ratio``, Lamb),
-which need a reduction pass before the elementwise one.
+:func:`clip_by_global_norm` needs the gradients' global norm, a reduction: it is computed
+with torch before the fused pass and handed to it as a per-step scalar. Missing:
+``scale_by_trust_ratio`` and Lamb, whose per-tensor norms of the update (mid-chain) need
+per-tensor scalars in the native expression graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import rules as R
 from ._base import scalar
+from ._chain import Transform, _Frac, chain
 
 __all__ = [
     "Transform",
@@ -66,40 +67,8 @@ __all__ = [
     "momentum",
     "add_decayed_weights",
     "scale_by_lr",
+    "clip_by_global_norm",
 ]
-
-_Frac = tuple[Any, Any]  # (numerator, denominator) of a scalar factor; None means 1
-
-
-@dataclass(frozen=True)
-class Transform:
-    """One building block of :func:`chain` (made by the functions of this module).
-
-    Attributes:
-        name: the transform's name, used in error messages.
-        defaults: the hyperparameters it owns, with their defaults (torch names).
-        requires: hyperparameters it reads that another transform of the chain owns.
-        state: its state tensors' names (torch names where it reproduces a torch class).
-        scalars: ``scalars(h, step) -> {name: value}``, its per-step float64 scalars.
-        update: ``update(u, p, state, s) -> (num, den)``: the new update ``num / den``
-            (``den`` None for none) from the incoming update ``u`` (element values, see
-            :mod:`ferroptim.rules`); None for a transform that does not read ``u``.
-        param: ``param(p, s) -> p``: a new parameter value (weight decay), or None.
-        factor: ``factor(h, step) -> (num, den)``: a per-step scalar factor (float64) that
-            multiplies the update — the transform's own output for an ``update`` transform
-            (Adam's bias correction), the incoming update otherwise (``-lr``); or None.
-        validate: called with the constructor's hyperparameters; raises ValueError.
-    """
-
-    name: str
-    defaults: Mapping[str, Any] = field(default_factory=dict)
-    requires: tuple[str, ...] = ()
-    state: tuple[str, ...] = ()
-    scalars: Callable[..., dict[str, Any]] | None = None
-    update: Callable[..., tuple[Any, Any]] | None = None
-    param: Callable[..., Any] | None = None
-    factor: Callable[..., _Frac] | None = None
-    validate: Callable[[dict[str, Any]], None] | None = None
 
 
 def _check(name: str, value: Any, ok: bool, message: str | None = None) -> None:
@@ -337,201 +306,34 @@ def scale_by_lr(lr: float | torch.Tensor = 1e-3) -> Transform:
     )
 
 
-def _times(a: _Frac, b: _Frac) -> _Frac:
-    def mul(x: Any, y: Any) -> Any:
-        return y if x is None else x if y is None else x * y
+def clip_by_global_norm(max_norm: float = 1.0) -> Transform:
+    r"""Clips the gradient by its global norm, as ``torch.nn.utils.clip_grad_norm_`` does:
+    ``u ← u · min(1, max_norm / (‖g‖ + 1e-6))``, with ``‖g‖`` the 2-norm of the gradients of
+    all parameters of all groups (unscaled by GradScaler's loss scale when one is handed over).
 
-    return mul(a[0], b[0]), mul(a[1], b[1])
+    The norm is a reduction, computed before the fused pass with torch's own
+    ``torch.nn.utils.get_total_norm`` and the coefficient with torch's float32 operations,
+    then handed to the pass as a per-step scalar (one extra read of the gradients, done by
+    torch). So for float32 gradients a chain starting with it gives ``clip_grad_norm_``
+    followed by the rest of the chain bit for bit; for bf16/fp16 gradients the clipped
+    gradient stays in float32 inside the pass where torch rounds it to the gradient's dtype.
 
-
-def _value(f: _Frac) -> Any:
-    num, den = f
-    if den is None:
-        return num
-    return (1.0 if num is None else num) / den
-
-
-def _apply(num: Any, den: Any, coef: Any) -> Any:
-    """The update ``(coef·num)/den`` as one element value (``coef``/``den`` may be None)."""
-    if coef is not None:
-        num = coef * num
-    return num if den is None else num / den
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (
-            isinstance(a, torch.Tensor)
-            and isinstance(b, torch.Tensor)
-            and a.shape == b.shape
-            and bool(torch.equal(a, b))
-        )
-    return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
-
-
-class _Scoped:
-    """``s`` of one transform: its own scalars under its position's prefix, the chain's
-    hyperparameters (shared) by name."""
-
-    def __init__(self, s: Any, prefix: str, own: set[str]) -> None:
-        self._s, self._prefix, self._own = s, prefix, own
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._s, self._prefix + name if name in self._own else name)
-
-
-class _Renamed:
-    """``state`` of one transform: its slot names mapped to the chain's."""
-
-    def __init__(self, state: Any, names: dict[str, str]) -> None:
-        object.__setattr__(self, "_state", state)
-        object.__setattr__(self, "_names", names)
-
-    def _name(self, name: str) -> str:
-        names = self.__dict__["_names"]
-        if name not in names:
-            raise AttributeError(f"no state {name!r} (declared: {tuple(names)})")
-        return names[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_state"], self._name(name))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self.__dict__["_state"], self._name(name), value)
-
-
-def chain(
-    *transforms: Transform, name: str = "Chain", doc: str | None = None
-) -> type[torch.optim.Optimizer]:
-    r"""One optimizer from a sequence of transforms, fused into a single native rule (see the
-    module docs; optax's ``chain``).
+    It must come before any transform that changes the update (it reads the gradient); only
+    decoupled or absolute weight decay may precede it.
 
     Args:
-        *transforms: the transforms, applied in order to the gradient (negated first when
-            ``maximize``); the last update is added to the parameter.
-        name: the class name (default ``"Chain"``).
-        doc: the class docstring (default: the chain's transforms).
+        max_norm: the largest norm kept (default 1.0), ≥ 0; each group may set its own.
 
-    Returns:
-        A ``torch.optim.Optimizer`` subclass, constructed as ``Cls(params, **hyperparameters)``
-        with the transforms' hyperparameters (and ``maximize``) as keyword arguments and
-        defaults; parameters of any shape and of dtype float32, float64, bfloat16 or
-        float16, on the CPU (as :func:`ferroptim.rules.rule_optimizer`).
-
-    Raises:
-        TypeError: an argument is not a :class:`Transform`.
-        ValueError: no transforms; two transforms set one hyperparameter with different
-            defaults; a transform reads a hyperparameter that none sets (e.g. decoupled
-            weight decay without :func:`scale_by_lr`); no ``lr`` at all (every torch
-            optimizer has one, LR schedulers need it); a state name clash.
+    Hyperparameters: ``max_norm``. Raises ValueError for a negative ``max_norm``.
     """
-    if not transforms:
-        raise ValueError("chain() needs at least one transform")
-    for i, t in enumerate(transforms):
-        if not isinstance(t, Transform):
-            raise TypeError(
-                f"chain() argument {i} must be a ferroptim.transforms.Transform, "
-                f"got {type(t).__name__}"
-            )
-    ts = tuple(transforms)
-    defaults: dict[str, Any] = {}
-    owner: dict[str, str] = {}
-    for t in ts:
-        for key, value in t.defaults.items():
-            if key == "maximize":
-                raise ValueError(f"{t.name}: 'maximize' is the chain's own hyperparameter")
-            if key in defaults and not _same(defaults[key], value):
-                raise ValueError(
-                    f"{owner[key]} and {t.name} both set hyperparameter {key!r}, with "
-                    f"defaults {defaults[key]!r} and {value!r}; give them the same value"
-                )
-            defaults.setdefault(key, value)
-            owner.setdefault(key, t.name)
-    for t in ts:
-        for key in t.requires:
-            if key not in defaults:
-                raise ValueError(
-                    f"{t.name} reads hyperparameter {key!r}, which no transform of the chain "
-                    "sets (add scale_by_lr)"
-                )
-    if "lr" not in defaults:
-        raise ValueError(
-            "chain() has no learning rate 'lr': add scale_by_lr (the update is added to the "
-            "parameter, so without it the chain would ascend the gradient)"
+    return _made(
+        Transform(
+            "clip_by_global_norm",
+            {"max_norm": max_norm},
+            # The chain hands the clip coefficient to the graph in max_norm's place.
+            scalars=lambda h, step: {"coef": h.max_norm},
+            update=lambda u, p, state, s: (u * s.coef, None),
+            validate=lambda h: _nonneg(h, "max_norm"),
+            global_norm=True,
         )
-    defaults["maximize"] = False
-
-    state: list[str] = []
-    renames: list[dict[str, str]] = []
-    for i, t in enumerate(ts):
-        names = {}
-        for slot in t.state:
-            full = slot if slot not in state else f"{slot}_{i}"
-            if full in state:
-                raise ValueError(f"{t.name}: state name {full!r} is already taken in the chain")
-            names[slot] = full
-            state.append(full)
-        renames.append(names)
-
-    prefixes = [f"{i}.{t.name}." for i, t in enumerate(ts)]
-    own: list[set[str]] = [set() for _ in ts]  # each transform's scalar names
-    # Where a scalar factor is pending on the update: before transform i reads it (key i),
-    # and at the end (key len(ts)). Static: it depends only on the transforms' kinds.
-    pending: dict[int, bool] = {}
-    carried = False
-    for i, t in enumerate(ts):
-        if t.update is not None:
-            pending[i] = carried
-            carried = t.factor is not None
-        elif t.factor is not None:
-            carried = True
-    pending[len(ts)] = carried
-
-    def scalars(h: Any, step: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        coef: _Frac = (None, None)
-        for i, t in enumerate(ts):
-            if t.scalars is not None:
-                mine = t.scalars(h, step)
-                own[i].update(mine)  # names only; the tracing of update reads them
-                out.update({prefixes[i] + k: v for k, v in mine.items()})
-            if t.update is not None:
-                if pending[i]:
-                    out[f"{i}.coef"] = _value(coef)
-                coef = t.factor(h, step) if t.factor is not None else (None, None)
-            elif t.factor is not None:
-                coef = _times(coef, t.factor(h, step))
-        if pending[len(ts)]:
-            out["coef"] = _value(coef)
-        return out
-
-    def update(p: Any, g: Any, st: Any, s: Any) -> Any:
-        num, den = (-g if s.maximize else g), None
-        for i, t in enumerate(ts):
-            si = _Scoped(s, prefixes[i], own[i])
-            if t.update is not None:
-                u = _apply(num, den, getattr(s, f"{i}.coef") if pending[i] else None)
-                num, den = t.update(u, p, _Renamed(st, renames[i]), si)
-            elif t.param is not None:
-                p = t.param(p, si)
-        coef = s.coef if pending[len(ts)] else None
-        if den is None and coef is not None:
-            return R.fma(coef, num, p)  # θ + c·u with one rounding (torch's add(alpha=))
-        return p + _apply(num, den, coef)
-
-    def validate(h: dict[str, Any]) -> None:
-        for t in ts:
-            if t.validate is not None:
-                t.validate(h)
-
-    return R.rule_optimizer(
-        name,
-        update,
-        scalars,
-        state=tuple(state),
-        defaults=defaults,
-        validate=validate,
-        doc=doc or f"{name}: ferroptim.chain(" + ", ".join(t.name for t in ts) + ").",
     )

@@ -13,6 +13,7 @@ import torch
 from ferroptim.transforms import (
     add_decayed_weights,
     chain,
+    clip_by_global_norm,
     momentum,
     scale_by_adam,
     scale_by_lion,
@@ -261,3 +262,67 @@ def test_constructor_validation_is_torchs():
         LionChain(p, betas=(1.5, 0.99))
     with pytest.raises(TypeError, match="unexpected keyword"):
         AdamWChain(p, momentum=0.9)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("loss_scale", [None, 1024.0])
+@pytest.mark.parametrize(
+    ("transforms", "builtin"),
+    [
+        (
+            (add_decayed_weights(1e-2), scale_by_adam(), scale_by_lr(1e-3)),
+            lambda ps: ferroptim.AdamW(ps, weight_decay=1e-2),
+        ),
+        (
+            (add_decayed_weights(1e-3, "coupled"), trace(0.9, nesterov=True), scale_by_lr(1e-3)),
+            lambda ps: ferroptim.SGD(ps, lr=1e-3, momentum=0.9, weight_decay=1e-3, nesterov=True),
+        ),
+    ],
+)
+def test_clip_by_global_norm_is_clip_grad_norm_then_the_chain(
+    transforms, builtin, loss_scale, threads
+):
+    # float32: torch.nn.utils.clip_grad_norm_ then the built-in class, bit for bit (clipping
+    # from the 6th step on: the gradients' norm grows from ~10 to ~480, max_norm is 50).
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours, theirs = _params(torch.float32), _params(torch.float32)
+        opt = chain(clip_by_global_norm(50.0), *transforms)(ours)
+        ref = builtin(theirs)
+        gen = torch.Generator().manual_seed(1)
+        clipped = 0
+        for k in range(50):
+            grads = [torch.randn(p.shape, generator=gen) * (k + 1) / 10 for p in ours]
+            for q, g in zip(theirs, grads):
+                q.grad = g.clone()
+            clipped += int(torch.nn.utils.clip_grad_norm_(theirs, 50.0) > 50.0)
+            ref.step()
+
+            def closure(grads=grads):
+                for p, g in zip(ours, grads):  # GradScaler-scaled gradients (powers of two)
+                    p.grad = g * loss_scale if loss_scale else g.clone()
+                return 1.0
+
+            if loss_scale:
+                opt.grad_scale, opt.found_inf = torch.tensor(loss_scale), torch.tensor(0.0)
+            assert opt.step(closure) == 1.0
+            opt.__dict__.pop("grad_scale", None)
+            opt.__dict__.pop("found_inf", None)
+        assert clipped == 45
+        assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_clip_by_global_norm_must_read_the_gradient():
+    with pytest.raises(ValueError, match="must come before scale_by_adam"):
+        chain(scale_by_adam(), clip_by_global_norm(1.0), scale_by_lr())
+    with pytest.raises(ValueError, match="must come before scale_by_lr"):
+        chain(scale_by_lr(), clip_by_global_norm(1.0))
+    with pytest.raises(ValueError, match="at most one clip_by_global_norm"):
+        chain(clip_by_global_norm(1.0), clip_by_global_norm(1.0), scale_by_lr())
+    with pytest.raises(ValueError, match="Invalid max_norm value: -1.0"):
+        clip_by_global_norm(-1.0)
+    # Decoupled decay does not touch the update: it may come first.
+    chain(add_decayed_weights(0.1), clip_by_global_norm(1.0), scale_by_lr())
