@@ -3,6 +3,7 @@ and :func:`chain` (see that module's docs)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -293,4 +294,6 @@ def chain(
         validate=validate,
         doc=doc or f"{name}: ferroptim.chain(" + ", ".join(t.name for t in ts) + ").",
     )
+    # The caller's module, as collections.namedtuple does (the class is made here).
+    cls.__module__ = sys._getframe(1).f_globals.get("__name__", cls.__module__)
     return _with_global_norm(cls) if clips else cls

@@ -7,6 +7,8 @@ for bad compositions and torch's validation messages."""
 
 from __future__ import annotations
 
+import copy
+
 import ferroptim
 import pytest
 import torch
@@ -326,3 +328,24 @@ def test_clip_by_global_norm_must_read_the_gradient():
         clip_by_global_norm(-1.0)
     # Decoupled decay does not touch the update: it may come first.
     chain(add_decayed_weights(0.1), clip_by_global_norm(1.0), scale_by_lr())
+
+
+def test_loads_a_torch_adamw_checkpoint():
+    # Same state names and hyperparameter names as torch.optim.AdamW: its state_dict loads
+    # into the chain, which then continues as ferroptim.AdamW does from the same checkpoint.
+    ps = _params(torch.float32)
+    torch_opt = torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.05)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        torch_opt.step()
+    sd = torch_opt.state_dict()
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    a, b = AdamWChain(ours), ferroptim.AdamW(theirs)
+    a.load_state_dict(copy.deepcopy(sd))  # load_state_dict keeps the tensors it is given
+    b.load_state_dict(copy.deepcopy(sd))
+    assert a.param_groups[0]["weight_decay"] == 0.05
+    _run(a, b, ours, theirs, torch.float32, steps=5)
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+    assert float(a.state[ours[0]]["step"]) == 8.0
