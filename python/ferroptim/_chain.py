@@ -51,14 +51,15 @@ class Transform:
 
 def _clip_coefs(opt: Any) -> dict[int, float]:
     """Each group's ``min(1, max_norm / (‖g‖ + 1e-6))`` (torch's float32 arithmetic), keyed
-    by the group's id, with ``‖g‖`` the global norm of all gradients."""
+    by the id of the group's ``params`` list (copies of a group share it), with ``‖g‖`` the
+    global norm of all gradients."""
     grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
     total = torch.nn.utils.get_total_norm(grads, 2.0)
     _, scale = grad_scaler_args(opt)
     if scale is not None:
         total = total / scale
     return {
-        id(group): float(torch.clamp(scalar(group["max_norm"]) / (total + 1e-6), max=1.0))
+        id(group["params"]): float(torch.clamp(scalar(group["max_norm"]) / (total + 1e-6), max=1.0))
         for group in opt.param_groups
     }
 
@@ -80,7 +81,7 @@ def _with_global_norm(cls: Any) -> Any:
 
     def _hyper(self: Any, group: dict[str, Any]) -> dict[str, Any]:
         coefs = self.__dict__.get("_ferroptim_clip") or _clip_coefs(self)
-        return rule_hyper(self, {**group, "max_norm": coefs[id(group)]})
+        return rule_hyper(self, {**group, "max_norm": coefs[id(group["params"])]})
 
     step.__doc__ = NativeStep.step.__doc__
     cls.step, cls._hyper = step, _hyper

@@ -349,3 +349,24 @@ def test_loads_a_torch_adamw_checkpoint():
     _run(a, b, ours, theirs, torch.float32, steps=5)
     assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
     assert float(a.state[ours[0]]["step"]) == 8.0
+
+
+def test_clip_norm_is_global_over_groups_each_with_its_max_norm():
+    ours, theirs = _params(torch.float32), _params(torch.float32)
+    # (SGD, whose step is proportional to the clipped gradient; the first group's own norm is
+    # ~4, the second's ~96: per-group norms would give other coefficients.)
+    Clipped = chain(clip_by_global_norm(1.0), trace(0.9), scale_by_lr(0.1))
+    opt = Clipped([{"params": ours[:2]}, {"params": ours[2:], "max_norm": 5.0}])
+    ref = ferroptim.SGD(theirs, lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in ours]
+        total = torch.linalg.vector_norm(torch.cat(grads))  # ~96
+        for i, (p, q, g) in enumerate(zip(ours, theirs, grads)):
+            p.grad = g.clone()
+            max_norm = 1.0 if i < 2 else 5.0
+            q.grad = g * torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)  # norm summed in another order
