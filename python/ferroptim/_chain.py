@@ -98,7 +98,7 @@ def _times(a: _Frac, b: _Frac) -> _Frac:
 def _value(f: _Frac) -> Any:
     num, den = f
     if den is None:
-        return num
+        return 1.0 if num is None else num
     return (1.0 if num is None else num) / den
 
 

@@ -2,10 +2,11 @@ r"""Optimizers as a chain of small transforms, fused into one native rule.
 
 :func:`chain` composes building blocks — :func:`scale_by_adam`, :func:`scale_by_lion`,
 :func:`trace` (momentum / Nesterov), :func:`add_decayed_weights` (coupled, decoupled or
-absolute weight decay), :func:`scale_by_lr` — into **one** per-element rule (the idea of
-optax's ``chain``: Babuschkin et al., "The DeepMind JAX Ecosystem", 2020), traced once by
-:func:`ferroptim.rules.rule_optimizer` and stepped by ferroptim's fused native driver: one pass
-over memory per step for the whole chain, whatever its length. The result is a
+absolute weight decay), :func:`scale_by_lr`, :func:`clip_by_global_norm` — into **one**
+per-element rule (the idea of optax's ``chain``: Babuschkin et al., "The DeepMind JAX
+Ecosystem", 2020), traced once by :func:`ferroptim.rules.rule_optimizer` and stepped by
+ferroptim's fused native driver: one pass over memory per step for the whole chain, whatever
+its length. The result is a
 ``torch.optim.Optimizer`` subclass with the union of the transforms' hyperparameters as its
 constructor's keyword arguments and ``defaults``, torch's validation messages, and its state
 in ``optimizer.state[p]``::
