@@ -101,7 +101,9 @@ def _made(t: Transform) -> Transform:
     return t
 
 
-def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Transform:
+def scale_by_adam(
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, amsgrad: bool = False
+) -> Transform:
     r"""Adam's bias-corrected direction ``u ← m̂ / (√v̂ + ε)`` (Kingma & Ba, "Adam: A Method
     for Stochastic Optimization", ICLR 2015), in torch's order of operations:
     ``m ← lerp(m, u, 1 − β₁)``, ``v ← β₂v + (1 − β₂)u²``, ``u ← (m / (1 − β₁ᵗ)) /
@@ -110,10 +112,17 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) 
     Args:
         betas: β₁, β₂ (default (0.9, 0.999)), each in [0, 1).
         eps: ε added to the denominator (default 1e-8), ≥ 0.
+        amsgrad: use the running maximum of ``v`` in the denominator (AMSGrad: Reddi et al.,
+            "On the Convergence of Adam and Beyond", ICLR 2018) and keep it as
+            ``max_exp_avg_sq`` (default False). Fixed when the chain is defined (the state
+            depends on it), so unlike torch's ``amsgrad`` it is not a group hyperparameter.
 
-    State: ``exp_avg``, ``exp_avg_sq`` (like the parameter). Hyperparameters: ``betas``,
-    ``eps``. Raises ValueError for an invalid default (torch's messages).
+    State: ``exp_avg``, ``exp_avg_sq`` (like the parameter), and ``max_exp_avg_sq`` with
+    ``amsgrad``. Hyperparameters: ``betas``, ``eps``. Raises ValueError for an invalid
+    default (torch's messages), TypeError for a non-bool ``amsgrad``.
     """
+    if not isinstance(amsgrad, bool):
+        raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
 
     def scalars(h: Any, step: Any) -> dict[str, Any]:
         beta1, beta2 = h.betas
@@ -132,6 +141,8 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) 
         m = R.lerp(state.exp_avg, u, s.lerp_weight)
         v = R.fma(s.one_minus_beta2 * u, u, state.exp_avg_sq * s.beta2)
         state.exp_avg, state.exp_avg_sq = m, v
+        if amsgrad:
+            v = state.max_exp_avg_sq = R.maximum(state.max_exp_avg_sq, v)
         return m, R.sqrt(v) / s.bc2_sqrt + s.eps
 
     def validate(h: dict[str, Any]) -> None:
@@ -142,7 +153,7 @@ def scale_by_adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) 
         Transform(
             "scale_by_adam",
             {"betas": tuple(betas), "eps": eps},
-            state=("exp_avg", "exp_avg_sq"),
+            state=("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()),
             scalars=scalars,
             update=update,
             factor=factor,

@@ -41,6 +41,7 @@ SGDChain = chain(
 LionChain = chain(
     add_decayed_weights(0.1), scale_by_lion(betas=(0.9, 0.99)), scale_by_lr(1e-4), name="LionC"
 )
+AMSGradChain = chain(add_decayed_weights(1e-2), scale_by_adam(amsgrad=True), scale_by_lr(1e-3))
 PlainSGDChain = chain(add_decayed_weights(1e-3, mode="coupled"), scale_by_lr(1e-2))
 
 CASES = {
@@ -54,6 +55,11 @@ CASES = {
         AdamWChain,
         {"weight_decay": 0.0},
         lambda ps: ferroptim.AdamW(ps, weight_decay=0.0),
+    ),
+    "AdamW-amsgrad": (
+        AMSGradChain,
+        {"lr": 1e-2},
+        lambda ps: ferroptim.AdamW(ps, lr=1e-2, weight_decay=1e-2, amsgrad=True),
     ),
     "Adam-L2": (AdamL2Chain, {}, lambda ps: ferroptim.Adam(ps, weight_decay=1e-2)),
     "SGD-nesterov": (
