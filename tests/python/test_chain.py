@@ -376,3 +376,22 @@ def test_clip_norm_is_global_over_groups_each_with_its_max_norm():
         ref.step()
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)  # norm summed in another order
+
+
+def test_a_transform_of_your_own():
+    # signSGD with a threshold hyperparameter: Transform is the public protocol.
+    from ferroptim import rules as R
+    from ferroptim.transforms import Transform
+
+    def update(u, p, state, s):
+        return R.where(abs(u) < s.threshold, 0.0 * u, R.sign(u)), None
+
+    scale_by_sign = Transform("scale_by_sign", {"threshold": 0.25}, update=update)
+    SignSGD = chain(scale_by_sign, scale_by_lr(0.1))
+    p = torch.nn.Parameter(torch.tensor([1.0, 1.0, 1.0, 1.0]))
+    opt = SignSGD([p], threshold=0.5)
+    p.grad = torch.tensor([3.0, -0.75, 0.25, -0.0])
+    opt.step()
+    assert torch.equal(p.detach(), torch.tensor([0.9, 1.1, 1.0, 1.0]))
+    assert opt.defaults == {"threshold": 0.5, "lr": 0.1, "maximize": False}
+    assert SignSGD([p]).defaults["threshold"] == 0.25
