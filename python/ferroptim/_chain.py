@@ -29,7 +29,8 @@ class Transform:
         update: ``update(u, p, state, s) -> (num, den)``: the new update ``num / den``
             (``den`` None for none) from the incoming update ``u`` (element values, see
             :mod:`ferroptim.rules`); None for a transform that does not read ``u``.
-        param: ``param(p, s) -> p``: a new parameter value (weight decay), or None.
+        param: ``param(p, s) -> p``: a new parameter value (weight decay), or None; applied
+            before ``update``, which then reads the new value.
         factor: ``factor(h, step) -> (num, den)``: a per-step scalar factor (float64) that
             multiplies the update — the transform's own output for an ``update`` transform
             (Adam's bias correction), the incoming update otherwise (``-lr``); or None.
@@ -271,11 +272,11 @@ def chain(
         num, den = (-g if s.maximize else g), None
         for i, t in enumerate(ts):
             si = _Scoped(s, prefixes[i], own[i])
+            if t.param is not None:
+                p = t.param(p, si)
             if t.update is not None:
                 u = _apply(num, den, getattr(s, f"{i}.coef") if pending[i] else None)
                 num, den = t.update(u, p, _Renamed(st, renames[i]), si)
-            elif t.param is not None:
-                p = t.param(p, si)
         coef = s.coef if pending[len(ts)] else None
         if den is None and coef is not None:
             return R.fma(coef, num, p)  # θ + c·u with one rounding (torch's add(alpha=))
