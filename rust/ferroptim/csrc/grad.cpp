@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <typeinfo>
+#include <vector>
 
 extern "C" {
 
@@ -74,12 +75,42 @@ static void zero_in_place(at::Tensor& grad) {
   grad.zero_();
 }
 
-// How many parameters ahead the loops below ask for the cache lines they will read: after a
-// step has streamed the model through the caches every tensor's metadata misses, and fetching
-// them ahead overlaps the misses (a hint only: it never faults).
+// How far ahead (in parameters) the loops below ask for the cache lines they will read: after
+// a step has streamed the model through the caches every tensor's metadata misses, and asking
+// for it ahead overlaps the misses (a hint only: it never faults). Each level of indirection
+// (tch's `at::Tensor` handle, its TensorImpl, its autograd metadata, the gradient's impl, its
+// storage, its elements) is fetched one stage later than the pointer it is reached through.
 static constexpr int64_t kAhead = 8;
 
 static inline void prefetch(const void* p) { __builtin_prefetch(p, 1, 3); }
+
+// The autograd metadata of `t`, or null (a tensor that never required grad has none). Exactly
+// what `torch::autograd::impl::get_autograd_meta` returns, without the call through the
+// library: every autograd metadata libtorch creates is an `AutogradMeta` (or a subclass).
+static inline torch::autograd::AutogradMeta* meta_of(const at::Tensor& t) {
+  return static_cast<torch::autograd::AutogradMeta*>(t.unsafeGetTensorImpl()->autograd_meta());
+}
+
+// Asks for the lines `zero_in_place` reads of a defined gradient's impl: its storage's impl
+// (stage 1), then the first elements (stage 2, once the storage impl is in).
+static inline void prefetch_storage(const at::Tensor& grad, bool elements) {
+  const c10::TensorImpl* impl = grad.unsafeGetTensorImpl();
+  if (!impl->has_storage()) {
+    return;
+  }
+  const c10::StorageImpl* storage = impl->unsafe_storage().unsafeGetStorageImpl();
+  if (storage == nullptr) {
+    return;
+  }
+  if (!elements) {
+    prefetch(storage);
+    return;
+  }
+  const char* data = static_cast<const char*>(storage->data());
+  if (data != nullptr) {
+    prefetch(data + impl->storage_offset() * static_cast<int64_t>(impl->itemsize()));
+  }
+}
 
 // Resets the gradients of `n` parameters as torch.optim.Optimizer.zero_grad does:
 // `set_to_none` makes each defined gradient undefined (`p.grad = None`); otherwise each
@@ -94,36 +125,54 @@ static inline void prefetch(const void* p) { __builtin_prefetch(p, 1, 3); }
 int64_t ferroptim_zero_grads(const at::Tensor* const* params, int64_t n,
                              int32_t set_to_none) noexcept {
   try {
+    // Pass 1 checks every parameter and collects its defined gradient (the `grad_` member of
+    // its autograd metadata, which `mutable_grad()` returns); nothing changes yet.
+    std::vector<at::Tensor*> grads;
+    grads.reserve(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
-      // Two levels ahead: the TensorImpl of parameter i + 2k, then (its impl fetched by now)
-      // the autograd metadata of parameter i + k, which `is_leaf` and `mutable_grad` read.
+      if (i + 3 * kAhead < n && params[i + 3 * kAhead] != nullptr) {
+        prefetch(params[i + 3 * kAhead]);
+      }
       if (i + 2 * kAhead < n && params[i + 2 * kAhead] != nullptr) {
         prefetch(params[i + 2 * kAhead]->unsafeGetTensorImpl());
       }
       if (i + kAhead < n && params[i + kAhead] != nullptr) {
-        const c10::AutogradMetaInterface* meta =
-            params[i + kAhead]->unsafeGetTensorImpl()->autograd_meta();
+        const torch::autograd::AutogradMeta* meta = meta_of(*params[i + kAhead]);
         if (meta != nullptr) {
           prefetch(meta);
         }
       }
       const at::Tensor* p = params[i];
-      if (p == nullptr || !p->defined() || !p->is_leaf()) {
+      if (p == nullptr || !p->defined()) {
         return i;
       }
+      torch::autograd::AutogradMeta* meta = meta_of(*p);
+      if (meta == nullptr) {
+        continue;  // a leaf that never had a gradient
+      }
+      if (meta->grad_fn_ != nullptr) {
+        return i;  // not a leaf (`is_leaf()` is exactly `grad_fn_ == nullptr`)
+      }
+      if (meta->grad_.defined()) {
+        grads.push_back(&meta->grad_);
+      }
     }
-    for (int64_t i = 0; i < n; ++i) {
-      if (i + kAhead < n) {
-        // The gradient's impl (its reference count, or its metadata to zero it).
-        const at::Tensor& ahead = params[i + kAhead]->grad();
-        if (ahead.defined()) {
-          prefetch(ahead.unsafeGetTensorImpl());
+    // Pass 2 resets them, fetching each gradient's impl (and, to zero it, its storage impl
+    // and first elements) ahead.
+    const int64_t m = static_cast<int64_t>(grads.size());
+    for (int64_t i = 0; i < m; ++i) {
+      if (i + 2 * kAhead < m) {
+        prefetch(grads[i + 2 * kAhead]->unsafeGetTensorImpl());
+      }
+      if (!set_to_none) {
+        if (i + kAhead < m) {
+          prefetch_storage(*grads[i + kAhead], false);
+        }
+        if (i + kAhead / 2 < m) {
+          prefetch_storage(*grads[i + kAhead / 2], true);
         }
       }
-      at::Tensor& grad = params[i]->mutable_grad();
-      if (!grad.defined()) {
-        continue;
-      }
+      at::Tensor& grad = *grads[i];
       if (set_to_none) {
         grad = at::Tensor();
       } else {
