@@ -89,6 +89,13 @@ pub trait Storage: Copy + Send + Sync + 'static {
     fn load(self) -> Self::Compute;
     /// Rounds a computed value to storage (round-to-nearest-even for half types).
     fn store(v: Self::Compute) -> Self;
+    /// The values themselves as `f32`s where the storage is `f32` (so code working on `f32`
+    /// rows can use them in place), else None (the default).
+    #[inline(always)]
+    fn as_f32(values: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = values;
+        None
+    }
 }
 
 impl Storage for f32 {
@@ -101,6 +108,10 @@ impl Storage for f32 {
     #[inline(always)]
     fn store(v: f32) -> Self {
         v
+    }
+    #[inline(always)]
+    fn as_f32(values: &mut [f32]) -> Option<&mut [f32]> {
+        Some(values)
     }
 }
 

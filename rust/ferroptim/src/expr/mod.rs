@@ -10,8 +10,12 @@
 
 mod eval;
 mod graph;
+#[cfg(target_arch = "x86_64")]
+mod jit;
 #[cfg(test)]
 mod tests;
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests_jit;
 
 pub use graph::{Graph, NodeId, Op, ScalarOp, MAX_HYPERS, MAX_NODES, MAX_SLOTS};
 
@@ -151,6 +155,10 @@ impl Rule for GraphRule {
         grad: &mut [S],
         state: &mut [&mut [S]],
     ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if eval::update_slice_compiled(s.graph, &s.slots, grad_scale, param, grad, state) {
+            return true;
+        }
         eval::update_slice(s.graph, &s.slots, grad_scale, param, grad, state);
         true
     }
