@@ -69,26 +69,7 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     if std::mem::size_of::<S::Compute>() != 4 || state.len() > MAX_STATE || !jit::enabled() {
         return false;
     }
-    let mut plans = [Plan::Dead; MAX_NODES];
-    plan::<S::Compute>(g, slots, &mut plans);
-    let mut shape: jit::Shape = [jit::DEAD; MAX_NODES];
-    let mut uniforms = [0.0f32; MAX_NODES];
-    for (i, p) in plans[..g.nodes.len()].iter().enumerate() {
-        shape[i] = match (*p, g.nodes[i]) {
-            (Plan::Dead, _) => jit::DEAD,
-            (Plan::Uniform(v), _) => {
-                uniforms[i] = v.to_f64() as f32; // exact: the compute type is f32
-                jit::UNIFORM
-            }
-            (Plan::Row, Op::Where(m, ..)) => match plans[m as usize] {
-                Plan::Uniform(m) if m != Float::ZERO => jit::TAKE_A,
-                Plan::Uniform(_) => jit::TAKE_B,
-                _ => jit::ROW,
-            },
-            (Plan::Row, _) => jit::ROW,
-        };
-    }
-    let Some(kernel) = jit::kernel(g, &shape) else {
+    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots) else {
         return false;
     };
     let scale = grad_scale.map(<S::Compute as Float>::from_f64);
@@ -98,6 +79,23 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     let (ins, outs) = rows.split_at_mut(2 + n_states);
     let len = param.len();
     let mut start = 0;
+    if S::as_f32(param).is_some() {
+        // f32 storage: all whole vectors in one call, in place.
+        start = len - len % jit::LANES;
+        if start > 0 {
+            compiled_block(
+                kernel,
+                scale,
+                &uniforms,
+                ins,
+                outs,
+                0..start,
+                param,
+                grad,
+                state,
+            );
+        }
+    }
     while start < len {
         let n = BLOCK.min(len - start);
         let end = start + n;
@@ -118,8 +116,72 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     true
 }
 
-/// Elements `range` through `kernel`: `f32` storage in place (whole vectors), everything else
-/// (half types, the last partial vector) through the `ins` rows, the outputs through `outs`.
+/// The last kernel a thread ran, with the slot values it was planned for: the tensors of a
+/// group share their slots (same step count), so most calls skip planning.
+#[cfg(target_arch = "x86_64")]
+struct Planned {
+    graph: usize,
+    slots: [u64; MAX_SLOTS],
+    uniforms: [f32; MAX_NODES],
+    kernel: jit::Kernel,
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Box<Planned>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The uniform node values and the kernel for `g` with `slots` (None: no kernel).
+#[cfg(target_arch = "x86_64")]
+fn compiled_plan<F: Float>(
+    g: &'static Graph,
+    slots: &[f64; MAX_SLOTS],
+) -> Option<([f32; MAX_NODES], jit::Kernel)> {
+    let id = g as *const Graph as usize;
+    let bits = slots.map(f64::to_bits);
+    let hit = LAST.with(|last| {
+        last.borrow()
+            .as_ref()
+            .filter(|p| p.graph == id && p.slots == bits)
+            .map(|p| (p.uniforms, p.kernel))
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let mut plans = [Plan::Dead; MAX_NODES];
+    plan::<F>(g, slots, &mut plans);
+    let mut shape: jit::Shape = [jit::DEAD; MAX_NODES];
+    let mut uniforms = [0.0f32; MAX_NODES];
+    for (i, p) in plans[..g.nodes.len()].iter().enumerate() {
+        shape[i] = match (*p, g.nodes[i]) {
+            (Plan::Dead, _) => jit::DEAD,
+            (Plan::Uniform(v), _) => {
+                uniforms[i] = v.to_f64() as f32; // exact: the compute type is f32
+                jit::UNIFORM
+            }
+            (Plan::Row, Op::Where(m, ..)) => match plans[m as usize] {
+                Plan::Uniform(m) if m != F::ZERO => jit::TAKE_A,
+                Plan::Uniform(_) => jit::TAKE_B,
+                _ => jit::ROW,
+            },
+            (Plan::Row, _) => jit::ROW,
+        };
+    }
+    let kernel = jit::kernel(g, &shape)?;
+    LAST.with(|last| {
+        *last.borrow_mut() = Some(Box::new(Planned {
+            graph: id,
+            slots: bits,
+            uniforms,
+            kernel,
+        }));
+    });
+    Some((uniforms, kernel))
+}
+
+/// Elements `range` through `kernel`: `f32` storage in place (whole vectors, any number),
+/// everything else (half types, the last partial vector: at most `BLOCK` elements) through
+/// the `ins` rows, the outputs through `outs`.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
