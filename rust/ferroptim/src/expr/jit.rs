@@ -146,7 +146,7 @@ fn compile(graph: &Graph, shape: &Shape) -> Result<Kernel, CompileError> {
             exp: module.declare_func_in_func(exp_id, b.func),
             ln: module.declare_func_in_func(ln_id, b.func),
         };
-        emit(&mut b, graph, shape, ptr, &lanes);
+        emit(&mut b, graph, shape, ptr, &lanes)?;
         b.finalize();
     }
     module.define_function(id, &mut ctx)?;
@@ -209,7 +209,13 @@ fn operands(op: Op) -> Vec<NodeId> {
 }
 
 /// The kernel's body: pointers and uniform values loaded once, then a loop over vectors.
-fn emit(b: &mut FunctionBuilder<'_>, g: &Graph, shape: &Shape, ptr: types::Type, lanes: &Lanes) {
+fn emit(
+    b: &mut FunctionBuilder<'_>,
+    g: &Graph,
+    shape: &Shape,
+    ptr: types::Type,
+    lanes: &Lanes,
+) -> Result<(), CompileError> {
     let n_nodes = g.nodes.len();
     let live = live(g, shape);
     let mem = MemFlags::new().with_notrap();
@@ -263,7 +269,15 @@ fn emit(b: &mut FunctionBuilder<'_>, g: &Graph, shape: &Shape, ptr: types::Type,
         if !live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
             continue;
         }
-        let v = |k: NodeId| row[k as usize].unwrap_or_else(|| unreachable_value());
+        let needs = match (shape[i], g.nodes[i]) {
+            (TAKE_A, Op::Where(_, a, _)) => vec![a],
+            (TAKE_B, Op::Where(_, _, c)) => vec![c],
+            (_, op) => operands(op),
+        };
+        if needs.iter().any(|&k| row[k as usize].is_none()) {
+            return Err(format!("node {i} reads a node without a value in this shape").into());
+        }
+        let v = |k: NodeId| row[k as usize].unwrap_or_else(no_value);
         let value = match (shape[i], g.nodes[i]) {
             (TAKE_A, Op::Where(_, a, _)) => v(a),
             (TAKE_B, Op::Where(_, _, c)) => v(c),
@@ -271,7 +285,11 @@ fn emit(b: &mut FunctionBuilder<'_>, g: &Graph, shape: &Shape, ptr: types::Type,
         };
         row[i] = Some(value);
     }
-    let out = |k: NodeId| row[k as usize].unwrap_or_else(|| unreachable_value());
+    let outputs = std::iter::once(&g.param_out).chain(&g.state_out);
+    if outputs.clone().any(|&k| row[k as usize].is_none()) {
+        return Err("an output without a value in this shape".into());
+    }
+    let out = |k: NodeId| row[k as usize].unwrap_or_else(no_value);
     let p_new = out(g.param_out);
     let addr = b.ins().iadd(output_rows[0], off);
     b.ins().store(mem, p_new, addr, 0);
@@ -286,11 +304,11 @@ fn emit(b: &mut FunctionBuilder<'_>, g: &Graph, shape: &Shape, ptr: types::Type,
     b.switch_to_block(exit);
     b.ins().return_(&[]);
     b.seal_all_blocks();
+    Ok(())
 }
 
-/// Never reached for a checked graph under a consistent shape (operands come first and a
-/// live node's operands are live); a placeholder keeps `emit` free of panics.
-fn unreachable_value() -> Value {
+/// Stands for a missing value where `emit` has checked there is none.
+fn no_value() -> Value {
     Value::from_u32(0)
 }
 
