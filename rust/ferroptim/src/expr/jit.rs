@@ -14,7 +14,7 @@
 //! SSE4.1 and FMA; elsewhere, or with `FERROPTIM_EXPR_JIT=0`, the interpreter runs.
 
 use super::graph::{Graph, NodeId, Op, MAX_NODES};
-use cranelift_codegen::ir::condcodes::FloatCC;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Endianness, InstBuilder, MemFlags, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
@@ -221,7 +221,9 @@ fn emit(
     let mem = MemFlags::new().with_notrap();
     let entry = b.create_block();
     let header = b.create_block();
-    let body = b.create_block();
+    let body2 = b.create_block();
+    let tail = b.create_block();
+    let body1 = b.create_block();
     let exit = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
@@ -252,21 +254,66 @@ fn emit(
     let bytes = b.ins().imul_imm(n, 4);
     let zero = b.ins().iconst(ptr, 0);
     b.ins().jump(header, &[zero.into()]);
+    let rows = Rows {
+        live: &live,
+        uniform: &vals,
+        inputs: &input_rows,
+        outputs: &output_rows,
+        mem,
+        lanes,
+    };
 
+    // Two vectors per iteration while there are two (independent work for the core to
+    // overlap: √ and ÷ have long latencies), then the last one.
+    let vector = (4 * LANES) as i64;
     b.append_block_param(header, ptr);
     b.switch_to_block(header);
     let off = b.block_params(header)[0];
-    let more = b.ins().icmp(
-        cranelift_codegen::ir::condcodes::IntCC::UnsignedLessThan,
-        off,
-        bytes,
-    );
-    b.ins().brif(more, body, &[], exit, &[]);
+    let end2 = b.ins().iadd_imm(off, 2 * vector);
+    let two = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, end2, bytes);
+    b.ins().brif(two, body2, &[], tail, &[]);
 
-    b.switch_to_block(body);
-    let mut row = vals.clone();
-    for i in 0..n_nodes {
-        if !live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
+    b.switch_to_block(body2);
+    vector_body(b, g, shape, &rows, off)?;
+    let second = b.ins().iadd_imm(off, vector);
+    vector_body(b, g, shape, &rows, second)?;
+    b.ins().jump(header, &[end2.into()]);
+
+    b.switch_to_block(tail);
+    let one = b.ins().icmp(IntCC::UnsignedLessThan, off, bytes);
+    b.ins().brif(one, body1, &[], exit, &[]);
+
+    b.switch_to_block(body1);
+    vector_body(b, g, shape, &rows, off)?;
+    b.ins().jump(exit, &[]);
+
+    b.switch_to_block(exit);
+    b.ins().return_(&[]);
+    b.seal_all_blocks();
+    Ok(())
+}
+
+/// What [`vector_body`] reads: live nodes, uniform values, row pointers.
+struct Rows<'a> {
+    live: &'a [bool; MAX_NODES],
+    uniform: &'a [Option<Value>],
+    inputs: &'a [Value],
+    outputs: &'a [Value],
+    mem: MemFlags,
+    lanes: &'a Lanes,
+}
+
+/// The graph for the vector at byte offset `off` of every row: loads, operations, stores.
+fn vector_body(
+    b: &mut FunctionBuilder<'_>,
+    g: &Graph,
+    shape: &Shape,
+    rows: &Rows<'_>,
+    off: Value,
+) -> Result<(), CompileError> {
+    let mut row = rows.uniform.to_vec();
+    for i in 0..g.nodes.len() {
+        if !rows.live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
             continue;
         }
         let needs = match (shape[i], g.nodes[i]) {
@@ -281,7 +328,7 @@ fn emit(
         let value = match (shape[i], g.nodes[i]) {
             (TAKE_A, Op::Where(_, a, _)) => v(a),
             (TAKE_B, Op::Where(_, _, c)) => v(c),
-            (_, op) => lane_op(b, op, &v, &input_rows, off, mem, lanes),
+            (_, op) => lane_op(b, op, &v, rows.inputs, off, rows.mem, rows.lanes),
         };
         row[i] = Some(value);
     }
@@ -289,21 +336,11 @@ fn emit(
     if outputs.clone().any(|&k| row[k as usize].is_none()) {
         return Err("an output without a value in this shape".into());
     }
-    let out = |k: NodeId| row[k as usize].unwrap_or_else(no_value);
-    let p_new = out(g.param_out);
-    let addr = b.ins().iadd(output_rows[0], off);
-    b.ins().store(mem, p_new, addr, 0);
-    for (k, &o) in g.state_out.iter().enumerate() {
-        let x = out(o);
-        let addr = b.ins().iadd(output_rows[1 + k], off);
-        b.ins().store(mem, x, addr, 0);
+    for (k, &o) in outputs.enumerate() {
+        let x = row[o as usize].unwrap_or_else(no_value);
+        let addr = b.ins().iadd(rows.outputs[k], off);
+        b.ins().store(rows.mem, x, addr, 0);
     }
-    let next = b.ins().iadd_imm(off, (4 * LANES) as i64);
-    b.ins().jump(header, &[next.into()]);
-
-    b.switch_to_block(exit);
-    b.ins().return_(&[]);
-    b.seal_all_blocks();
     Ok(())
 }
 
