@@ -8,6 +8,8 @@
 //! bit when it is given the same operations (tests in `tests.rs` and
 //! `tests/python/test_rules.py`).
 
+#[cfg(target_arch = "x86_64")]
+mod compiled;
 mod eval;
 mod graph;
 #[cfg(target_arch = "x86_64")]
@@ -156,7 +158,7 @@ impl Rule for GraphRule {
         state: &mut [&mut [S]],
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if eval::update_slice_compiled(s.graph, &s.slots, grad_scale, param, grad, state) {
+        if compiled::update_slice_compiled(s.graph, &s.slots, grad_scale, param, grad, state) {
             return true;
         }
         eval::update_slice(s.graph, &s.slots, grad_scale, param, grad, state);

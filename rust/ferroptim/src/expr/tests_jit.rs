@@ -2,8 +2,8 @@
 //! special values (NaN, ±∞, ±0, subnormals, ties), in `f32` and `bf16` storage, with and
 //! without a loss scale, at lengths around the vector and block sizes.
 
-use super::eval;
 use super::*;
+use super::{compiled, eval};
 use half::bf16;
 
 /// Every element operation once, a `where` on an element mask and one on a uniform mask
@@ -102,7 +102,7 @@ fn compare<S: Storage>(to: impl Fn(f32) -> S, mask: f64, scale: Option<f64>) {
             let (mut p, mut gr, mut a, mut b) = (p0.clone(), g0.clone(), a0.clone(), b0.clone());
             let mut st = [&mut a[..], &mut b[..]];
             if compiled {
-                assert!(eval::update_slice_compiled(
+                assert!(compiled::update_slice_compiled(
                     g, &slots, scale, &mut p, &mut gr, &mut st
                 ));
             } else {
