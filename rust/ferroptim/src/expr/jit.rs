@@ -93,7 +93,10 @@ pub(crate) fn kernel(graph: &'static Graph, shape: &Shape) -> Option<Kernel> {
     if let Some(k) = cache().read().ok().and_then(|m| m.get(&key).copied()) {
         return k;
     }
-    let compiled = compile(graph, shape).ok();
+    // A code generator failure of any kind, panics included, leaves the interpreter to run.
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile(graph, shape)))
+        .ok()
+        .and_then(Result::ok);
     let mut map = match cache().write() {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
