@@ -96,12 +96,6 @@ pub trait Storage: Copy + Send + Sync + 'static {
         let _ = values;
         None
     }
-    /// The values themselves as `bf16`s where the storage is `bf16`, else None (the default).
-    #[inline(always)]
-    fn as_bf16(values: &mut [Self]) -> Option<&mut [bf16]> {
-        let _ = values;
-        None
-    }
 }
 
 impl Storage for f32 {
@@ -148,10 +142,6 @@ impl Storage for bf16 {
         let bits = v.to_bits();
         let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
         bf16::from_bits(if v.is_nan() { 0x7FC0 } else { rounded as u16 })
-    }
-    #[inline(always)]
-    fn as_bf16(values: &mut [bf16]) -> Option<&mut [bf16]> {
-        Some(values)
     }
 }
 

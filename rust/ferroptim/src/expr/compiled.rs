@@ -1,18 +1,17 @@
 //! Element graphs through their compiled kernels (`jit.rs`): the plan of a call turned into
-//! a kernel shape and uniform values, and the elements handed to the kernel — `f32` and
-//! `bf16` tensors in place, other storage (and `bf16` with a loss scale) through rows of
-//! `f32`. x86-64 only.
+//! a kernel shape and uniform values, and the elements handed to the kernel (`f32` tensors in
+//! place, other storage through rows of `f32`). x86-64 only.
 
 use super::eval::{plan, rows_in, Plan, BLOCK, SCRATCH};
 use super::graph::{Graph, Op, MAX_NODES, MAX_SLOTS};
 use super::jit;
 use crate::element::{Float, Storage};
 use crate::rule::MAX_STATE;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 
-/// `eval::update_slice` through a compiled kernel, for graphs computed in `f32`: returns
-/// false, having done nothing, where none applies (other compute types, CPUs without SSE4.1
-/// and FMA, `FERROPTIM_EXPR_JIT=0`, a kernel that failed to compile). Same results.
+/// [`update_slice`] through a compiled kernel (`jit.rs`), for graphs computed in `f32`:
+/// returns false, having done nothing, where none applies (other compute types, CPUs without
+/// SSE4.1 and FMA, `FERROPTIM_EXPR_JIT=0`, a kernel that failed to compile). Same results.
 #[inline(always)]
 pub(crate) fn update_slice_compiled<S: Storage>(
     g: &'static Graph,
@@ -25,39 +24,37 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     if std::mem::size_of::<S::Compute>() != 4 || state.len() > MAX_STATE || !jit::enabled() {
         return false;
     }
-    // Storage the kernel reads and writes itself. A bf16 gradient divided by a loss scale is
-    // used unrounded (as the interpreter does), so that case goes through f32 rows.
-    let native = if S::as_f32(param).is_some() {
-        Some(jit::Storage::F32)
-    } else if grad_scale.is_none() && S::as_bf16(param).is_some() {
-        Some(jit::Storage::Bf16)
-    } else {
-        None
-    };
-    let storage = native.unwrap_or(jit::Storage::F32);
-    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots, storage) else {
+    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots) else {
         return false;
     };
     let scale = grad_scale.map(<S::Compute as Float>::from_f64);
-    if native.is_some() {
-        if let Some(scale) = scale {
-            // f32: the quotient is exactly what the interpreter computes and stores.
-            for x in grad.iter_mut() {
-                *x = S::store(x.load() / scale);
-            }
-        }
-        in_place(kernel, &uniforms, param, grad, state);
-        return true;
-    }
     let mut words = SCRATCH.with(Cell::take);
     let n_states = state.len();
     let rows = rows_in::<f32>(&mut words, 2 * (2 + n_states));
     let (ins, outs) = rows.split_at_mut(2 + n_states);
     let len = param.len();
     let mut start = 0;
+    if S::as_f32(param).is_some() {
+        // f32 storage: all whole vectors in one call, in place.
+        start = len - len % jit::LANES;
+        if start > 0 {
+            compiled_block(
+                kernel,
+                scale,
+                &uniforms,
+                ins,
+                outs,
+                0..start,
+                param,
+                grad,
+                state,
+            );
+        }
+    }
     while start < len {
-        let end = start + BLOCK.min(len - start);
-        through_rows(
+        let n = BLOCK.min(len - start);
+        let end = start + n;
+        compiled_block(
             kernel,
             scale,
             &uniforms,
@@ -74,32 +71,30 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     true
 }
 
-/// The last kernel a thread ran, with the slot values and storage it was planned for: the
-/// tensors of a group share their slots (same step count), so most calls skip planning.
+/// The last kernel a thread ran, with the slot values it was planned for: the tensors of a
+/// group share their slots (same step count), so most calls skip planning.
 struct Planned {
     graph: usize,
     slots: [u64; MAX_SLOTS],
-    storage: jit::Storage,
     uniforms: [f32; MAX_NODES],
     kernel: jit::Kernel,
 }
 
 thread_local! {
-    static LAST: RefCell<Option<Box<Planned>>> = const { RefCell::new(None) };
+    static LAST: std::cell::RefCell<Option<Box<Planned>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The uniform node values and the kernel for `g` with `slots` (None: no kernel).
 fn compiled_plan<F: Float>(
     g: &'static Graph,
     slots: &[f64; MAX_SLOTS],
-    storage: jit::Storage,
 ) -> Option<([f32; MAX_NODES], jit::Kernel)> {
     let id = g as *const Graph as usize;
     let bits = slots.map(f64::to_bits);
     let hit = LAST.with(|last| {
         last.borrow()
             .as_ref()
-            .filter(|p| p.graph == id && p.slots == bits && p.storage == storage)
+            .filter(|p| p.graph == id && p.slots == bits)
             .map(|p| (p.uniforms, p.kernel))
     });
     if hit.is_some() {
@@ -124,12 +119,11 @@ fn compiled_plan<F: Float>(
             (Plan::Row, _) => jit::ROW,
         };
     }
-    let kernel = jit::kernel(g, &shape, storage)?;
+    let kernel = jit::kernel(g, &shape)?;
     LAST.with(|last| {
         *last.borrow_mut() = Some(Box::new(Planned {
             graph: id,
             slots: bits,
-            storage,
             uniforms,
             kernel,
         }));
@@ -137,67 +131,12 @@ fn compiled_plan<F: Float>(
     Some((uniforms, kernel))
 }
 
-/// Every element through a kernel compiled for `S` itself (`f32` or `bf16`): the whole
-/// vectors in one call on the tensors, the last partial vector through copies padded with
-/// zeros.
-#[inline(always)]
-fn in_place<S: Storage>(
-    kernel: jit::Kernel,
-    uniforms: &[f32; MAX_NODES],
-    param: &mut [S],
-    grad: &mut [S],
-    state: &mut [&mut [S]],
-) {
-    let len = param.len();
-    let whole = len - len % jit::LANES;
-    let mut ins = [std::ptr::null::<u8>(); 2 + MAX_STATE];
-    let mut outs = [std::ptr::null_mut::<u8>(); 1 + MAX_STATE];
-    if whole > 0 {
-        ins[0] = param.as_ptr().cast();
-        outs[0] = param.as_mut_ptr().cast();
-        ins[1] = grad.as_ptr().cast();
-        for (k, st) in state.iter_mut().enumerate() {
-            outs[1 + k] = st.as_mut_ptr().cast();
-            ins[2 + k] = outs[1 + k];
-        }
-        // SAFETY: the kernel was compiled for `S`'s layout (the caller checked that `S` is
-        // f32, or bf16); every pointer addresses `len` ≥ `whole` live elements (all slices
-        // have `param.len()` elements), borrowed mutably for the call; a row both read and
-        // written is one tensor, each vector read before it is written; `uniforms` holds
-        // MAX_NODES values.
-        unsafe { kernel(whole, ins.as_ptr(), outs.as_ptr(), uniforms.as_ptr()) };
-    }
-    if whole == len {
-        return;
-    }
-    let zero = S::store(<S::Compute as Float>::ZERO);
-    let mut pad = [[zero; jit::LANES]; 2 + MAX_STATE];
-    let tail = whole..len;
-    pad[0][..tail.len()].copy_from_slice(&param[tail.clone()]);
-    pad[1][..tail.len()].copy_from_slice(&grad[tail.clone()]);
-    for (k, st) in state.iter().enumerate() {
-        pad[2 + k][..tail.len()].copy_from_slice(&st[tail.clone()]);
-    }
-    ins[1] = pad[1].as_ptr().cast();
-    outs[0] = pad[0].as_mut_ptr().cast();
-    ins[0] = outs[0];
-    for k in 0..state.len() {
-        outs[1 + k] = pad[2 + k].as_mut_ptr().cast();
-        ins[2 + k] = outs[1 + k];
-    }
-    // SAFETY: as above, with rows of LANES elements of the local `pad`.
-    unsafe { kernel(jit::LANES, ins.as_ptr(), outs.as_ptr(), uniforms.as_ptr()) };
-    param[tail.clone()].copy_from_slice(&pad[0][..tail.len()]);
-    for (k, st) in state.iter_mut().enumerate() {
-        st[tail.clone()].copy_from_slice(&pad[2 + k][..tail.len()]);
-    }
-}
-
-/// Elements `range` (at most `BLOCK`) through an `f32` kernel, widened into the `ins` rows
-/// (padded to whole vectors) and rounded back from the `outs` rows.
+/// Elements `range` through `kernel`: `f32` storage in place (whole vectors, any number),
+/// everything else (half types, the last partial vector: at most `BLOCK` elements) through
+/// the `ins` rows, the outputs through `outs`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn through_rows<S: Storage>(
+fn compiled_block<S: Storage>(
     kernel: jit::Kernel,
     scale: Option<S::Compute>,
     uniforms: &[f32; MAX_NODES],
@@ -208,33 +147,76 @@ fn through_rows<S: Storage>(
     grad: &mut [S],
     state: &mut [&mut [S]],
 ) {
-    let m = range.len();
+    let (start, n) = (range.start, range.len());
+    let grad = &mut grad[range.clone()];
+    let whole = n - n % jit::LANES;
     let n_states = state.len();
+    let mut in_ptrs = [std::ptr::null::<f32>(); 2 + MAX_STATE];
+    let mut out_ptrs = [std::ptr::null_mut::<f32>(); 1 + MAX_STATE];
+    let param = &mut param[range.clone()];
+    let direct = whole > 0 && S::as_f32(param).is_some();
+    if direct {
+        if let Some(scale) = scale {
+            // Divided in place (exactly the f32 the interpreter computes: no rounding to
+            // storage), for the tail below too.
+            for g in grad.iter_mut() {
+                *g = S::store(g.load() / scale);
+            }
+        }
+        // f32 storage: the kernel reads and writes the tensors themselves.
+        in_ptrs[0] = S::as_f32(param).map_or(std::ptr::null(), |p| p.as_ptr());
+        out_ptrs[0] = S::as_f32(param).map_or(std::ptr::null_mut(), |p| p.as_mut_ptr());
+        in_ptrs[1] = S::as_f32(grad).map_or(std::ptr::null(), |p| p.as_ptr());
+        for (k, st) in state.iter_mut().enumerate() {
+            let st =
+                S::as_f32(&mut st[range.clone()]).map_or(std::ptr::null_mut(), |p| p.as_mut_ptr());
+            in_ptrs[2 + k] = st;
+            out_ptrs[1 + k] = st;
+        }
+        // SAFETY: each pointer addresses `whole` (≥ 1, a multiple of LANES) live f32 values of
+        // this block, borrowed mutably here for the call; rows that are both read and written
+        // are the same tensor's, read lane by lane before written; the uniforms array holds
+        // MAX_NODES values.
+        unsafe {
+            kernel(
+                whole,
+                in_ptrs.as_ptr(),
+                out_ptrs.as_ptr(),
+                uniforms.as_ptr(),
+            )
+        };
+        if whole == n {
+            return;
+        }
+    }
+    // The rest (all of it for half types), padded to whole vectors through the rows.
+    let from = if direct { whole } else { 0 };
+    let m = n - from;
     let padded = m.div_ceil(jit::LANES) * jit::LANES;
-    widen(&mut ins[0][..m], &param[range.clone()]);
-    widen(&mut ins[1][..m], &grad[range.clone()]);
-    if let Some(scale) = scale {
+    widen(&mut ins[0][..m], &param[from..]);
+    widen(&mut ins[1][..m], &grad[from..]);
+    if let (Some(scale), false) = (scale, direct) {
         // As the interpreter: the quotient is used unrounded and stored rounded.
         let scale = scale.to_f64() as f32; // the compute type is f32
-        for (o, g) in ins[1][..m].iter_mut().zip(&mut grad[range.clone()]) {
+        for (o, g) in ins[1][..m].iter_mut().zip(grad.iter_mut()) {
             *o /= scale;
             *g = S::store(<S::Compute as Float>::from_f64(f64::from(*o)));
         }
     }
     for (k, st) in state.iter().enumerate() {
-        widen(&mut ins[2 + k][..m], &st[range.clone()]);
+        widen(&mut ins[2 + k][..m], &st[start + from..start + n]);
     }
-    let mut in_ptrs = [std::ptr::null::<u8>(); 2 + MAX_STATE];
-    let mut out_ptrs = [std::ptr::null_mut::<u8>(); 1 + MAX_STATE];
-    for (k, row) in ins.iter_mut().enumerate().take(2 + n_states) {
+    for row in ins.iter_mut().take(2 + n_states) {
         row[m..padded].fill(0.0);
-        in_ptrs[k] = row.as_ptr().cast();
+    }
+    for (k, row) in ins.iter().enumerate().take(2 + n_states) {
+        in_ptrs[k] = row.as_ptr();
     }
     for (k, row) in outs.iter_mut().enumerate().take(1 + n_states) {
-        out_ptrs[k] = row.as_mut_ptr().cast();
+        out_ptrs[k] = row.as_mut_ptr();
     }
-    // SAFETY: an f32 kernel; every row pointer addresses BLOCK ≥ `padded` f32 values of the
-    // thread's scratch, inputs and outputs distinct; `uniforms` holds MAX_NODES values.
+    // SAFETY: every row pointer addresses BLOCK ≥ `padded` f32 values of the thread's
+    // scratch, inputs and outputs distinct; the uniforms array holds MAX_NODES values.
     unsafe {
         kernel(
             padded,
@@ -243,9 +225,9 @@ fn through_rows<S: Storage>(
             uniforms.as_ptr(),
         )
     };
-    narrow(&mut param[range.clone()], &outs[0][..m]);
+    narrow(&mut param[from..], &outs[0][..m]);
     for (k, st) in state.iter_mut().enumerate() {
-        narrow(&mut st[range.clone()], &outs[1 + k][..m]);
+        narrow(&mut st[start + from..start + n], &outs[1 + k][..m]);
     }
 }
 

@@ -27,14 +27,14 @@ use std::sync::{Mutex, OnceLock, RwLock};
 pub(crate) const LANES: usize = 4;
 
 /// A compiled kernel: `kernel(n, inputs, outputs, uniforms)` updates `n` elements (a multiple
-/// of [`LANES`]) stored as `f32`, or as `bf16` for a kernel compiled for [`Rows::Bf16`]. `inputs` points to the rows of the parameter, the gradient and each state
+/// of [`LANES`]). `inputs` points to the rows of the parameter, the gradient and each state
 /// tensor, in that order; `outputs` to the rows receiving the new parameter and each new
 /// state; `uniforms[i]` is node `i`'s value where the shape says it is uniform. A row may be
 /// both an input and an output (in-place update): each element is read before it is written.
 pub(crate) type Kernel = unsafe extern "C" fn(
     n: usize,
-    inputs: *const *const u8,
-    outputs: *const *mut u8,
+    inputs: *const *const f32,
+    outputs: *const *mut f32,
     uniforms: *const f32,
 );
 
@@ -62,17 +62,7 @@ pub(crate) fn enabled() -> bool {
     })
 }
 
-/// How a kernel's rows store their elements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Storage {
-    /// `f32`.
-    F32,
-    /// `bf16`: widened exactly on load, rounded to nearest-even on store (NaN → `0x7FC0`), as
-    /// `element::Storage for bf16`.
-    Bf16,
-}
-
-type Key = (usize, Vec<u8>, Storage);
+type Key = (usize, Vec<u8>);
 
 /// Compiled kernels by (graph, shape); None where compiling failed (the interpreter runs).
 fn cache() -> &'static RwLock<HashMap<Key, Option<Kernel>>> {
@@ -82,9 +72,9 @@ fn cache() -> &'static RwLock<HashMap<Key, Option<Kernel>>> {
 
 /// The kernel of `graph` (interned: its address identifies it) for `shape`, compiled on first
 /// use; None if it cannot be compiled here.
-pub(crate) fn kernel(graph: &'static Graph, shape: &Shape, storage: Storage) -> Option<Kernel> {
+pub(crate) fn kernel(graph: &'static Graph, shape: &Shape) -> Option<Kernel> {
     let n = graph.nodes.len();
-    let key: Key = (graph as *const Graph as usize, shape[..n].to_vec(), storage);
+    let key: Key = (graph as *const Graph as usize, shape[..n].to_vec());
     {
         let map = match cache().read() {
             Ok(m) => m,
@@ -104,11 +94,9 @@ pub(crate) fn kernel(graph: &'static Graph, shape: &Shape, storage: Storage) -> 
         return k;
     }
     // A code generator failure of any kind, panics included, leaves the interpreter to run.
-    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        compile(graph, shape, storage)
-    }))
-    .ok()
-    .and_then(Result::ok);
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile(graph, shape)))
+        .ok()
+        .and_then(Result::ok);
     let mut map = match cache().write() {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
@@ -129,7 +117,7 @@ extern "C" fn lane_ln(x: f32) -> f32 {
 
 type CompileError = Box<dyn std::error::Error>;
 
-fn compile(graph: &Graph, shape: &Shape, storage: Storage) -> Result<Kernel, CompileError> {
+fn compile(graph: &Graph, shape: &Shape) -> Result<Kernel, CompileError> {
     let mut flags = settings::builder();
     flags.set("opt_level", "speed")?;
     let isa = cranelift_native::builder()?.finish(settings::Flags::new(flags))?;
@@ -161,7 +149,7 @@ fn compile(graph: &Graph, shape: &Shape, storage: Storage) -> Result<Kernel, Com
             exp: module.declare_func_in_func(exp_id, b.func),
             ln: module.declare_func_in_func(ln_id, b.func),
         };
-        emit(&mut b, graph, shape, ptr, &lanes, storage)?;
+        emit(&mut b, graph, shape, ptr, &lanes)?;
         b.finalize();
     }
     module.define_function(id, &mut ctx)?;
@@ -230,7 +218,6 @@ fn emit(
     shape: &Shape,
     ptr: types::Type,
     lanes: &Lanes,
-    storage: Storage,
 ) -> Result<(), CompileError> {
     let n_nodes = g.nodes.len();
     let live = live(g, shape);
@@ -277,7 +264,6 @@ fn emit(
         outputs: &output_rows,
         mem,
         lanes,
-        storage,
     };
 
     // Two vectors per iteration while there are two (independent work for the core to
@@ -318,7 +304,6 @@ struct Rows<'a> {
     outputs: &'a [Value],
     mem: MemFlags,
     lanes: &'a Lanes,
-    storage: Storage,
 }
 
 /// The graph for the vector at byte offset `off` of every row: loads, operations, stores.
@@ -329,11 +314,6 @@ fn vector_body(
     rows: &Rows<'_>,
     off: Value,
 ) -> Result<(), CompileError> {
-    // `off` counts f32 bytes; a bf16 row's elements are half as far apart.
-    let off = match rows.storage {
-        Storage::F32 => off,
-        Storage::Bf16 => b.ins().ushr_imm(off, 1),
-    };
     let mut row = rows.uniform.to_vec();
     for i in 0..g.nodes.len() {
         if !rows.live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
@@ -351,7 +331,7 @@ fn vector_body(
         let value = match (shape[i], g.nodes[i]) {
             (TAKE_A, Op::Where(_, a, _)) => v(a),
             (TAKE_B, Op::Where(_, _, c)) => v(c),
-            (_, op) => lane_op(b, op, &v, rows, off),
+            (_, op) => lane_op(b, op, &v, rows.inputs, off, rows.mem, rows.lanes),
         };
         row[i] = Some(value);
     }
@@ -362,12 +342,7 @@ fn vector_body(
     for (k, &o) in outputs.enumerate() {
         let x = row[o as usize].unwrap_or_else(no_value);
         let addr = b.ins().iadd(rows.outputs[k], off);
-        match rows.storage {
-            Storage::F32 => {
-                b.ins().store(rows.mem, x, addr, 0);
-            }
-            Storage::Bf16 => store_bf16(b, rows.mem, x, addr),
-        }
+        b.ins().store(rows.mem, x, addr, 0);
     }
     Ok(())
 }
@@ -382,22 +357,15 @@ fn lane_op(
     b: &mut FunctionBuilder<'_>,
     op: Op,
     v: &dyn Fn(NodeId) -> Value,
-    rows: &Rows<'_>,
+    input_rows: &[Value],
     off: Value,
+    mem: MemFlags,
+    lanes: &Lanes,
 ) -> Value {
-    let lanes = rows.lanes;
+    let f32x4 = types::F32X4;
     let load_row = |b: &mut FunctionBuilder<'_>, k: usize| {
-        let addr = b.ins().iadd(rows.inputs[k], off);
-        match rows.storage {
-            Storage::F32 => b.ins().load(types::F32X4, rows.mem, addr, 0),
-            Storage::Bf16 => {
-                // The 16 bits as the high half of an f32: exact.
-                let wide = b.ins().uload16x4(rows.mem, addr, 0);
-                let bits = b.ins().ishl_imm(wide, 16);
-                let little = MemFlags::new().with_endianness(Endianness::Little);
-                b.ins().bitcast(types::F32X4, little, bits)
-            }
-        }
+        let addr = b.ins().iadd(input_rows[k], off);
+        b.ins().load(f32x4, mem, addr, 0)
     };
     match op {
         Op::Param => load_row(b, 0),
@@ -443,32 +411,6 @@ fn lane_op(
             select(b, mask, v(a), v(c))
         }
     }
-}
-
-/// Rounds 4 lanes to bf16 and stores them at `addr`: `(bits + 0x7FFF + ((bits >> 16) & 1))
-/// >> 16`, NaN → `0x7FC0` (as `element::Storage for bf16`).
-fn store_bf16(b: &mut FunctionBuilder<'_>, mem: MemFlags, x: Value, addr: Value) {
-    let little = MemFlags::new().with_endianness(Endianness::Little);
-    let int = |b: &mut FunctionBuilder<'_>, v: i64| {
-        let c = b.ins().iconst(types::I32, v);
-        b.ins().splat(types::I32X4, c)
-    };
-    let bits = b.ins().bitcast(types::I32X4, little, x);
-    let high = b.ins().ushr_imm(bits, 16);
-    let one = int(b, 1);
-    let odd = b.ins().band(high, one);
-    let bias = int(b, 0x7FFF);
-    let add = b.ins().iadd(odd, bias);
-    let sum = b.ins().iadd(bits, add);
-    let rounded = b.ins().ushr_imm(sum, 16);
-    let nan = b.ins().fcmp(FloatCC::Unordered, x, x);
-    let canonical = int(b, 0x7FC0);
-    let half = b.ins().bitselect(nan, canonical, rounded);
-    // Lanes 0..4 of the 8 halves (every value fits 16 bits: no saturation), stored as 8 bytes.
-    let halves = b.ins().unarrow(half, half);
-    let pair = b.ins().bitcast(types::I64X2, little, halves);
-    let low = b.ins().extractlane(pair, 0);
-    b.ins().store(mem, low, addr, 0);
 }
 
 fn splat(b: &mut FunctionBuilder<'_>, x: f32) -> Value {
