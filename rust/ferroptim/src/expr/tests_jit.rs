@@ -1,10 +1,10 @@
 //! The compiled kernels (`jit.rs`) against the interpreter (`eval.rs`): every operation, on
-//! special values (NaN, ±∞, ±0, subnormals, ties), in `f32` and `bf16` storage, with and
-//! without a loss scale, at lengths around the vector and block sizes.
+//! special values (NaN, ±∞, ±0, subnormals, ties), in `f32`, `bf16` and `f16` storage, with
+//! and without a loss scale, at lengths around the vector and block sizes.
 
 use super::*;
 use super::{compiled, eval};
-use half::bf16;
+use half::{bf16, f16};
 
 /// Every element operation once, a `where` on an element mask and one on a uniform mask
 /// (hyperparameter 1), and a node from slots and constants only.
@@ -136,6 +136,7 @@ fn compiled_kernels_match_the_interpreter() {
         for scale in [None, Some(0.25), Some(3.0)] {
             compare::<f32>(|x| x, mask, scale);
             compare::<bf16>(bf16::from_f32, mask, scale);
+            compare::<f16>(f16::from_f32, mask, scale);
         }
     }
 }
