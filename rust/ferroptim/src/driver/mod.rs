@@ -17,13 +17,13 @@ pub use validate::StepCache;
 use validate::{Extent, Meta, ParamMeta, Who};
 
 // Shared with `crate::quant` (8-bit state): the thread pool and the instruction-set choice.
-pub(crate) use kernel::parallel;
+pub(crate) use kernel::{isa, parallel, Isa};
 
 /// True if the fused loops run their AVX-512 variant (see `kernel::isa`).
 pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        kernel::isa() == kernel::Isa::Avx512
+        matches!(kernel::isa(), kernel::Isa::Avx512 | kernel::Isa::Avx512Bf16)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
