@@ -112,20 +112,25 @@ impl Codec {
     /// codes of `values / absmax` to `codes`.
     #[inline(always)]
     pub fn encode_block(&self, values: &[f32], codes: &mut [u8]) -> f32 {
+        self.encode_block_max(values, codes, max_abs_bits(values))
+    }
+
+    /// [`Codec::encode_block`] given `max_bits`, the largest `|x|` bits of `values`
+    /// ([`max_abs_bits`]; found while the values were computed).
+    #[inline(always)]
+    pub fn encode_block_max(&self, values: &[f32], codes: &mut [u8], max_bits: u32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         if crate::driver::has_avx512() {
             // SAFETY: the CPU has AVX-512F/BW/VL (checked by `has_avx512`).
-            return unsafe { super::x86::encode(self, values, codes) };
+            return unsafe { super::x86::encode(self, values, codes, max_bits) };
         }
-        self.encode_portable(values, codes)
+        self.encode_portable(values, codes, max_bits)
     }
 
-    /// [`Codec::encode_block`] without SIMD intrinsics (the loop LLVM vectorises as it can).
+    /// [`Codec::encode_block_max`] without SIMD intrinsics (the loop LLVM vectorises as it
+    /// can).
     #[inline(always)]
-    pub fn encode_portable(&self, values: &[f32], codes: &mut [u8]) -> f32 {
-        let max_bits = values
-            .iter()
-            .fold(0u32, |m, x| m.max(x.to_bits() & 0x7FFF_FFFF));
+    pub fn encode_portable(&self, values: &[f32], codes: &mut [u8], max_bits: u32) -> f32 {
         let absmax = absmax_of(max_bits);
         let inv = reciprocal(absmax);
         if !fast(absmax, inv) {
@@ -145,6 +150,14 @@ impl Codec {
             *c = self.map.encode(x * inv);
         }
     }
+}
+
+/// The largest `|x|` bits of `values` (a NaN's bits are above every other value's).
+#[inline(always)]
+pub fn max_abs_bits(values: &[f32]) -> u32 {
+    values
+        .iter()
+        .fold(0u32, |m, x| m.max(x.to_bits() & 0x7FFF_FFFF))
 }
 
 /// The absmax whose bits are `max_bits` (the largest `|x|` bits: NaN bits are above all
@@ -282,7 +295,8 @@ mod tests {
                     let mut simd = vec![0u8; len];
                     let a1 = codec.encode_block(&v[..len], &mut simd);
                     let mut portable = vec![0u8; len];
-                    let a2 = codec.encode_portable(&v[..len], &mut portable);
+                    let a2 =
+                        codec.encode_portable(&v[..len], &mut portable, max_abs_bits(&v[..len]));
                     assert_eq!((a2.to_bits(), &portable), (a1.to_bits(), &simd));
                 }
             }
@@ -306,7 +320,7 @@ mod tests {
                 v.extend(values(40, 3).iter().map(|x| x * 1e-3));
                 let (mut c1, mut c2) = (vec![0u8; v.len()], vec![0u8; v.len()]);
                 let a1 = codec.encode_block(&v, &mut c1);
-                let a2 = codec.encode_portable(&v, &mut c2);
+                let a2 = codec.encode_portable(&v, &mut c2, max_abs_bits(&v));
                 assert_eq!((a1.to_bits(), &c1), (a2.to_bits(), &c2), "{case:?}");
                 let inv = reciprocal(a1);
                 for (x, c) in v.iter().zip(&c1) {

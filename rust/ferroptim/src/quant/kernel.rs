@@ -238,14 +238,14 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         }
         // The branches are taken outside the loop, so that each variant vectorises.
         let pbuf = &mut pbuf[..len];
-        match (scale, job.sr.is_some()) {
+        let max_bits = match (scale, job.sr.is_some()) {
             (None, false) => {
                 update::<R, S, N, false, false>(job, param, grad, &mut bufs, pbuf, None)
             }
             (None, true) => update::<R, S, N, false, true>(job, param, grad, &mut bufs, pbuf, None),
             (s, false) => update::<R, S, N, true, false>(job, param, grad, &mut bufs, pbuf, s),
             (s, true) => update::<R, S, N, true, true>(job, param, grad, &mut bufs, pbuf, s),
-        }
+        };
         if let Some((key, id)) = job.sr {
             // Blocks start on multiples of 4 (block sizes are powers of two ≥ 16), so each
             // Philox call serves four consecutive elements.
@@ -261,7 +261,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         }
         for k in 0..N {
             if let Some(a) = absmax[k].as_deref_mut() {
-                *a = job.codecs[k].encode_block(bufs[k], &mut *codes[k]);
+                *a = job.codecs[k].encode_block_max(bufs[k], &mut *codes[k], max_bits[k]);
             } else {
                 for (x, b) in plain[k].iter_mut().zip(bufs[k].iter()) {
                     *x = S::store(<S::Compute as Float>::from_f64(f64::from(*b)));
@@ -273,7 +273,9 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
 
 /// The rule over one block's elements: `bufs` holds the decoded state (updated in place);
 /// the new parameter goes to `param` (or, with stochastic rounding `SR`, to `pbuf`); with
-/// `SCALED`, gradients are divided by `scale` and written back.
+/// `SCALED`, gradients are divided by `scale` and written back. Returns, per state, the
+/// largest `|x|` bits of the new values (the block's absmax for the encoder, found in the same
+/// pass).
 #[inline(always)]
 fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: bool>(
     job: &QJob<R::Scalars>,
@@ -282,7 +284,7 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
     bufs: &mut [&mut [f32]; N],
     pbuf: &mut [f32],
     scale: Option<S::Compute>,
-) {
+) -> [u32; N] {
     let len = param.len().min(grad.len()).min(pbuf.len());
     let (param, grad, pbuf) = (&mut param[..len], &mut grad[..len], &mut pbuf[..len]);
     let bufs: [&mut [f32]; N] = {
@@ -294,6 +296,7 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
     };
     let one = <S::Compute as Float>::from_f64(1.0);
     let scale = scale.unwrap_or(one);
+    let mut max_bits = [0u32; N];
 
     for i in 0..len {
         let mut g = grad[i].load();
@@ -312,7 +315,10 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
             param[i] = S::store(p);
         }
         for k in 0..N {
-            bufs[k][i] = st[k].to_f64() as f32;
+            let v = st[k].to_f64() as f32;
+            bufs[k][i] = v;
+            max_bits[k] = max_bits[k].max(v.to_bits() & 0x7FFF_FFFF);
         }
     }
+    max_bits
 }

@@ -18,25 +18,17 @@ fn lanes(i: usize, len: usize) -> __mmask16 {
     }
 }
 
-/// `Codec::encode_block` on AVX-512 (see there). Returns the block's absmax.
+/// `Codec::encode_block_max` on AVX-512 (see there): `max_bits` is the largest `|x|` bits
+/// of `values`. Returns the block's absmax.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-pub(super) unsafe fn encode(c: &Codec, values: &[f32], codes: &mut [u8]) -> f32 {
+pub(super) unsafe fn encode(c: &Codec, values: &[f32], codes: &mut [u8], max_bits: u32) -> f32 {
     let len = values.len().min(codes.len());
     let (vp, cp) = (values.as_ptr(), codes.as_mut_ptr());
-    // absmax: the largest |x| bits (a NaN's bits are above every other value's).
     let abs = _mm512_set1_epi32(0x7FFF_FFFF);
-    let mut m = _mm512_setzero_si512();
-    let mut i = 0;
-    while i < len {
-        // SAFETY: the masked load reads only lanes `i..len` of `values`.
-        let x = unsafe { _mm512_maskz_loadu_epi32(lanes(i, len), vp.add(i) as *const i32) };
-        m = _mm512_max_epu32(m, _mm512_and_si512(x, abs));
-        i += 16;
-    }
-    let absmax = absmax_of(_mm512_reduce_max_epu32(m));
+    let absmax = absmax_of(max_bits);
     let inv = reciprocal(absmax);
     if !fast(absmax, inv) {
         c.encode_exact(&values[..len], &mut codes[..len], inv);
