@@ -21,7 +21,8 @@
 //! Buckets cover `|y|` from 2⁻³¹ to 2 (the normalised values are at most `1 + 2⁻²²`); smaller
 //! values (and zeros, and negative values of the unsigned map) wrap around to one extra bucket
 //! with no midpoint and `T = 0`. Blocks whose absmax or its reciprocal is not finite (NaN or
-//! infinite values, subnormal absmax) are encoded by the map's exact search instead.
+//! infinite values, an absmax so small that its reciprocal overflows) are encoded by the map's
+//! exact search instead.
 
 use super::map::Map;
 use std::sync::OnceLock;
@@ -303,7 +304,7 @@ mod tests {
         }
     }
 
-    /// Blocks with NaN, infinities or a subnormal absmax take the exact search; both paths agree.
+    /// Blocks with NaN, infinities or a tiny absmax take the exact search; both paths agree.
     #[test]
     fn blocks_with_non_finite_values_agree() {
         let cases: [&[f32]; 6] = [
