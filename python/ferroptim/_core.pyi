@@ -432,7 +432,10 @@ def zero_grad(param_groups: Sequence[Mapping[str, Any]], set_to_none: bool = Tru
     parameter is not a leaf tensor."""
 
 def step_8bit(
-    rule: str, groups: Sequence[Mapping[str, Any]], grad_scale: float | None = None
+    rule: str,
+    groups: Sequence[Mapping[str, Any]],
+    grad_scale: float | None = None,
+    fp32_groups: Sequence[Mapping[str, Any]] = ...,
 ) -> None:
     """One step of the elementwise rule ``rule`` (``"adam"``, ``"sgd"``, ``"lion"``,
     ``"rmsprop"``, ``"adagrad"``, ``"adan"``, ``"ademamix"``, ``"adamax"``, ``"nadam"``,
@@ -441,7 +444,9 @@ def step_8bit(
     ``grads``, ``codes`` and ``absmax`` (per parameter, one uint8 codes tensor and one
     float32 absmax tensor per state name, in the rule's order), ``scalar_states``, ``fresh``,
     and optionally ``states`` (unquantized bfloat16 state instead of codes/absmax) and
-    ``bf16_stochastic_round`` (an int seed, or None). GIL released."""
+    ``bf16_stochastic_round`` (an int seed, or None). ``fp32_groups``: groups of the same
+    rule with full-precision state, as its ``*_step`` takes them, stepped in the same call;
+    both lists are validated before anything is modified. GIL released."""
 
 def quantize_8bit(t: torch.Tensor, name: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The uint8 codes (``t``'s shape) and float32 block absmax (``[ceil(numel/block_size)]``)

@@ -66,11 +66,12 @@ _EIGHT_BIT_DOC = r"""
     with another ``block_size`` is re-quantized. :func:`dequantize_state_dict` turns an
     8-bit state dict into an fp32 one for any ``torch.optim`` optimizer.
 
-    Each ``step()`` is one native call for the 8-bit parameters (a fused pass that decodes,
+    Each ``step()`` is one native call (for the 8-bit parameters a fused pass that decodes,
     updates with ``{base}``'s rule and re-encodes each block; bit-identical for any thread
-    count) and one for the others. ``torch.amp.GradScaler`` is supported as by ``{base}``.
-    Not supported here: ``torch.compile`` tracing the step (it runs eagerly) and the ATen
-    device path.
+    count), which validates every parameter before it modifies any.
+    ``torch.amp.GradScaler`` is supported as by ``{base}``. Not supported here:
+    ``torch.compile`` tracing the step (it runs eagerly), the ATen device path and cached
+    step plans (each step rebuilds its argument lists in Python).
 
     Raises:
         ValueError: as ``{base}``; a ``block_size`` that is not a power of two in
@@ -177,8 +178,8 @@ class _EightBit:
 
         Raises:
             RuntimeError: a gradient is sparse, a tensor does not match its parameter, or
-                state does not match its parameter; nothing is modified by the call that
-                fails (the 8-bit parameters are stepped first, then the others).
+                state does not match its parameter; every parameter (8-bit state or not) is
+                checked before any is modified, so nothing has changed.
         """
         loss = call_closure(closure)
         skip, scale = grad_scaler_args(self)
@@ -191,6 +192,8 @@ class _EightBit:
         for group in self.param_groups:  # type: ignore[attr-defined]
             check_differentiable(self, group)
             names, scalar_names = self._state_names(group)  # type: ignore[attr-defined]
+            # A rule without state this step (SGD without momentum) keeps none, as torch.
+            stateful = bool(names or scalar_names)
             first = (names or scalar_names or ("",))[0]
             full: dict[str, list[Any]] = {
                 k: [] for k in ("params", "grads", "states", "scalar_states", "fresh")
@@ -204,8 +207,8 @@ class _EightBit:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = state_of.get(p)
-                fresh = not state or state.get(first) is None
+                state = state_of.get(p) or {}
+                fresh = stateful and state.get(first) is None
                 if fresh:
                     new = self._init_state8(p, group)
                     created.append((p, new))
@@ -241,8 +244,10 @@ class _EightBit:
                 full_calls.append({**full, **hyper})
         with torch.no_grad():
             if q_calls:
-                _core.step_8bit(self._rule8, q_calls, scale)
-            if full_calls:
+                # One call: the fp32-state parameters are validated with the 8-bit ones, before
+                # either set is modified.
+                _core.step_8bit(self._rule8, q_calls, scale, full_calls)
+            elif full_calls:
                 type(self)._native_step(full_calls, scale)  # type: ignore[attr-defined]
         for p, new in created:
             state_of[p].update(new)

@@ -326,6 +326,83 @@ def test_small_tensors_keep_fp32_state() -> None:
     assert opt0.state[small]["exp_avg"].dtype == torch.uint8
 
 
+def test_a_failure_among_fp32_state_parameters_changes_no_8bit_parameter() -> None:
+    """A group mixing 8-bit and fp32-state parameters steps both in one native call, which
+    validates all of them first: a bad tensor among the small ones leaves the large ones (and
+    their codes, scales and step) untouched too."""
+    big = torch.randn(5000, requires_grad=True)
+    small = torch.randn(10, requires_grad=True)
+    opt = ferroptim.AdamW8bit([big, small], lr=0.1)
+    big.grad, small.grad = torch.randn(5000), torch.randn(10)
+    opt.step()
+    opt.state[small]["exp_avg_sq"] = torch.zeros(11)
+    snapshot = {
+        name: t.clone()
+        for p, tag in ((big, "big"), (small, "small"))
+        for name, t in [(tag, p.detach())]
+        + [(f"{tag}.{k}", v) for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)]
+    }
+    with pytest.raises(RuntimeError, match="exp_avg_sq"):
+        opt.step()
+    after = {
+        name: t
+        for p, tag in ((big, "big"), (small, "small"))
+        for name, t in [(tag, p.detach())]
+        + [(f"{tag}.{k}", v) for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)]
+    }
+    assert snapshot.keys() == after.keys()
+    for name, t in snapshot.items():
+        assert torch.equal(t, after[name]), name
+    # Fixed, the same call steps both sets.
+    opt.state[small]["exp_avg_sq"] = torch.zeros(10)
+    opt.step()
+    assert opt.state[big]["step"].item() == opt.state[small]["step"].item() == 2.0
+    assert not torch.equal(big.detach(), snapshot["big"])
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        lowbit.Adam8bit,
+        lowbit.AdamW8bit,
+        lowbit.Lion8bit,
+        lowbit.SGD8bit,
+        lowbit.RMSprop8bit,
+        lowbit.Adagrad8bit,
+        lowbit.Adan8bit,
+        lowbit.AdEMAMix8bit,
+    ],
+)
+def test_fp32_state_parameters_take_the_same_rule(cls) -> None:
+    """The fp32-state parameters are stepped by ``step_8bit``'s rule (one call): it must be
+    the rule of the class's own fp32 step function."""
+    assert cls._native_step.__name__ == f"{cls._rule8}_step"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sgd8bit_without_momentum_keeps_no_state_as_torch(dtype) -> None:
+    """torch.optim.SGD keeps no ``momentum_buffer`` when momentum is 0 (its state stays
+    empty); neither does SGD8bit, for 8-bit-sized and small parameters alike."""
+    torch.manual_seed(0)
+    ps = [torch.randn(n, dtype=dtype, requires_grad=True) for n in (5000, 10)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ps]
+    tref = [p.detach().clone().requires_grad_(True) for p in ps]
+    opt = ferroptim.SGD8bit(ps, lr=0.1, weight_decay=0.01)
+    fopt = ferroptim.SGD(ref, lr=0.1, weight_decay=0.01)
+    topt = torch.optim.SGD(tref, lr=0.1, weight_decay=0.01)
+    for _ in range(3):
+        for p, r, t in zip(ps, ref, tref):
+            p.grad = torch.randn_like(p)
+            r.grad, t.grad = p.grad.clone(), p.grad.clone()
+        opt.step()
+        fopt.step()
+        topt.step()
+    for p, r in zip(ps, ref):
+        assert torch.equal(p, r)
+        assert p not in opt.state or "momentum_buffer" not in opt.state[p]
+    assert opt.state_dict()["state"] == topt.state_dict()["state"] == {}
+
+
 def test_state_dict_round_trip_resumes_bit_for_bit() -> None:
     def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         model = _model(4)

@@ -1,5 +1,5 @@
 """The SIMD variants of the fused kernel (baseline, AVX2, AVX-512, AVX-512 with AVX512_BF16) give
-bit-identical results.
+bit-identical results, for fp32 and 8-bit state.
 
 The instruction set is chosen once per process, so each variant runs in a subprocess;
 ``FERROPTIM_ISA`` selects one the CPU supports and ``FERROPTIM_NO_SIMD=1`` forces the baseline.
@@ -36,7 +36,12 @@ for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
                      ("Adam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
                      ("Lion", dict(lr=1e-3, weight_decay=0.1)),
                      ("Adan", dict(lr=1e-3, weight_decay=0.02)),
-                     ("AdEMAMix", dict(lr=1e-3))):
+                     ("AdEMAMix", dict(lr=1e-3)),
+                     # 8-bit state (every parameter 8-bit; the quant codec and blocks loop)
+                     ("AdamW8bit", dict(lr=0.01, amsgrad=True, min_8bit_size=0,
+                                        bf16_stochastic_round=True)),
+                     ("SGD8bit", dict(lr=0.1, momentum=0.9, min_8bit_size=0, block_size=64)),
+                     ("Lion8bit", dict(lr=1e-3, weight_decay=0.1, min_8bit_size=0))):
         for mode in ("normal", "adversarial"):
             # odd sizes exercise vector bodies and scalar tails
             sizes = (1, 37, 100_003)
@@ -96,6 +101,9 @@ def run_variant(path, isa: str | None, no_simd: bool = False):
 
 def assert_same(a: torch.Tensor, b: torch.Tensor, key: str):
     assert a.dtype == b.dtype and a.shape == b.shape, key
+    if not a.is_floating_point():  # 8-bit codes
+        assert torch.equal(a, b), key
+        return
     if a.dtype == torch.bfloat16:
         assert torch.equal(a.view(torch.int16), b.view(torch.int16)), key
         return

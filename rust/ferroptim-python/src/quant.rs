@@ -2,6 +2,7 @@
 //! conversions between fp32 and 8-bit state.
 
 use crate::error::CoreError;
+use crate::groups::TensorArgs;
 use crate::lbfgs::wrap;
 use crate::plan::FromGroup;
 use crate::rules::get;
@@ -15,8 +16,14 @@ use pyo3::types::PyDict;
 fn run<R: FromGroup>(
     py: Python<'_>,
     groups: &[Bound<'_, PyDict>],
+    fp32_groups: &[Bound<'_, PyDict>],
     grad_scale: Option<f64>,
 ) -> PyResult<()> {
+    let mut fp32 = Vec::with_capacity(fp32_groups.len());
+    for d in fp32_groups {
+        let rule = R::from_group(d)?;
+        fp32.push(d.extract::<TensorArgs>()?.into_group(rule)?);
+    }
     let mut core = Vec::with_capacity(groups.len());
     for d in groups {
         let rule = R::from_group(d)?;
@@ -99,35 +106,38 @@ fn run<R: FromGroup>(
             bf16_stochastic_round: sr,
         });
     }
-    py.detach(move || quant::step_8bit(&core, grad_scale))
+    py.detach(move || quant::step_8bit_mixed(&core, &fp32, grad_scale))
         .map_err(|e| PyErr::from(CoreError::from(e)))
 }
 
 /// One step of the elementwise rule `rule` (`"adam"`, `"sgd"`, `"lion"`, `"rmsprop"`,
 /// `"adagrad"`, `"adan"`, `"ademamix"`, `"adamax"`, `"nadam"`, `"radam"`, `"adadelta"`,
-/// `"adopt"`) over groups with 8-bit state.
+/// `"adopt"`) over groups with 8-bit state and, in the same call, over `fp32_groups` (the
+/// rule's fp32 step function's groups): both are validated before either is modified.
 #[pyfunction]
-#[pyo3(signature = (rule, groups, grad_scale = None))]
+#[pyo3(signature = (rule, groups, grad_scale = None, fp32_groups = Vec::new()))]
 pub fn step_8bit(
     py: Python<'_>,
     rule: &str,
     groups: Vec<Bound<'_, PyDict>>,
     grad_scale: Option<f64>,
+    fp32_groups: Vec<Bound<'_, PyDict>>,
 ) -> PyResult<()> {
     use ferroptim as f;
+    let (groups, fp32) = (&groups[..], &fp32_groups[..]);
     match rule {
-        "adam" => run::<f::Adam>(py, &groups, grad_scale),
-        "sgd" => run::<f::Sgd>(py, &groups, grad_scale),
-        "lion" => run::<f::Lion>(py, &groups, grad_scale),
-        "rmsprop" => run::<f::RMSprop>(py, &groups, grad_scale),
-        "adagrad" => run::<f::Adagrad>(py, &groups, grad_scale),
-        "adan" => run::<f::Adan>(py, &groups, grad_scale),
-        "ademamix" => run::<f::AdEMAMix>(py, &groups, grad_scale),
-        "adamax" => run::<f::Adamax>(py, &groups, grad_scale),
-        "nadam" => run::<f::NAdam>(py, &groups, grad_scale),
-        "radam" => run::<f::RAdam>(py, &groups, grad_scale),
-        "adadelta" => run::<f::Adadelta>(py, &groups, grad_scale),
-        "adopt" => run::<f::Adopt>(py, &groups, grad_scale),
+        "adam" => run::<f::Adam>(py, groups, fp32, grad_scale),
+        "sgd" => run::<f::Sgd>(py, groups, fp32, grad_scale),
+        "lion" => run::<f::Lion>(py, groups, fp32, grad_scale),
+        "rmsprop" => run::<f::RMSprop>(py, groups, fp32, grad_scale),
+        "adagrad" => run::<f::Adagrad>(py, groups, fp32, grad_scale),
+        "adan" => run::<f::Adan>(py, groups, fp32, grad_scale),
+        "ademamix" => run::<f::AdEMAMix>(py, groups, fp32, grad_scale),
+        "adamax" => run::<f::Adamax>(py, groups, fp32, grad_scale),
+        "nadam" => run::<f::NAdam>(py, groups, fp32, grad_scale),
+        "radam" => run::<f::RAdam>(py, groups, fp32, grad_scale),
+        "adadelta" => run::<f::Adadelta>(py, groups, fp32, grad_scale),
+        "adopt" => run::<f::Adopt>(py, groups, fp32, grad_scale),
         _ => Err(PyValueError::new_err(format!(
             "Invalid rule value: {rule:?}"
         ))),

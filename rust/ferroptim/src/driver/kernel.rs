@@ -10,7 +10,7 @@ use tch::Kind;
 
 /// Below this many elements in a whole step, one thread does all the work: forking costs more
 /// than it saves.
-const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
+pub(crate) const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
 /// Chunks start on multiples of this many elements (a cache line even for f16).
 const SPLIT_ALIGN: usize = 64;
 /// Chunks per thread a step is cut into, if that keeps them within the bounds below.
@@ -61,12 +61,7 @@ pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<(
         run_range::<R>(jobs, 0, total, &mut Cursor::default());
         return Ok(());
     }
-    // About CHUNKS_PER_THREAD chunks per thread, each large enough that claiming it costs
-    // nothing next to streaming it.
-    let chunk = (total / (n * CHUNKS_PER_THREAD))
-        .clamp(MIN_CHUNK, MAX_CHUNK)
-        .div_ceil(SPLIT_ALIGN)
-        * SPLIT_ALIGN;
+    let chunk = chunk_elements(total, n);
     let chunks = total.div_ceil(chunk);
     let next = AtomicUsize::new(0);
     parallel(n, &|_| {
@@ -81,6 +76,16 @@ pub(crate) fn run<R: Rule>(jobs: &[Job<R::Scalars>], threads: usize) -> Result<(
             run_range::<R>(jobs, start, (start + chunk).min(total), &mut cursor);
         }
     })
+}
+
+/// The elements per chunk of a step of `total` elements on `n` threads: about
+/// `CHUNKS_PER_THREAD` chunks per thread, each large enough that claiming it costs nothing
+/// next to streaming it, starting on multiples of `SPLIT_ALIGN`.
+pub(crate) fn chunk_elements(total: usize, n: usize) -> usize {
+    (total / (n.max(1) * CHUNKS_PER_THREAD))
+        .clamp(MIN_CHUNK, MAX_CHUNK)
+        .div_ceil(SPLIT_ALIGN)
+        * SPLIT_ALIGN
 }
 
 /// A position in the concatenation of the jobs: a job's index and the offset of its first

@@ -11,19 +11,18 @@ pub(crate) mod version;
 
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
-use kernel::Job;
 use tch::{Device, Kind, Tensor};
 pub use validate::StepCache;
 use validate::{Extent, Meta, ParamMeta, Who};
 
 // Shared with `crate::quant` (8-bit state): the thread pool and the instruction-set choice.
-pub(crate) use kernel::parallel;
+pub(crate) use kernel::{chunk_elements, isa, parallel, Isa, Job, MIN_PARALLEL_ELEMENTS};
 
 /// True if the fused loops run their AVX-512 variant (see `kernel::isa`).
 pub(crate) fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        kernel::isa() == kernel::Isa::Avx512
+        matches!(kernel::isa(), kernel::Isa::Avx512 | kernel::Isa::Avx512Bf16)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -124,6 +123,26 @@ pub(crate) fn step_groups<R: Rule>(
         check_grad_scale(scale)?;
     }
     run(&views(groups), grad_scale, cache)
+}
+
+/// Checks `groups` as [`step`] (with `grad_scale`: [`step_unscaling`]) would, modifying
+/// nothing: for callers that must validate more than one call before the first one runs
+/// (`quant::step_8bit_mixed`).
+pub(crate) fn check_groups<R: Rule>(groups: &[Group<R>], grad_scale: Option<f64>) -> Result<()> {
+    if let Some(scale) = grad_scale {
+        check_grad_scale(scale)?;
+    }
+    let threads = tch::get_num_threads().max(1) as usize;
+    let mut cache = StepCache::default();
+    let mut metas = Vec::new();
+    check(
+        &views(groups),
+        grad_scale.is_some(),
+        threads,
+        &mut metas,
+        &mut cache,
+    )
+    .map(|_| ())
 }
 
 /// The groups as the driver reads them: rule and parameters.

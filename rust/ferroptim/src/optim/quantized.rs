@@ -3,7 +3,7 @@
 use super::algorithm::{Algorithm, Hyper, Hyperparameters, ParamState};
 use super::stateful::Optim;
 use super::Optimizer;
-use crate::driver::{read_grads, step_groups, Group, ParamTensors, StepCache};
+use crate::driver::{read_grads, Group, ParamTensors};
 use crate::error::{Error, Result};
 use crate::quant::{self, QuantGroup, QuantParam};
 use std::any::TypeId;
@@ -194,8 +194,8 @@ impl<R: Algorithm> Optim<Quantized<R>> {
             });
             full.push(Group { rule, params: fp });
         }
-        quant::step_8bit(&eight, grad_scale)?;
-        step_groups(&full, grad_scale, &mut StepCache::default())?;
+        // One call: both sets are validated before either is modified.
+        quant::step_8bit_mixed(&eight, &full, grad_scale)?;
         for (gi, pi, s) in created {
             self.groups[gi].state[pi] = s;
         }

@@ -1,6 +1,7 @@
 //! The fused 8-bit loop: per block, decode the state, run the rule, re-encode.
 
 use super::codec::Codec;
+use crate::driver::{chunk_elements, Job, MIN_PARALLEL_ELEMENTS};
 use crate::element::{Float, Storage};
 use crate::error::Result;
 use crate::rule::{Rule, MAX_STATE};
@@ -8,29 +9,16 @@ use half::{bf16, f16};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::Kind;
 
-/// Below this many elements in a whole step, one thread does all the work.
-const MIN_PARALLEL_ELEMENTS: usize = 1 << 15;
-/// Elements per chunk that a thread claims (rounded to whole blocks): 64 KiB of each f32
-/// tensor.
-const CHUNK_ELEMENTS: usize = 1 << 14;
-
-/// One parameter's quantized update. All addresses are of contiguous CPU tensors: `param`
-/// and `grad` of dtype `kind` and `numel` elements, `codes[k]` of `numel` bytes, `absmax[k]`
-/// of `numel.div_ceil(block)` float32 values.
+/// One parameter's quantized update. All addresses are of contiguous CPU tensors: `base`
+/// as the fp32 driver's job (its `state` holds the unquantized state tensors when `quantized`
+/// is false: of the parameter's dtype, bfloat16 only, see `step.rs`), `codes[k]` of `numel`
+/// bytes, `absmax[k]` of `numel.div_ceil(block)` float32 values.
 pub(crate) struct QJob<S> {
-    pub scalars: S,
-    pub kind: Kind,
-    pub numel: usize,
-    pub n_state: usize,
-    pub param: *mut u8,
-    pub grad: *mut u8,
-    pub grad_scale: Option<f64>,
+    /// Scalars, dtype, size, parameter, gradient, grad scale (and unquantized state).
+    pub base: Job<S>,
     pub codes: [*mut u8; MAX_STATE],
     pub absmax: [*mut f32; MAX_STATE],
     pub codecs: [&'static Codec; MAX_STATE],
-    /// When `codes` are not used (`quantized` false): the state tensors, of the parameter's
-    /// dtype (bfloat16 only, see `step.rs`) and `numel` elements.
-    pub plain: [*mut u8; MAX_STATE],
     pub quantized: bool,
     /// Stochastic rounding of the bfloat16 parameter: the Philox key and the parameter's id.
     pub sr: Option<([u32; 2], u32)>,
@@ -49,17 +37,18 @@ unsafe impl<S: Sync> Sync for QJob<S> {}
 /// is cut on block boundaries, so each block is decoded, updated and encoded by one thread
 /// in one piece: results are bit-identical for any thread count.
 pub(crate) fn run<R: Rule>(jobs: &[QJob<R::Scalars>], block: usize, threads: usize) -> Result<()> {
-    let total_elements: usize = jobs.iter().map(|j| j.numel).sum();
+    let total_elements: usize = jobs.iter().map(|j| j.base.numel).sum();
     let total_blocks = jobs
         .last()
-        .map_or(0, |j| j.first_block + j.numel.div_ceil(block));
-    let per_chunk = (CHUNK_ELEMENTS / block).max(1);
-    let chunks = total_blocks.div_ceil(per_chunk);
+        .map_or(0, |j| j.first_block + j.base.numel.div_ceil(block));
     let n = if total_elements < MIN_PARALLEL_ELEMENTS {
         1
     } else {
-        threads.clamp(1, chunks.max(1))
+        threads.clamp(1, total_blocks.max(1))
     };
+    // The fp32 driver's chunk size, in whole blocks.
+    let per_chunk = chunk_elements(total_elements, n).div_ceil(block).max(1);
+    let chunks = total_blocks.div_ceil(per_chunk);
     let work = |c: usize, scratch: &mut Scratch| {
         let (lo, hi) = (c * per_chunk, ((c + 1) * per_chunk).min(total_blocks));
         // The job holding block `lo`: the last whose first block is at or before it.
@@ -69,7 +58,7 @@ pub(crate) fn run<R: Rule>(jobs: &[QJob<R::Scalars>], block: usize, threads: usi
         let mut b = lo;
         while b < hi && j < jobs.len() {
             let job = &jobs[j];
-            let end = (job.first_block + job.numel.div_ceil(block)).min(hi);
+            let end = (job.first_block + job.base.numel.div_ceil(block)).min(hi);
             if b < end {
                 run_blocks::<R>(
                     job,
@@ -103,10 +92,9 @@ pub(crate) fn run<R: Rule>(jobs: &[QJob<R::Scalars>], block: usize, threads: usi
     })
 }
 
-/// A thread's buffers: one block of decoded state per slot, and the encoder's scratch.
+/// A thread's buffers: one block of decoded state per slot.
 struct Scratch {
     state: Vec<f32>,
-    fix: Vec<u8>,
     /// The updated parameter values, when they are rounded stochastically.
     param: Vec<f32>,
 }
@@ -115,7 +103,6 @@ impl Scratch {
     fn new(block: usize) -> Scratch {
         Scratch {
             state: vec![0.0; block * MAX_STATE],
-            fix: vec![0; block],
             param: vec![0.0; block],
         }
     }
@@ -131,7 +118,7 @@ fn run_blocks<R: Rule>(
 ) {
     macro_rules! by_state {
         ($t:ty) => {
-            match job.n_state {
+            match job.base.n_state {
                 0 => blocks::<R, $t, 0>(job, b0, b1, block, s),
                 1 => blocks::<R, $t, 1>(job, b0, b1, block, s),
                 2 => blocks::<R, $t, 2>(job, b0, b1, block, s),
@@ -140,7 +127,7 @@ fn run_blocks<R: Rule>(
             }
         };
     }
-    match job.kind {
+    match job.base.kind {
         Kind::Double => by_state!(f64),
         Kind::BFloat16 => by_state!(bf16),
         Kind::Half => by_state!(f16),
@@ -148,8 +135,8 @@ fn run_blocks<R: Rule>(
     }
 }
 
-/// The blocks loop, compiled for the best instruction set available (every variant computes
-/// the same IEEE operations: results do not depend on it).
+/// The blocks loop, compiled for the instruction set the driver chose (`driver::isa`; every
+/// variant computes the same IEEE operations: results do not depend on it).
 fn blocks<R: Rule, S: Storage, const N: usize>(
     job: &QJob<R::Scalars>,
     b0: usize,
@@ -157,19 +144,33 @@ fn blocks<R: Rule, S: Storage, const N: usize>(
     block: usize,
     s: &mut Scratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::driver::has_avx512() {
-            // SAFETY: the CPU has the features `blocks_avx512` is compiled for.
-            return unsafe { blocks_avx512::<R, S, N>(job, b0, b1, block, s) };
-        }
+    use crate::driver::Isa;
+    match crate::driver::isa() {
+        // SAFETY: `isa()` only returns variants the CPU supports.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { blocks_avx512::<R, S, N>(job, b0, b1, block, s) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { blocks_avx2::<R, S, N>(job, b0, b1, block, s) },
+        Isa::Baseline => blocks_loop::<R, S, N>(job, b0, b1, block, s),
     }
-    blocks_loop::<R, S, N>(job, b0, b1, block, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
 unsafe fn blocks_avx512<R: Rule, S: Storage, const N: usize>(
+    job: &QJob<R::Scalars>,
+    b0: usize,
+    b1: usize,
+    block: usize,
+    s: &mut Scratch,
+) {
+    blocks_loop::<R, S, N>(job, b0, b1, block, s)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn blocks_avx2<R: Rule, S: Storage, const N: usize>(
     job: &QJob<R::Scalars>,
     b0: usize,
     b1: usize,
@@ -187,17 +188,17 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
     block: usize,
     s: &mut Scratch,
 ) {
-    let (bufs, fix, pbuf) = (&mut s.state, &mut s.fix, &mut s.param);
-    let scale = job.grad_scale.map(<S::Compute as Float>::from_f64);
+    let (bufs, pbuf) = (&mut s.state, &mut s.param);
+    let scale = job.base.grad_scale.map(<S::Compute as Float>::from_f64);
     for b in b0..b1 {
         let start = b * block;
-        let len = block.min(job.numel - start);
+        let len = block.min(job.base.numel - start);
         // SAFETY: the driver built the job from validated contiguous CPU tensors of the
         // stated dtypes and sizes; `start + len <= numel` and `b < numel.div_ceil(block)`;
         // written tensors overlap nothing else, and this thread alone owns block `b`.
         let (param, grad, codes, mut absmax) = unsafe {
-            let param = std::slice::from_raw_parts_mut((job.param as *mut S).add(start), len);
-            let grad = std::slice::from_raw_parts_mut((job.grad as *mut S).add(start), len);
+            let param = std::slice::from_raw_parts_mut((job.base.param as *mut S).add(start), len);
+            let grad = std::slice::from_raw_parts_mut((job.base.grad as *mut S).add(start), len);
             let codes: [&mut [u8]; N] = std::array::from_fn(|k| match job.quantized {
                 true => std::slice::from_raw_parts_mut(job.codes[k].add(start), len),
                 false => &mut [][..],
@@ -214,12 +215,12 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
                 &mut head[..len]
             })
         };
-        // SAFETY: as above; `plain[k]` (when not quantized) holds `numel` elements of `S`.
+        // SAFETY: as above; `base.state[k]` (when not quantized) holds `numel` elements of `S`.
         let plain: [&mut [S]; N] = std::array::from_fn(|k| unsafe {
             let ptr = if job.quantized {
-                job.param
+                job.base.param
             } else {
-                job.plain[k]
+                job.base.state[k]
             };
             std::slice::from_raw_parts_mut(
                 (ptr as *mut S).add(start),
@@ -237,14 +238,14 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         }
         // The branches are taken outside the loop, so that each variant vectorises.
         let pbuf = &mut pbuf[..len];
-        match (scale, job.sr.is_some()) {
+        let max_bits = match (scale, job.sr.is_some()) {
             (None, false) => {
                 update::<R, S, N, false, false>(job, param, grad, &mut bufs, pbuf, None)
             }
             (None, true) => update::<R, S, N, false, true>(job, param, grad, &mut bufs, pbuf, None),
             (s, false) => update::<R, S, N, true, false>(job, param, grad, &mut bufs, pbuf, s),
             (s, true) => update::<R, S, N, true, true>(job, param, grad, &mut bufs, pbuf, s),
-        }
+        };
         if let Some((key, id)) = job.sr {
             // Blocks start on multiples of 4 (block sizes are powers of two ≥ 16), so each
             // Philox call serves four consecutive elements.
@@ -260,7 +261,7 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
         }
         for k in 0..N {
             if let Some(a) = absmax[k].as_deref_mut() {
-                *a = job.codecs[k].encode_block(bufs[k], &mut *codes[k], &mut fix[..len]);
+                *a = job.codecs[k].encode_block_max(bufs[k], &mut *codes[k], max_bits[k]);
             } else {
                 for (x, b) in plain[k].iter_mut().zip(bufs[k].iter()) {
                     *x = S::store(<S::Compute as Float>::from_f64(f64::from(*b)));
@@ -272,7 +273,9 @@ fn blocks_loop<R: Rule, S: Storage, const N: usize>(
 
 /// The rule over one block's elements: `bufs` holds the decoded state (updated in place);
 /// the new parameter goes to `param` (or, with stochastic rounding `SR`, to `pbuf`); with
-/// `SCALED`, gradients are divided by `scale` and written back.
+/// `SCALED`, gradients are divided by `scale` and written back. Returns, per state, the
+/// largest `|x|` bits of the new values (the block's absmax for the encoder, found in the same
+/// pass).
 #[inline(always)]
 fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: bool>(
     job: &QJob<R::Scalars>,
@@ -281,7 +284,7 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
     bufs: &mut [&mut [f32]; N],
     pbuf: &mut [f32],
     scale: Option<S::Compute>,
-) {
+) -> [u32; N] {
     let len = param.len().min(grad.len()).min(pbuf.len());
     let (param, grad, pbuf) = (&mut param[..len], &mut grad[..len], &mut pbuf[..len]);
     let bufs: [&mut [f32]; N] = {
@@ -293,6 +296,7 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
     };
     let one = <S::Compute as Float>::from_f64(1.0);
     let scale = scale.unwrap_or(one);
+    let mut max_bits = [0u32; N];
 
     for i in 0..len {
         let mut g = grad[i].load();
@@ -304,14 +308,17 @@ fn update<R: Rule, S: Storage, const N: usize, const SCALED: bool, const SR: boo
         for k in 0..N {
             st[k] = <S::Compute as Float>::from_f64(f64::from(bufs[k][i]));
         }
-        let p = R::update(&job.scalars, param[i].load(), g, &mut st);
+        let p = R::update(&job.base.scalars, param[i].load(), g, &mut st);
         if SR {
             pbuf[i] = p.to_f64() as f32;
         } else {
             param[i] = S::store(p);
         }
         for k in 0..N {
-            bufs[k][i] = st[k].to_f64() as f32;
+            let v = st[k].to_f64() as f32;
+            bufs[k][i] = v;
+            max_bits[k] = max_bits[k].max(v.to_bits() & 0x7FFF_FFFF);
         }
     }
+    max_bits
 }

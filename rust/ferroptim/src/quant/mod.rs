@@ -25,7 +25,7 @@ mod step;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use step::{step_8bit, QuantGroup, QuantParam};
+pub use step::{step_8bit, step_8bit_mixed, QuantGroup, QuantParam};
 
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -89,9 +89,8 @@ pub fn quantize(t: &Tensor, name: &str, block_size: usize) -> Result<(Tensor, Te
             )
         };
         let codec = codec::for_state(name);
-        let mut fix = vec![0u8; block_size];
         for ((x, c), a) in xs.chunks(block_size).zip(cs.chunks_mut(block_size)).zip(am) {
-            *a = codec.encode_block(x, c, &mut fix[..x.len()]);
+            *a = codec.encode_block(x, c);
         }
     }
     Ok((codes, absmax))

@@ -2,7 +2,7 @@
 
 use super::kernel::{self, QJob};
 use super::{check_block_size, codec, num_blocks};
-use crate::driver::version;
+use crate::driver::{version, Group, Job, StepCache};
 use crate::element::is_supported;
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_STATE};
@@ -63,11 +63,48 @@ pub struct QuantGroup<R> {
 /// [`Error::UnsupportedDtype`], [`Error::Sparse`], [`Error::Overlap`],
 /// [`Error::InferenceTensor`] as for [`crate::step`].
 pub fn step_8bit<R: Rule>(groups: &[QuantGroup<R>], grad_scale: Option<f64>) -> Result<()> {
+    step_8bit_mixed(groups, &[], grad_scale)
+}
+
+/// [`step_8bit`] over `groups` and, in the same call, [`crate::step`] (with `grad_scale`:
+/// [`crate::step_unscaling`]) of the same rule over `fp32`: the parameters of an 8-bit
+/// optimizer that keep full-precision state (tensors below the small-tensor size, or not on
+/// the CPU). Both sets are validated before either is modified, so an invalid tensor in one
+/// leaves the other untouched too.
+///
+/// The two sets must not share tensors (an optimizer holds each parameter once): overlaps
+/// are checked within each set.
+///
+/// # Errors
+/// As [`step_8bit`] and [`crate::step`]; on error no tensor has changed, except after a
+/// libtorch failure (e.g. out of memory) while the fp32 set is staged or copied back, which
+/// comes after the 8-bit set was updated.
+pub fn step_8bit_mixed<R: Rule>(
+    groups: &[QuantGroup<R>],
+    fp32: &[Group<R>],
+    grad_scale: Option<f64>,
+) -> Result<()> {
     if let Some(scale) = grad_scale {
         crate::driver::check_grad_scale(scale)?;
     }
     let _no_grad = tch::no_grad_guard();
-    // Validate everything and compute every parameter's scalars before writing anything.
+    let prepared = prepare(groups, grad_scale)?;
+    if !fp32.is_empty() {
+        crate::driver::check_groups(fp32, grad_scale)?;
+    }
+    // From here on, tensors are modified.
+    execute(groups, &prepared, grad_scale)?;
+    if !fp32.is_empty() {
+        crate::driver::step_groups(fp32, grad_scale, &mut StepCache::default())?;
+    }
+    Ok(())
+}
+
+/// Validates every parameter of `groups` and computes its scalars; modifies nothing.
+fn prepare<R: Rule>(
+    groups: &[QuantGroup<R>],
+    grad_scale: Option<f64>,
+) -> Result<Vec<Vec<Prepared<R::Scalars>>>> {
     let mut prepared = Vec::with_capacity(groups.len());
     let mut extents: Vec<(usize, usize, bool, String)> = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
@@ -81,11 +118,18 @@ pub fn step_8bit<R: Rule>(groups: &[QuantGroup<R>], grad_scale: Option<f64>) -> 
         prepared.push(ps);
     }
     check_overlaps(&mut extents)?;
+    Ok(prepared)
+}
 
-    // From here on, tensors are modified.
+/// Runs the validated step: scalar state, version bumps, the fused kernel, copies back.
+fn execute<R: Rule>(
+    groups: &[QuantGroup<R>],
+    prepared: &[Vec<Prepared<R::Scalars>>],
+    grad_scale: Option<f64>,
+) -> Result<()> {
     let threads = tch::get_num_threads().max(1) as usize;
     let mut param_id = 0usize;
-    for (g, ps) in groups.iter().zip(&prepared) {
+    for (g, ps) in groups.iter().zip(prepared) {
         let mut jobs = Vec::with_capacity(ps.len());
         let mut bumps = Vec::new();
         let mut first_block = 0;
@@ -99,10 +143,10 @@ pub fn step_8bit<R: Rule>(groups: &[QuantGroup<R>], grad_scale: Option<f64>) -> 
                 let _ = t.shallow_clone().f_fill_(v.get())?;
             }
             let mut job = p.job(qp, grad_scale, first_block, g.rule.state_names());
-            if job.kind == Kind::BFloat16 {
+            if job.base.kind == Kind::BFloat16 {
                 job.sr = key.map(|k| (k, id));
             }
-            first_block += num_blocks(job.numel, g.block_size);
+            first_block += num_blocks(job.base.numel, g.block_size);
             bumps.extend(
                 std::iter::once(&qp.param)
                     .chain(&qp.codes)
@@ -380,17 +424,19 @@ impl<S: Copy> Prepared<S> {
             codecs[k] = codec::for_state(names[k]);
         }
         QJob {
-            scalars: self.scalars,
-            kind: p.kind(),
-            numel: p.numel(),
-            n_state: names.len(),
-            param: p.data_ptr() as *mut u8,
-            grad: g.data_ptr() as *mut u8,
-            grad_scale,
+            base: Job {
+                scalars: self.scalars,
+                kind: p.kind(),
+                numel: p.numel(),
+                n_state: names.len(),
+                param: p.data_ptr() as *mut u8,
+                grad: g.data_ptr() as *mut u8,
+                grad_scale,
+                state: plain,
+            },
             codes,
             absmax,
             codecs,
-            plain,
             quantized,
             sr: None,
             first_block,

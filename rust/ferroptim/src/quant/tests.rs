@@ -206,6 +206,83 @@ fn invalid_inputs_change_nothing() {
     assert_eq!(step_t.double_value(&[]), 1.0);
 }
 
+/// An invalid tensor among the fp32-state parameters of a mixed step: the 8-bit parameters,
+/// validated and run first, are not modified either.
+#[test]
+fn mixed_step_validates_both_sets_before_modifying_either() {
+    let p = randn(1000, Kind::Float, 3);
+    let before = p.copy();
+    let (c, a) = quantize(&randn(1000, Kind::Float, 4), "exp_avg", 256).unwrap();
+    let (c2, a2) = quantize(&randn(1000, Kind::Float, 5).abs(), "exp_avg_sq", 256).unwrap();
+    let saved = [c.copy(), a.copy(), c2.copy(), a2.copy()];
+    let step_t = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    let eight = [QuantGroup {
+        rule: Adam::default(),
+        block_size: 256,
+        params: vec![QuantParam {
+            param: p.shallow_clone(),
+            grad: p.ones_like(),
+            codes: vec![c.shallow_clone(), c2.shallow_clone()],
+            absmax: vec![a.shallow_clone(), a2.shallow_clone()],
+            scalar_state: vec![step_t.shallow_clone()],
+            fresh: false,
+            state: vec![],
+        }],
+        bf16_stochastic_round: None,
+    }];
+    let small = randn(10, Kind::Float, 6);
+    let small_before = small.copy();
+    let small_step = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    let fp32 = |exp_avg_sq: Tensor| {
+        [Group {
+            rule: Adam::default(),
+            params: vec![ParamTensors {
+                param: small.shallow_clone(),
+                grad: small.ones_like(),
+                state: vec![small.zeros_like(), exp_avg_sq],
+                scalar_state: vec![small_step.shallow_clone()],
+                fresh: false,
+            }],
+        }]
+    };
+    // exp_avg_sq of the wrong shape in the second set.
+    let bad = Tensor::zeros([11], (Kind::Float, Device::Cpu));
+    assert!(matches!(
+        step_8bit_mixed(&eight, &fp32(bad), None),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(p.equal(&before) && small.equal(&small_before));
+    for (t, s) in [&c, &a, &c2, &a2].into_iter().zip(&saved) {
+        assert!(t.equal(s));
+    }
+    assert_eq!(step_t.double_value(&[]), 0.0);
+    assert_eq!(small_step.double_value(&[]), 0.0);
+    // Valid: both sets step, the 8-bit one exactly as `step_8bit` alone.
+    let p_ref = p.copy();
+    let (rc, ra, rc2, ra2) = (c.copy(), a.copy(), c2.copy(), a2.copy());
+    let ref_step = step_t.copy();
+    let reference = [QuantGroup {
+        rule: Adam::default(),
+        block_size: 256,
+        bf16_stochastic_round: None,
+        params: vec![QuantParam {
+            param: p_ref.shallow_clone(),
+            grad: p.ones_like(),
+            codes: vec![rc.shallow_clone(), rc2.shallow_clone()],
+            absmax: vec![ra.shallow_clone(), ra2.shallow_clone()],
+            scalar_state: vec![ref_step.shallow_clone()],
+            fresh: false,
+            state: vec![],
+        }],
+    }];
+    step_8bit(&reference, None).unwrap();
+    step_8bit_mixed(&eight, &fp32(small.zeros_like()), None).unwrap();
+    assert!(p.equal(&p_ref) && c.equal(&rc) && a.equal(&ra) && c2.equal(&rc2) && a2.equal(&ra2));
+    assert_eq!(step_t.double_value(&[]), 1.0);
+    assert_eq!(small_step.double_value(&[]), 1.0);
+    assert!(!small.equal(&small_before));
+}
+
 #[test]
 fn quantize_round_trip() {
     let x = randn(10_000, Kind::Float, 5);
