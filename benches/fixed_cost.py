@@ -145,11 +145,21 @@ def main() -> None:
             )
 
 
+def backward(params: list[torch.Tensor], weight: torch.Tensor) -> None:
+    """Gives every parameter the gradient ``weight`` through autograd (one backward pass over
+    ``sum((p * weight).sum())``), as a training step's backward does: each new gradient is
+    a tensor that only autograd's accumulator holds, or is added into the existing one."""
+    torch.stack([(p * weight).sum() for p in params]).sum().backward()
+
+
 def zero_grad_table(args: argparse.Namespace) -> None:
     """``--zero-grad``: medians (µs) of ``zero_grad()`` (set_to_none=True and False) of
     ferroptim and torch.optim (for-loop and foreach defaults), and of a whole iteration's
     optimizer work (``step()`` then ``zero_grad()``) against torch's for-loop, foreach and
-    fused AdamW. Gradients are reassigned (untimed) before every timed call."""
+    fused AdamW. Before every timed call (untimed) a backward pass gives each parameter its
+    gradient, as in training: with ``set_to_none`` a fresh tensor that ``zero_grad`` frees, so
+    the C++ allocator's ``free`` is part of what is timed (``LD_PRELOAD`` another allocator to
+    see its effect); without, the gradients are accumulated into in place."""
     print(
         f"\nzero_grad: torch {torch.__version__}, {torch.get_num_threads()} threads; medians "
         f"of {args.reps} interleaved calls (µs)"
@@ -175,25 +185,23 @@ def zero_grad_table(args: argparse.Namespace) -> None:
                 params = [
                     torch.nn.Parameter(torch.randn(numel, generator=gen)) for _ in range(count)
                 ]
-                grads = [torch.randn(numel, generator=gen) * 1e-3 for _ in range(count)]
+                weight = torch.randn(numel, generator=gen) * 1e-3
                 kwargs = dict(KWARGS.get(name, {"lr": 1e-3}))
                 cls = getattr(ferroptim if impl == "ferroptim" else torch.optim, name)
                 try:
                     opt = cls(params, **kwargs, **flags)
                 except (RuntimeError, TypeError, ValueError):
                     continue
-                impls[impl] = (opt, params, grads)
+                impls[impl] = (opt, params, weight)
             for set_to_none in (True, False):
                 zero: dict[str, list[float]] = {k: [] for k in impls}
                 both: dict[str, list[float]] = {k: [] for k in impls}
                 fused: list[float] = []
                 for _ in range(args.reps):
-                    for impl, (opt, params, grads) in impls.items():
-                        for p, g in zip(params, grads):
-                            p.grad = g.clone() if not set_to_none else g
+                    for impl, (opt, params, weight) in impls.items():
+                        backward(params, weight)
                         zero[impl].append(timed(lambda: opt.zero_grad(set_to_none)))  # noqa: B023
-                        for p, g in zip(params, grads):
-                            p.grad = g.clone() if not set_to_none else g
+                        backward(params, weight)
 
                         def iteration(opt=opt, set_to_none=set_to_none) -> None:
                             opt.step()
@@ -202,8 +210,7 @@ def zero_grad_table(args: argparse.Namespace) -> None:
                         both[impl].append(timed(iteration))
                         if impl != "ferroptim":
                             continue
-                        for p, g in zip(params, grads):
-                            p.grad = g.clone() if not set_to_none else g
+                        backward(params, weight)
                         fused.append(
                             timed(lambda: opt.step_and_zero_grad(set_to_none=set_to_none))  # noqa: B023
                         )

@@ -30,6 +30,44 @@ extern "C" {
 /// The metadata of `t` if it is a defined dense tensor of a supported dtype with the same
 /// shape and device as `like` (when given); `None` means "take the slow, precise path".
 pub(crate) fn meta(t: &Tensor, like: Option<&Tensor>, writable: bool) -> Option<Meta> {
+    let (scalar_type, m) = inspect(t, like, writable)?;
+    Some(Meta {
+        kind: meta_kind(scalar_type)?,
+        ..m
+    })
+}
+
+/// As [`meta`], for a tensor that must be of dtype `kind`, `uint8` (8-bit codes) or one of
+/// the supported floating dtypes; `None` for any other dtype.
+pub(crate) fn meta_of_kind(
+    t: &Tensor,
+    like: Option<&Tensor>,
+    writable: bool,
+    kind: Kind,
+) -> Option<Meta> {
+    let (scalar_type, m) = inspect(t, like, writable)?;
+    let ok = match kind {
+        // c10::ScalarType::Byte
+        Kind::Uint8 => scalar_type == 0,
+        _ => meta_kind(scalar_type) == Some(kind),
+    };
+    ok.then_some(Meta { kind, ..m })
+}
+
+/// The supported dtype of a c10::ScalarType value.
+fn meta_kind(scalar_type: i32) -> Option<Kind> {
+    match scalar_type {
+        5 => Some(Kind::Half),
+        6 => Some(Kind::Float),
+        7 => Some(Kind::Double),
+        15 => Some(Kind::BFloat16),
+        _ => None,
+    }
+}
+
+/// One `ferroptim_inspect` call: the c10 scalar type and the metadata (its `kind` a
+/// placeholder), or `None` unless `t` is a plain strided tensor like `like`.
+fn inspect(t: &Tensor, like: Option<&Tensor>, writable: bool) -> Option<(i32, Meta)> {
     let mut out = Inspect::default();
     let like = like.map_or(std::ptr::null(), |l| l.as_ptr() as *const c_void);
     // SAFETY: `t.as_ptr()` and `like` point to live `at::Tensor`s (tch's `C_tensor` is an
@@ -40,27 +78,20 @@ pub(crate) fn meta(t: &Tensor, like: Option<&Tensor>, writable: bool) -> Option<
     if ok != 1 || out.same_shape != 1 || out.same_device != 1 {
         return None;
     }
-    // c10::ScalarType values of the supported dtypes.
-    let kind = match out.scalar_type {
-        5 => Kind::Half,
-        6 => Kind::Float,
-        7 => Kind::Double,
-        15 => Kind::BFloat16,
-        _ => return None,
-    };
     let device = match (out.device_type, out.device_index) {
         (0, _) => Device::Cpu,
         (1, i) if i >= 0 => Device::Cuda(i as usize),
         _ => return None,
     };
-    Some(Meta {
-        kind,
+    let meta = Meta {
+        kind: Kind::Float,
         device,
         contiguous: out.contiguous == 1,
         ptr: out.ptr as usize,
         numel: usize::try_from(out.numel).ok()?,
         span: out.span as usize,
-    })
+    };
+    Some((out.scalar_type, meta))
 }
 
 extern "C" {

@@ -2,7 +2,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
-mod fast;
+pub(crate) mod fast;
 mod kernel;
 mod metadata;
 mod norms;
@@ -12,8 +12,9 @@ pub(crate) mod version;
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_SCALAR_STATE, MAX_STATE};
 use tch::{Device, Kind, Tensor};
+pub(crate) use validate::Meta;
 pub use validate::StepCache;
-use validate::{Extent, Meta, ParamMeta, Who};
+use validate::{Extent, ParamMeta, Who};
 
 // Shared with `crate::quant` (8-bit state): the thread pool and the instruction-set choice.
 pub(crate) use kernel::{chunk_elements, isa, parallel, Isa, Job, MIN_PARALLEL_ELEMENTS};

@@ -17,7 +17,9 @@
 //! [`quantize`] and [`dequantize`] convert state tensors between the two forms (creating
 //! state, loading an fp32 checkpoint into an 8-bit optimizer and back).
 
+mod checks;
 mod codec;
+mod fast;
 mod kernel;
 pub mod map;
 pub mod philox;

@@ -1,12 +1,13 @@
 //! [`step_8bit`]: validation, scalar state and jobs of a step over 8-bit state.
 
+use super::checks;
+use super::fast::{self, FastMeta};
 use super::kernel::{self, QJob};
 use super::{check_block_size, codec, num_blocks};
 use crate::driver::{version, Group, Job, StepCache};
-use crate::element::is_supported;
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState, MAX_STATE};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// One parameter with 8-bit state: the tensors a step reads and writes (handles to the
 /// caller's storage, updated in place).
@@ -106,7 +107,7 @@ fn prepare<R: Rule>(
     grad_scale: Option<f64>,
 ) -> Result<Vec<Vec<Prepared<R::Scalars>>>> {
     let mut prepared = Vec::with_capacity(groups.len());
-    let mut extents: Vec<(usize, usize, bool, String)> = Vec::new();
+    let mut extents: Vec<Extent> = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
         check_block_size(g.block_size)?;
         let mut ps = Vec::with_capacity(g.params.len());
@@ -139,8 +140,23 @@ fn execute<R: Rule>(
         for (qp, p) in g.params.iter().zip(ps) {
             let id = param_id as u32;
             param_id += 1;
-            for (t, v) in qp.scalar_state.iter().zip(&p.scalar_values) {
-                let _ = t.shallow_clone().f_fill_(v.get())?;
+            match &p.fast {
+                Some(f) => {
+                    for (&ptr, v) in f.scalar.iter().zip(&p.scalar_values) {
+                        // SAFETY: `fast::check` found a live dense one-element float32 CPU
+                        // tensor (`qp`, held by the caller) with its element at `ptr`, not
+                        // copy-on-write; no other tensor of this step overlaps a one-element
+                        // scalar state the optimizer owns, and this thread alone writes it.
+                        unsafe { *(ptr as *mut f32) = v.get() as f32 };
+                    }
+                    // `fill_` would bump their version counters: so does the step.
+                    bumps.extend(qp.scalar_state.iter().map(|t| t.as_ptr() as usize));
+                }
+                None => {
+                    for (t, v) in qp.scalar_state.iter().zip(&p.scalar_values) {
+                        let _ = t.shallow_clone().f_fill_(v.get())?;
+                    }
+                }
             }
             let mut job = p.job(qp, grad_scale, first_block, g.rule.state_names());
             if job.base.kind == Kind::BFloat16 {
@@ -177,6 +193,9 @@ struct Prepared<S> {
     param: Option<Tensor>,
     /// A contiguous copy of the gradient in the parameter's dtype, if it was not.
     grad: Option<Tensor>,
+    /// The metadata read by [`fast::check`], when it accepted the parameter (then there are
+    /// no copies, and the scalar state is `float32` and written through its address).
+    fast: Option<FastMeta>,
 }
 
 impl<S: Copy> Prepared<S> {
@@ -232,117 +251,14 @@ impl<S: Copy> Prepared<S> {
                 got: format!("{} scalar state tensors", qp.scalar_state.len()),
             });
         }
-        let p = &qp.param;
-        dense(p, &at(""), true)?;
-        if !is_supported(p.kind()) {
-            return Err(Error::UnsupportedDtype {
-                what: at(""),
-                kind: p.kind(),
-            });
-        }
-        if p.device() != Device::Cpu {
-            return Err(Error::DeviceMismatch {
-                what: at("") + " (8-bit state steps on the CPU)",
-                expected: Device::Cpu,
-                got: p.device(),
-            });
-        }
-        let shape = p.size();
-        let g = &qp.grad;
-        dense(g, &at("grad"), unscale)?;
-        if g.size() != shape {
-            return Err(Error::ShapeMismatch {
-                what: at("grad"),
-                expected: shape,
-                got: g.size(),
-            });
-        }
-        if g.device() != p.device() {
-            return Err(Error::DeviceMismatch {
-                what: at("grad"),
-                expected: p.device(),
-                got: g.device(),
-            });
-        }
-        if !is_supported(g.kind()) {
-            return Err(Error::UnsupportedDtype {
-                what: at("grad"),
-                kind: g.kind(),
-            });
-        }
-        let numel = p.numel();
-        let blocks = num_blocks(numel, block_size);
-        for ((c, a), name) in qp.codes.iter().zip(&qp.absmax).zip(names) {
-            let cw = at(name);
-            dense(c, &cw, true)?;
-            dense(a, &(at(name) + "_absmax"), true)?;
-            let ok_codes = c.kind() == Kind::Uint8
-                && c.device() == Device::Cpu
-                && c.is_contiguous()
-                && c.numel() == numel;
-            let ok_absmax = a.kind() == Kind::Float
-                && a.device() == Device::Cpu
-                && a.is_contiguous()
-                && a.numel() == blocks;
-            if !ok_codes || !ok_absmax {
-                return Err(Error::StateMismatch {
-                    what: cw,
-                    expected: format!(
-                        "contiguous CPU uint8 codes of {numel} elements and float32 absmax of \
-                         {blocks} elements (block_size {block_size})"
-                    ),
-                    got: format!(
-                        "{:?} codes of {} elements on {:?}, {:?} absmax of {} elements",
-                        c.kind(),
-                        c.numel(),
-                        c.device(),
-                        a.kind(),
-                        a.numel()
-                    ),
-                });
-            }
-        }
-        for (t, name) in qp.state.iter().zip(names) {
-            dense(t, &at(name), true)?;
-            if p.kind() != Kind::BFloat16
-                || t.kind() != p.kind()
-                || t.device() != Device::Cpu
-                || !t.is_contiguous()
-                || t.size() != shape
-            {
-                return Err(Error::StateMismatch {
-                    what: at(name),
-                    expected: "bfloat16 parameter and state (unquantized state steps here only \
-                               with bfloat16 stochastic rounding), contiguous, on the CPU, \
-                               shaped like the parameter"
-                        .into(),
-                    got: format!(
-                        "{:?} parameter, {:?} state of shape {:?}",
-                        p.kind(),
-                        t.kind(),
-                        t.size()
-                    ),
-                });
-            }
-        }
-        let mut scalar_values = Vec::with_capacity(scalar_names.len());
-        for (t, name) in qp.scalar_state.iter().zip(scalar_names) {
-            if !t.defined() || t.is_sparse() || t.numel() != 1 || t.is_complex() {
-                return Err(Error::StateMismatch {
-                    what: at(name),
-                    expected: "a one-element dense real tensor".into(),
-                    got: if t.defined() {
-                        format!("shape {:?}", t.size())
-                    } else {
-                        "an undefined tensor".into()
-                    },
-                });
-            }
-            if !version::inplace_allowed(t) {
-                return Err(Error::InferenceTensor { what: at(name) });
-            }
-            scalar_values.push(ScalarState::new(t.f_double_value(&[])?, t.kind()));
-        }
+        let (fast, mut scalar_values) =
+            match fast::check(qp, names.len(), scalar_names.len(), block_size, unscale) {
+                Some((m, values)) => (Some(m), values),
+                None => (
+                    None,
+                    checks::slow_checks(qp, names, scalar_names, block_size, unscale, &at)?,
+                ),
+            };
         let scalars = rule.scalars(&mut scalar_values, qp.fresh);
         if R::norms(&scalars) > 0 {
             return Err(Error::InvalidArgument {
@@ -351,7 +267,17 @@ impl<S: Copy> Prepared<S> {
                     .into(),
             });
         }
+        if fast.is_some() {
+            return Ok(Prepared {
+                scalars,
+                scalar_values,
+                param: None,
+                grad: None,
+                fast,
+            });
+        }
         // Contiguous copies (rare: torch's parameters and gradients are contiguous).
+        let (p, g) = (&qp.param, &qp.grad);
         let param = (!p.is_contiguous()).then(|| p.f_contiguous()).transpose()?;
         let grad = if g.is_contiguous() && g.kind() == p.kind() {
             None
@@ -363,40 +289,52 @@ impl<S: Copy> Prepared<S> {
             scalar_values,
             param,
             grad,
+            fast: None,
         })
     }
 
     /// Appends `(start, end, written, label)` of the tensors the step touches in place.
-    fn extents(
-        &self,
-        qp: &QuantParam,
-        gi: usize,
-        pi: usize,
-        unscale: bool,
-        out: &mut Vec<(usize, usize, bool, String)>,
-    ) {
-        let mut add = |t: &Tensor, written: bool, what: &str| {
-            let n = t.numel() * t.kind().elt_size_in_bytes();
-            if n > 0 {
-                let start = t.data_ptr() as usize;
-                out.push((
-                    start,
-                    start + n,
-                    written,
-                    format!("{what}params[{pi}] in group {gi}"),
-                ));
+    fn extents(&self, qp: &QuantParam, gi: usize, pi: usize, unscale: bool, out: &mut Vec<Extent>) {
+        let mut add = |span: (usize, usize), written: bool, what: &'static str| {
+            if span.1 > 0 {
+                out.push((span.0, span.0 + span.1, written, (what, gi, pi)));
             }
         };
+        if let Some(f) = &self.fast {
+            let span = |m: &crate::driver::Meta| (m.ptr, m.span);
+            add(span(&f.param), true, "");
+            add(span(&f.grad), unscale, "grad of ");
+            let quantized = qp.state.is_empty();
+            for (c, a) in f.codes.iter().zip(&f.absmax) {
+                if let Some(c) = c {
+                    add(
+                        span(c),
+                        true,
+                        if quantized { "codes of " } else { "state of " },
+                    );
+                }
+                if let Some(a) = a {
+                    add(span(a), true, "absmax of ");
+                }
+            }
+            return;
+        }
+        let span = |t: &Tensor| {
+            (
+                t.data_ptr() as usize,
+                t.numel() * t.kind().elt_size_in_bytes(),
+            )
+        };
         let p = self.param.as_ref().unwrap_or(&qp.param);
-        add(p, true, "");
+        add(span(p), true, "");
         let g = self.grad.as_ref().unwrap_or(&qp.grad);
-        add(g, unscale, "grad of ");
+        add(span(g), unscale, "grad of ");
         for (c, a) in qp.codes.iter().zip(&qp.absmax) {
-            add(c, true, "codes of ");
-            add(a, true, "absmax of ");
+            add(span(c), true, "codes of ");
+            add(span(a), true, "absmax of ");
         }
         for t in &qp.state {
-            add(t, true, "state of ");
+            add(span(t), true, "state of ");
         }
     }
 
@@ -407,6 +345,9 @@ impl<S: Copy> Prepared<S> {
         first_block: usize,
         names: &[&str],
     ) -> QJob<S> {
+        if let Some(f) = &self.fast {
+            return self.fast_job(f, qp, grad_scale, first_block, names);
+        }
         let p = self.param.as_ref().unwrap_or(&qp.param);
         let g = self.grad.as_ref().unwrap_or(&qp.grad);
         let mut codes = [std::ptr::null_mut(); MAX_STATE];
@@ -443,6 +384,50 @@ impl<S: Copy> Prepared<S> {
         }
     }
 
+    /// [`Self::job`] from the metadata [`fast::check`] read.
+    fn fast_job(
+        &self,
+        f: &FastMeta,
+        qp: &QuantParam,
+        grad_scale: Option<f64>,
+        first_block: usize,
+        names: &[&str],
+    ) -> QJob<S> {
+        let quantized = qp.state.is_empty();
+        let ptr = |m: &Option<crate::driver::Meta>| m.map_or(0, |m| m.ptr);
+        let mut codes = [std::ptr::null_mut(); MAX_STATE];
+        let mut absmax = [std::ptr::null_mut(); MAX_STATE];
+        let mut codecs = [codec::signed(); MAX_STATE];
+        let mut plain = [std::ptr::null_mut(); MAX_STATE];
+        for k in 0..names.len() {
+            if quantized {
+                codes[k] = ptr(&f.codes[k]) as *mut u8;
+                absmax[k] = ptr(&f.absmax[k]) as *mut f32;
+            } else {
+                plain[k] = ptr(&f.codes[k]) as *mut u8;
+            }
+            codecs[k] = codec::for_state(names[k]);
+        }
+        QJob {
+            base: Job {
+                scalars: self.scalars,
+                kind: f.param.kind,
+                numel: f.param.numel,
+                n_state: names.len(),
+                param: f.param.ptr as *mut u8,
+                grad: f.grad.ptr as *mut u8,
+                grad_scale,
+                state: plain,
+            },
+            codes,
+            absmax,
+            codecs,
+            quantized,
+            sr: None,
+            first_block,
+        }
+    }
+
     /// Writes the contiguous copies back to the caller's tensors.
     fn copy_back(&self, qp: &QuantParam, unscale: bool) -> Result<()> {
         if let Some(p) = &self.param {
@@ -455,30 +440,17 @@ impl<S: Copy> Prepared<S> {
     }
 }
 
-/// Checks that `t` is defined and dense, and, if `writable`, may be updated in place.
-fn dense(t: &Tensor, what: &str, writable: bool) -> Result<()> {
-    if !t.defined() {
-        return Err(Error::StateMismatch {
-            what: what.to_string(),
-            expected: "a defined tensor".into(),
-            got: "an undefined tensor".into(),
-        });
-    }
-    if t.is_sparse() || t.is_mkldnn() {
-        return Err(Error::Sparse {
-            what: what.to_string(),
-        });
-    }
-    if writable && !version::inplace_allowed(t) {
-        return Err(Error::InferenceTensor {
-            what: what.to_string(),
-        });
-    }
-    Ok(())
+/// A byte range `[start, end)` the step reads (or writes, when the flag is set), and which
+/// tensor it is: `(prefix, group, index)`, formatted only for an error (see [`label`]).
+type Extent = (usize, usize, bool, (&'static str, usize, usize));
+
+/// `codes of params[3] in group 1`.
+fn label((what, gi, pi): (&'static str, usize, usize)) -> String {
+    format!("{what}params[{pi}] in group {gi}")
 }
 
 /// Fails if a written byte range overlaps another range (read ranges may share memory).
-fn check_overlaps(extents: &mut [(usize, usize, bool, String)]) -> Result<()> {
+fn check_overlaps(extents: &mut [Extent]) -> Result<()> {
     extents.sort_unstable_by_key(|e| e.0);
     // Sweep: the written extent reaching furthest so far, and the furthest of any extent.
     let mut last_any: Option<usize> = None;
@@ -488,8 +460,8 @@ fn check_overlaps(extents: &mut [(usize, usize, bool, String)]) -> Result<()> {
         let clash = if *written { last_any } else { last_written };
         if let Some(j) = clash.filter(|&j| extents[j].1 > *start) {
             return Err(Error::Overlap {
-                first: extents[j].3.clone(),
-                second: extents[i].3.clone(),
+                first: label(extents[j].3),
+                second: label(extents[i].3),
             });
         }
         if last_any.is_none_or(|j| extents[i].1 > extents[j].1) {
