@@ -29,11 +29,13 @@ cat "$OUT/env.txt"
 part=${1:-all}
 status=0
 if [ "$part" = nvrtc ] || [ "$part" = all ]; then
-  # NVRTC kernels: bit-identity with the CPU rule, torch trajectories, GradScaler, hand-over.
-  timeout 180 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
+  # NVRTC kernels: bit-identity with the CPU rule (every elementwise class, and Lamb/LARS with
+  # their reduction and trust-ratio kernels), capturable Adam/AdamW (against the CPU step, and
+  # torch.cuda.graph capture + replay against eager), torch trajectories, GradScaler, hand-over.
+  timeout 190 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
     > "$OUT/pytest_nvrtc.txt" 2>&1 || status=1
   tail -n 25 "$OUT/pytest_nvrtc.txt"
-  timeout 170 python benches/bench_cuda.py --only nvrtc --quick --out "$OUT/bench_nvrtc.json" \
+  timeout 150 python benches/bench_cuda.py --only nvrtc --quick --out "$OUT/bench_nvrtc.json" \
     > "$OUT/bench_nvrtc.txt" 2>&1 || status=1
   cat "$OUT/bench_nvrtc.txt"
 fi

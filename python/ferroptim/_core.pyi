@@ -269,15 +269,21 @@ def nvrtc_step(
     nvrtc_dirs: Sequence[str],
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    capturable: bool = False,
 ) -> None:
     """One step with ferroptim's own NVRTC kernels (opt-in, untested on a GPU): ``rule`` as
-    for :func:`aten_step` but Lamb/LARS; ``groups`` as for the CPU step (contiguous CUDA
+    for :func:`aten_step` (``"lamb"`` and ``"lars"``: a reduction pass and the trust ratios on
+    the device first); ``groups`` as for the CPU step (contiguous CUDA
     tensors, scalar state on the CPU); launched on ``stream`` (a ``CUstream`` address, e.g.
     ``torch.cuda.current_stream().cuda_stream``); ``nvrtc_dirs``: folders that may hold
     ``libnvrtc.so.13``. ``grad_scale``/``found_inf``: GradScaler's hand-over, read by the
     kernel (unscale, and skip when ``found_inf`` is nonzero; the CPU scalar state still
-    advances). Raises ValueError/RuntimeError before modifying anything if a tensor is not
-    a contiguous CUDA tensor of the parameter's shape and dtype."""
+    advances). ``capturable`` (``"adam"`` only, else ValueError): ``step`` is a float32
+    one-element tensor on the parameter's device, incremented (unless ``found_inf``) and
+    read by the kernels, which compute the bias corrections: nothing is read on the host, so
+    the call can be captured in a CUDA graph after a warm-up call. Raises
+    ValueError/RuntimeError before modifying anything if a tensor is not a contiguous CUDA
+    tensor of the parameter's shape and dtype."""
     ...
 
 def aten_step(

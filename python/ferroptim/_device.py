@@ -36,32 +36,42 @@ _forced: list[_Mode] = []
 _warned: set[str] = set()
 
 # The rules ferroptim's own NVRTC kernels cover (core ``ferroptim::device::nvrtc``): every
-# elementwise rule but those with per-tensor norms (LAMB, LARS), which keep the ATen path.
+# elementwise rule, and LAMB and LARS (a reduction pass and the trust ratios on the device).
 _NVRTC_RULES = frozenset(
     {
         "sgd", "adam", "adagrad", "adamax", "rmsprop", "rprop", "adadelta", "nadam",
         "radam", "asgd", "lion", "adopt", "adan", "ademamix", "schedule_free_adamw",
+        "lamb", "lars",
     }
 )  # fmt: skip
+# Rules whose NVRTC kernels also take capturable steps (a group's ``capturable=True``: ``step``
+# a float32 tensor on the parameter's device, incremented and read by the kernels).
+_NVRTC_CAPTURABLE = frozenset({"adam"})
 _cuda_kernels: list[bool] = [os.environ.get("FERROPTIM_CUDA_KERNELS", "") == "1"]
 
 
 def use_cuda_kernels(enabled: bool = True) -> None:
     """Opt in to (or out of) ferroptim's own one-pass CUDA kernels. **Untested on a GPU.**
 
-    With ``enabled=True``, CUDA parameters of every elementwise class except Lamb and LARS
-    step with kernels generated from ferroptim's Rust rules and compiled at run time with
-    NVRTC (``nvidia-cuda-nvrtc``, installed with torch's CUDA wheels): one read and one
-    write of each parameter, gradient and state tensor per step, on
-    ``torch.cuda.current_stream()``. Their arithmetic equals ferroptim's CPU step bit for bit
-    (checked on the CPU; NaN payloads aside). The default (``False``, or the environment
+    With ``enabled=True``, CUDA parameters of every elementwise class step with kernels
+    generated from ferroptim's Rust rules and compiled at run time with NVRTC
+    (``nvidia-cuda-nvrtc``, installed with torch's CUDA wheels): one read and one write of
+    each parameter, gradient and state tensor per step, on ``torch.cuda.current_stream()``.
+    Lamb and LARS add a reduction pass (one more read) whose per-tensor sums, and the trust
+    ratios computed from them on the device, follow the CPU driver's order, so no step waits
+    on the host. Their arithmetic equals ferroptim's CPU step bit for bit (checked on the CPU
+    without a GPU; NaN payloads aside). The default (``False``, or the environment
     variable ``FERROPTIM_CUDA_KERNELS=1`` at import to turn it on) is the ATen device path.
 
     Under the switch the per-parameter scalar state (``step``, …) lives on the CPU (torch's
-    ``capturable=False`` layout), so steps are not CUDA-graph capturable, and GradScaler
-    unscales and skips non-finite steps itself (``_step_supports_amp_scaling`` is False), as
-    for torch's foreach optimizers. Parameters that are not contiguous, or that span several
-    CUDA devices in one optimizer, keep the ATen path.
+    ``capturable=False`` layout), and GradScaler unscales and skips non-finite steps itself
+    (``_step_supports_amp_scaling`` is False), as for torch's foreach optimizers. Adam and
+    AdamW with ``capturable=True`` keep ``step`` on the parameter's device (float32, as
+    torch) instead; the kernels increment it and compute the bias corrections on the device,
+    so the step reads nothing from the host and can be captured in a CUDA graph after a
+    warm-up step (a learning rate that is a CUDA tensor keeps the ATen path). Other classes
+    with ``capturable=True`` keep the ATen path. Parameters that are not contiguous, or that
+    span several CUDA devices in one optimizer, keep the ATen path.
 
     Args:
         enabled (bool, optional): use the NVRTC kernels. Default: True.
@@ -90,6 +100,15 @@ def _nvrtc_for(opt: Any, params: list[torch.Tensor], mode: _Mode | None) -> bool
     if not params or any(p.device.type != "cuda" or not p.is_contiguous() for p in params):
         return False
     return len({p.device for p in params}) == 1
+
+
+def _nvrtc_capturable(opt: Any, group: dict[str, Any]) -> bool:
+    """Whether a ``capturable=True`` group of ``opt`` can take the NVRTC kernels: its rule
+    computes its per-step scalars on the device, and its learning rate is not a CUDA tensor
+    (read on the host by ``_hyper``)."""
+    lr = group["lr"]
+    on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
+    return opt._aten_rule in _NVRTC_CAPTURABLE and not on_device
 
 
 @contextlib.contextmanager
@@ -252,7 +271,7 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
 
     opt.__dict__.pop("_ferroptim_plan", None)
     created_list: list[tuple[torch.Tensor, dict[str, Any]]] = []
-    dev_calls, cpu_calls, nvrtc_calls = [], [], []
+    dev_calls, cpu_calls, nvrtc_calls, nvrtc_capturable_calls = [], [], [], []
     device = None
     for group in groups:
         check_differentiable(opt, group)
@@ -268,10 +287,16 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
                 None,
                 dev["params"][0].device,
             )
-            _place_scalar_state(opt, dev, scalar_names, created, mode, host=nvrtc)
+            capturable = nvrtc and bool(group.get("capturable", False))
+            if capturable and not _nvrtc_capturable(opt, group):
+                nvrtc = capturable = False
+            _place_scalar_state(
+                opt, dev, scalar_names, created, mode, host=nvrtc and not capturable
+            )
             if nvrtc:
                 device = dev["params"][0].device
-                nvrtc_calls.extend(opt._native_calls(group, dev, opt._hyper(group)))
+                calls = opt._native_calls(group, dev, opt._hyper(group))
+                (nvrtc_capturable_calls if capturable else nvrtc_calls).extend(calls)
             else:
                 dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))
         if cpu["params"]:
@@ -284,9 +309,13 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
             getattr(opt, "found_inf", None),
             bool(mode is not None and mode.foreach),
         )
-    if nvrtc_calls:
+    if nvrtc_calls or nvrtc_capturable_calls:
         stream = torch.cuda.current_stream(device).cuda_stream
-        _core.nvrtc_step(opt._aten_rule, nvrtc_calls, stream, _nvrtc_dirs())
+        for calls, capturable in ((nvrtc_calls, False), (nvrtc_capturable_calls, True)):
+            if calls:
+                _core.nvrtc_step(
+                    opt._aten_rule, calls, stream, _nvrtc_dirs(), capturable=capturable
+                )
     if cpu_calls:
         skip, scale = grad_scaler_args(opt)
         if not skip:

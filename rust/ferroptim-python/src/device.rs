@@ -86,8 +86,11 @@ fn run<R: FromGroup + AtenRule>(
 /// for the CPU step functions: contiguous CUDA tensors, scalar state on the CPU), launched on
 /// `stream` (`torch.cuda.current_stream().cuda_stream`). `nvrtc_dirs`: folders that may hold
 /// `libnvrtc.so.13`. Extracts with the GIL held, then releases it.
+/// With `capturable` (Adam/AdamW only), `step` is a float32 tensor on the parameter's device,
+/// incremented and read by the kernels (torch's `capturable=True`): nothing is read on the host.
 #[pyfunction]
-#[pyo3(signature = (rule, groups, stream, nvrtc_dirs, grad_scale = None, found_inf = None))]
+#[pyo3(signature = (rule, groups, stream, nvrtc_dirs, grad_scale = None, found_inf = None, capturable = false))]
+#[allow(clippy::too_many_arguments)]
 pub fn nvrtc_step(
     py: Python<'_>,
     rule: &str,
@@ -96,10 +99,19 @@ pub fn nvrtc_step(
     nvrtc_dirs: Vec<String>,
     grad_scale: Option<PyTensor>,
     found_inf: Option<PyTensor>,
+    capturable: bool,
 ) -> PyResult<()> {
     let amp = (grad_scale.map(|t| t.0), found_inf.map(|t| t.0));
     let dirs: Vec<std::path::PathBuf> = nvrtc_dirs.into_iter().map(Into::into).collect();
     let call = NvrtcCall { stream, dirs, amp };
+    if capturable {
+        return match rule {
+            "adam" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adam>),
+            other => Err(PyValueError::new_err(format!(
+                "no capturable NVRTC kernel for rule '{other}' (Adam/AdamW only)"
+            ))),
+        };
+    }
     match rule {
         "sgd" => call.run::<ferroptim::Sgd>(py, groups),
         "adam" => call.run::<ferroptim::Adam>(py, groups),
@@ -116,6 +128,8 @@ pub fn nvrtc_step(
         "adan" => call.run::<ferroptim::Adan>(py, groups),
         "ademamix" => call.run::<ferroptim::AdEMAMix>(py, groups),
         "schedule_free_adamw" => call.run::<ferroptim::ScheduleFreeAdamW>(py, groups),
+        "lamb" => call.run_norms::<ferroptim::Lamb>(py, groups),
+        "lars" => call.run_norms::<ferroptim::Lars>(py, groups),
         other => Err(PyValueError::new_err(format!(
             "no NVRTC kernel for rule '{other}'"
         ))),
@@ -128,11 +142,36 @@ struct NvrtcCall {
     amp: (Option<tch::Tensor>, Option<tch::Tensor>),
 }
 
+type NvrtcStep<R> = fn(
+    &[nvrtc::NvrtcGroup<R>],
+    u64,
+    Option<&tch::Tensor>,
+    Option<&tch::Tensor>,
+    &[std::path::PathBuf],
+) -> ferroptim::Result<()>;
+
 impl NvrtcCall {
     fn run<R: FromGroup + ferroptim::Rule + Send>(
         self,
         py: Python<'_>,
         groups: Vec<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        self.call(py, groups, nvrtc::step::<R>)
+    }
+
+    fn run_norms<R: FromGroup + ferroptim::device::nvrtc::norms::DeviceNorms + Send>(
+        self,
+        py: Python<'_>,
+        groups: Vec<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        self.call(py, groups, nvrtc::step_with_norms::<R>)
+    }
+
+    fn call<R: FromGroup + ferroptim::Rule + Send>(
+        self,
+        py: Python<'_>,
+        groups: Vec<Bound<'_, PyDict>>,
+        step: NvrtcStep<R>,
     ) -> PyResult<()> {
         let mut core = Vec::with_capacity(groups.len());
         for d in &groups {
@@ -147,7 +186,7 @@ impl NvrtcCall {
             });
         }
         let NvrtcCall { stream, dirs, amp } = self;
-        py.detach(move || nvrtc::step(&core, stream, amp.0.as_ref(), amp.1.as_ref(), &dirs))
+        py.detach(move || step(&core, stream, amp.0.as_ref(), amp.1.as_ref(), &dirs))
             .map_err(|e| PyErr::from(CoreError::from(e)))
     }
 }

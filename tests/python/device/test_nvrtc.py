@@ -6,9 +6,16 @@ the native entry point's refusal of CPU tensors. The generated arithmetic itself
 the CPU by the core crate's tests (host C++ bit for bit against the Rust rules; NVRTC compiles
 every kernel for sm_80 and sm_90).
 
-On CUDA (``benches/gpu_check.sh``, ``-k cuda``): 10 steps of every covered class in float32
-and bfloat16 from the same random gradients equal ferroptim's CPU step bit for bit
-(``torch.equal``: the kernels compute the Rust rule's operations in its order), stay within
+Capturable steps (Adam/AdamW with ``capturable=True``: ``step`` on the device, bias
+corrections computed by the kernels): on CUDA they equal the CPU step bit for bit, a
+``torch.cuda.graph`` capture replayed equals eager steps, and the kernel-side ``found_inf``
+skips the step and keeps ``step``.
+
+On CUDA (``benches/gpu_check.sh``, ``-k cuda``): 10 steps of every covered class (Lamb and
+LARS included: their reduction and trust ratios run on the device) in float32 and bfloat16
+from the same random gradients equal ferroptim's CPU step bit for bit (``torch.equal``: the
+kernels compute the Rust rule's operations in its order, and sum the norms in the CPU
+driver's order), stay within
 float32 rounding of torch's fused/foreach implementation on CUDA, GradScaler's inf step is
 skipped, and the kernel-side hand-over (``grad_scale``/``found_inf``) unscales and skips.
 """
@@ -46,6 +53,8 @@ CLASSES = {
     "Adan": {"lr": 0.01, "weight_decay": 0.02},
     "AdEMAMix": {"lr": 0.01, "weight_decay": 0.01, "alpha_warmup": 5, "beta3_warmup": 5},
     "ScheduleFreeAdamW": {"lr": 0.01, "weight_decay": 0.01, "warmup_steps": 3},
+    "Lamb": {"lr": 0.01, "weight_decay": 0.01},
+    "LARS": {"lr": 0.1, "weight_decay": 1e-3, "nesterov": True},
 }
 #: torch's implementation of the class on CUDA (the others have none).
 TORCH = {
@@ -140,8 +149,26 @@ def test_native_entry_refuses_cpu_tensors_before_writing():
     with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
         _core.nvrtc_step("sgd", [group], 0, [])
     assert torch.equal(p, torch.zeros(4))
-    with pytest.raises(ValueError, match="no NVRTC kernel for rule 'lamb'"):
-        _core.nvrtc_step("lamb", [group], 0, [])
+    with pytest.raises(ValueError, match="no capturable NVRTC kernel for rule 'sgd'"):
+        _core.nvrtc_step("sgd", [group], 0, [], capturable=True)
+    probe = ferroptim.Adam([torch.zeros(1)])
+    adam = {
+        **probe._hyper(probe.param_groups[0]),
+        "params": [p],
+        "grads": [torch.ones(4)],
+        "states": [torch.zeros(4), torch.zeros(4)],
+        "scalar_states": [torch.zeros(())],
+        "fresh": [False],
+    }
+    with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
+        _core.nvrtc_step("adam", [adam], 0, [], capturable=True)
+    assert torch.equal(adam["scalar_states"][0], torch.zeros(()))
+    with pytest.raises(ValueError, match="no NVRTC kernel for rule 'adafactor'"):
+        _core.nvrtc_step("adafactor", [group], 0, [])
+    lars = {**group, "trust_coefficient": 1e-3, "trust": True, "states": [], "momentum": 0.0}
+    with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
+        _core.nvrtc_step("lars", [lars], 0, [])
+    assert torch.equal(p, torch.zeros(4))
 
 
 @cuda
@@ -263,3 +290,149 @@ def test_cuda_nvrtc_many_tensors_span_several_launches():
     torch.cuda.synchronize()
     for a, b in zip(dev, cpu):
         assert torch.equal(a.detach().cpu(), b.detach())
+
+
+@cuda
+@pytest.mark.parametrize("name", ["Lamb", "LARS"])
+def test_cuda_nvrtc_norm_rules_many_tensors(name):
+    """Lamb and LARS over more tensors than one trust-ratio launch takes (256), one that spans
+    several launches' chunks, zero parameters and zero gradients (trust ratio 1): bit for bit
+    against the CPU step."""
+    torch.manual_seed(4)
+    shapes = [(3, 7)] * 300 + [(1500, 1000), (0, 5), (64, 64), (8, 8)]
+    base = [torch.randn(s) for s in shapes]
+    base[-1].zero_()
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    opts = [getattr(ferroptim, name)(ps, **CLASSES[name]) for ps in (cpu, dev)]
+    with cuda_kernels(True):
+        for _ in range(3):
+            for p in cpu:
+                p.grad = torch.randn_like(p)
+            cpu[-2].grad.zero_()
+            for p, q in zip(dev, cpu):
+                p.grad = q.grad.cuda()
+            for opt in opts:
+                opt.step()
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(dev, cpu)):
+        assert torch.equal(a.detach().cpu(), b.detach()), f"{name}: tensor {i}"
+
+
+def _grads(shapes, steps, seed=5):
+    torch.manual_seed(seed)
+    return [[torch.randn(s) for s in shapes] for _ in range(steps)]
+
+
+@cuda
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_cuda_nvrtc_capturable_equals_the_cpu_step(name):
+    """``capturable=True``: ``step`` stays a float32 tensor on the device and the kernels
+    compute the bias corrections; 10 steps equal the CPU step bit for bit."""
+    kwargs = {"lr": 0.01, "weight_decay": 0.01, "amsgrad": name == "Adam"}
+    torch.manual_seed(0)
+    base = [torch.randn(s) for s in SHAPES]
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    opts = [
+        getattr(ferroptim, name)(cpu, **kwargs),
+        getattr(ferroptim, name)(dev, capturable=True, **kwargs),
+    ]
+    with cuda_kernels(True):
+        for grads in _grads(SHAPES, 10):
+            for p, q, g in zip(cpu, dev, grads):
+                p.grad, q.grad = g.clone(), g.cuda()
+            for opt in opts:
+                opt.step()
+    torch.cuda.synchronize()
+    for p in dev:
+        step = opts[1].state[p]["step"]
+        assert step.device.type == "cuda" and step.dtype == torch.float32
+        assert step.item() == 10.0
+    assert_snapshots_equal(_on_cpu(snapshot(dev, opts[1])), snapshot(cpu, opts[0]), name)
+
+
+@cuda
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_cuda_nvrtc_capturable_graph_replay_equals_eager(name):
+    """Warm up on a side stream (kernels compiled, state created), capture one ``step()`` in
+    ``torch.cuda.graph``, replay it 5 times with new gradients copied in: the same numbers as
+    8 eager capturable NVRTC steps and as 8 CPU steps."""
+    kwargs = {"lr": 0.01, "weight_decay": 0.01}
+    shapes = [(1000, 33), (77,)]
+    grads = _grads(shapes, 8, seed=7)
+    torch.manual_seed(0)
+    base = [torch.randn(s) for s in shapes]
+    runs = []
+    with cuda_kernels(True):
+        for mode in ("graph", "eager", "cpu"):
+            device = "cpu" if mode == "cpu" else "cuda"
+            params = [torch.nn.Parameter(b.to(device)) for b in base]
+            extra = {} if mode == "cpu" else {"capturable": True}
+            opt = getattr(ferroptim, name)(params, **kwargs, **extra)
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            if mode == "graph":
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for k in range(3):
+                        for p, g in zip(params, grads[k]):
+                            p.grad.copy_(g)
+                        opt.step()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    opt.step()
+                for k in range(3, 8):
+                    for p, g in zip(params, grads[k]):
+                        p.grad.copy_(g)
+                    graph.replay()
+            else:
+                for k in range(8):
+                    for p, g in zip(params, grads[k]):
+                        p.grad.copy_(g)
+                    opt.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            runs.append(_on_cpu(snapshot(params, opt)))
+    assert_snapshots_equal(runs[0], runs[1], f"{name}: graph replay vs eager")
+    assert_snapshots_equal(runs[1], runs[2], f"{name}: eager capturable vs CPU")
+
+
+@cuda
+def test_cuda_nvrtc_capturable_found_inf_skips_and_keeps_step():
+    p = torch.nn.Parameter(torch.ones(70000, device="cuda"))
+    opt = ferroptim.Adam([p], lr=0.5, capturable=True)
+    group = opt.param_groups[0]
+    grads = torch.full_like(p, 8.0)
+    state = [torch.zeros_like(p), torch.zeros_like(p)]
+    step = torch.zeros((), device="cuda")
+
+    def call(found):
+        d = {
+            **opt._hyper(group),
+            "params": [p],
+            "grads": [grads],
+            "states": state,
+            "scalar_states": [step],
+            "fresh": [False],
+        }
+        stream = torch.cuda.current_stream().cuda_stream
+        found_inf = torch.tensor([found], device="cuda")
+        grad_scale = torch.tensor([4.0], device="cuda")
+        _core.nvrtc_step(
+            "adam", [d], stream, _device._nvrtc_dirs(), grad_scale, found_inf, capturable=True
+        )
+
+    with torch.no_grad():
+        call(1.0)
+        torch.cuda.synchronize()
+        assert step.item() == 0.0 and torch.equal(p, torch.ones_like(p))
+        assert torch.equal(grads, torch.full_like(p, 8.0))
+        call(0.0)
+        torch.cuda.synchronize()
+        assert step.item() == 1.0
+        assert torch.equal(grads, torch.full_like(p, 2.0))
+        # First Adam step: θ − lr·sign(g) (to rounding): 1 − 0.5
+        torch.testing.assert_close(p, torch.full_like(p, 0.5))

@@ -76,6 +76,12 @@ pub struct LambScalars {
 }
 
 impl LambScalars {
+    /// `(ε, step_size)`: what the trust ratio and the update's `−step_size · trust` need beside
+    /// the norms (the device path's trust-ratio kernel, `device/nvrtc/norms.rs`).
+    pub(crate) fn trust_constants(&self) -> (f64, f64) {
+        (self.eps, self.step_size)
+    }
+
     /// The new moments, the (decayed) parameter and the direction `r`, from the old state.
     #[inline(always)]
     fn direction<F: Float>(&self, param: F, grad: F, state: &[F]) -> (F, F, F, F) {

@@ -60,6 +60,14 @@ pub struct LarsScalars {
     trust_ratio: f64,
 }
 
+impl LarsScalars {
+    /// `(weight_decay, trust_coefficient)`: what the trust ratio needs beside the norms (the
+    /// device path's trust-ratio kernel, `device/nvrtc/norms.rs`).
+    pub(crate) fn trust_constants(&self) -> (f64, f64) {
+        (self.cfg.weight_decay, self.cfg.trust_coefficient)
+    }
+}
+
 impl Rule for Lars {
     type Scalars = LarsScalars;
 

@@ -418,7 +418,6 @@ pub(crate) fn cases() -> Vec<Case> {
 /// Traced norm terms of `rule` (LAMB, LARS) on random f32 inputs: (trace, n_state, inputs
 /// p, g, state, and the Rust rule's terms).
 pub(crate) struct NormCase {
-    pub name: String,
     pub n_state: usize,
     pub trace: Trace,
     pub slots: Vec<f32>,
@@ -447,7 +446,6 @@ fn norm_case<R: Rule>(name: &str, rule: &R, seed: u64) -> NormCase {
         expected.push([t[0], t[1]]);
     }
     NormCase {
-        name: name.into(),
         n_state,
         slots: trace.slots.iter().map(|&v| v as f32).collect(),
         trace,
@@ -482,14 +480,97 @@ pub(crate) fn norm_cases() -> Vec<NormCase> {
     ]
 }
 
-/// The norm (reduction) kernels of LAMB and LARS, for the NVRTC check: (name, dtype, body).
-pub(crate) fn norm_bodies() -> Vec<(String, Dtype, String)> {
+/// Norm-rule configurations for the trust-ratio and NVRTC checks: (name, dtype, kernel)
+/// after 3 steps.
+pub(crate) fn norm_kernels() -> Vec<(String, Dtype, super::StepKernel)> {
+    fn one<R: super::norms::DeviceNorms>(
+        out: &mut Vec<(String, Dtype, super::StepKernel)>,
+        name: &str,
+        rule: &R,
+    ) {
+        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::F64] {
+            let mut ss: Vec<ScalarState> = (0..rule.scalar_state_names().len())
+                .map(|_| ScalarState::new(0.0, Kind::Float))
+                .collect();
+            let mut s = rule.scalars(&mut ss, true);
+            for _ in 0..2 {
+                s = rule.scalars(&mut ss, false);
+            }
+            let k = super::norm_step_kernel::<R>(rule, &s, rule.state_names().len(), dtype)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            out.push((name.to_string(), dtype, k));
+        }
+    }
     let mut out = Vec::new();
-    for c in norm_cases() {
-        for dtype in [Dtype::F32, Dtype::Bf16] {
-            let layout = super::kernel::Layout::new(c.n_state, c.trace.slots.len(), dtype);
-            let body = super::kernel::norm_body(&c.trace, &layout, "fo_norms");
-            out.push((c.name.clone(), dtype, body));
+    one(&mut out, "lamb", &Lamb::default());
+    one(
+        &mut out,
+        "lamb_l2",
+        &Lamb {
+            lr: 0.01,
+            weight_decay: 1e-2,
+            weight_decouple: false,
+            grad_averaging: false,
+            ..Lamb::default()
+        },
+    );
+    one(
+        &mut out,
+        "lamb_decoupled_max",
+        &Lamb {
+            weight_decay: 1e-1,
+            maximize: true,
+            ..Lamb::default()
+        },
+    );
+    one(&mut out, "lars", &Lars::default());
+    one(
+        &mut out,
+        "lars_wd_nesterov",
+        &Lars {
+            weight_decay: 1e-2,
+            nesterov: true,
+            maximize: true,
+            ..Lars::default()
+        },
+    );
+    one(
+        &mut out,
+        "lars_no_momentum",
+        &Lars {
+            momentum: 0.0,
+            weight_decay: 5e-4,
+            trust_coefficient: 0.02,
+            ..Lars::default()
+        },
+    );
+    out
+}
+
+/// Capturable Adam/AdamW modules (scalar kernel and update) for the NVRTC check:
+/// (name, dtype, source).
+pub(crate) fn capturable_sources() -> Vec<(String, Dtype, String)> {
+    use super::scalars::{capturable_module, step_slots, DeviceScalars};
+    let rules = [
+        ("adam", Adam::default()),
+        (
+            "adamw_amsgrad",
+            Adam {
+                amsgrad: true,
+                ..Adam::adamw()
+            },
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, rule) in rules {
+        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::F64] {
+            let n_state = rule.state_names().len();
+            let (trace, dep) =
+                step_slots(&rule, n_state, dtype).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let layout = super::kernel::Layout::new(n_state, trace.slots.len(), dtype);
+            let consts = rule.step_constants();
+            let src = capturable_module(&trace, &dep, Adam::STEP_SOURCE, consts.len(), &layout);
+            out.push((format!("{name}_capturable"), dtype, src));
         }
     }
     out

@@ -74,6 +74,18 @@ pub fn step_source(trace: &Trace, layout: &Layout) -> String {
 /// The kernel `name` without the prelude: constants, element function, kernel. Several
 /// bodies, each in its own namespace and with its own name, may share one prelude.
 pub fn step_body(trace: &Trace, layout: &Layout, name: &str) -> String {
+    step_body_with(trace, layout, name, false)
+}
+
+/// [`step_body`], where with `per_tensor_slots` the kernel reads tensor `t`'s scalar slots from
+/// a device buffer (`tslots[(tensor_base + t) * FO_SLOTS ..]`, written by the trust-ratio
+/// kernel of `super::norms`) instead of its by-value argument.
+pub fn step_body_with(
+    trace: &Trace,
+    layout: &Layout,
+    name: &str,
+    per_tensor_slots: bool,
+) -> String {
     let n_state = layout.lists - 2;
     let mut s = types(layout.dtype, n_state);
     let consts = [
@@ -85,6 +97,7 @@ pub fn step_body(trace: &Trace, layout: &Layout, name: &str) -> String {
         ("FO_BLOCK", BLOCK),
         ("FO_VEC", 16 / layout.dtype.size()),
         ("FO_TENSOR_BYTES", layout.tensor_struct_bytes()),
+        ("FO_TSLOTS", usize::from(per_tensor_slots)),
     ];
     for (k, v) in consts {
         let _ = writeln!(s, "constexpr int {k} = {v};");
@@ -136,9 +149,11 @@ struct alignas(16) FoPack { S v[FO_VEC]; };
 
 extern "C" __global__ void __launch_bounds__(FO_BLOCK)
 fo_step(const FoTensors a, const FoSlots sl, const float* __restrict__ grad_scale,
-        const float* __restrict__ found_inf) {
+        const float* __restrict__ found_inf, const T* __restrict__ tslots, const int tensor_base) {
   if (found_inf != nullptr && *found_inf != 0.0f) return;
   const int t = a.block_tensor[blockIdx.x];
+  // The scalar slots: the argument's, or this tensor's row of the trust-ratio kernel's output.
+  const T* sc = FO_TSLOTS ? tslots + (long long)(tensor_base + t) * FO_SLOTS : sl.v;
   const long long n = a.numel[t];
   const long long start = (long long)a.block_chunk[blockIdx.x] * FO_CHUNK;
   const long long end = (n - start < FO_CHUNK) ? n : start + FO_CHUNK;
@@ -165,7 +180,7 @@ fo_step(const FoTensors a, const FoSlots sl, const float* __restrict__ grad_scal
       for (int j = 0; j < FO_VEC; ++j) {
         S se[FO_NSTATE + 1];
         for (int k = 0; k < FO_NSTATE; ++k) se[k] = sp[k].v[j];
-        fo_apply(sl.v, pp.v[j], gp.v[j], se, scaled, scale);
+        fo_apply(sc, pp.v[j], gp.v[j], se, scaled, scale);
         for (int k = 0; k < FO_NSTATE; ++k) sp[k].v[j] = se[k];
       }
       *(FoPack*)(p + i) = pp;
@@ -177,92 +192,8 @@ fo_step(const FoTensors a, const FoSlots sl, const float* __restrict__ grad_scal
   for (long long i = i0 + threadIdx.x; i < end; i += FO_BLOCK) {
     S se[FO_NSTATE + 1];
     for (int k = 0; k < FO_NSTATE; ++k) se[k] = st[k][i];
-    fo_apply(sl.v, p[i], g[i], se, scaled, scale);
+    fo_apply(sc, p[i], g[i], se, scaled, scale);
     for (int k = 0; k < FO_NSTATE; ++k) st[k][i] = se[k];
-  }
-}
-#endif
-"#;
-
-/// The reduction pass of a rule with per-tensor norms (LAMB, LARS): kernel `name` adds, for
-/// each tensor `t` of the launch, Σ term₀² and Σ term₁² (in `f64`, of the traced
-/// [`crate::Rule::norm_terms`], gradients unscaled as in the update) to `sums[2(first + t)]`
-/// and `sums[2(first + t) + 1]`. `trace` comes from [`super::trace_norm_terms`]; `layout` is
-/// the update kernel's. Generated and compiled on the CPU; not launched yet (the trust ratio
-/// and the update that reads it per tensor are not written).
-pub fn norm_body(trace: &Trace, layout: &Layout, name: &str) -> String {
-    let n_state = layout.lists - 2;
-    let mut s = types(layout.dtype, n_state);
-    let consts = [
-        ("FO_LISTS", layout.lists),
-        ("FO_SLOTS", layout.slots),
-        ("FO_MAX_T", layout.max_tensors),
-        ("FO_MAX_B", MAX_BLOCKS),
-        ("FO_CHUNK", CHUNK),
-        ("FO_BLOCK", BLOCK),
-        ("FO_TENSOR_BYTES", layout.tensor_struct_bytes()),
-    ];
-    for (k, v) in consts {
-        let _ = writeln!(s, "constexpr int {k} = {v};");
-    }
-    s.push_str(&element_function(trace, n_state + 2));
-    s.push_str(&NORM_KERNEL.replace("fo_norms(", &format!("{name}(")));
-    s
-}
-
-const NORM_KERNEL: &str = r#"
-#ifdef __CUDACC_RTC__
-struct FoTensors {
-  void* ptr[FO_LISTS][FO_MAX_T];
-  long long numel[FO_MAX_T];
-  int block_chunk[FO_MAX_B];
-  unsigned char block_tensor[FO_MAX_B];
-};
-static_assert(sizeof(FoTensors) == FO_TENSOR_BYTES, "FoTensors layout");
-struct FoSlots { T v[FO_SLOTS]; };
-
-__device__ __forceinline__ double fo_block_sum(double v, double* shared) {
-  for (int o = 16; o > 0; o >>= 1) v = __dadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  v = (threadIdx.x < FO_BLOCK / 32) ? shared[lane] : 0.0;
-  if (warp == 0) {
-    for (int o = 16; o > 0; o >>= 1) v = __dadd_rn(v, __shfl_down_sync(0xffffffffu, v, o));
-  }
-  __syncthreads();
-  return v;
-}
-
-extern "C" __global__ void __launch_bounds__(FO_BLOCK)
-fo_norms(const FoTensors a, const FoSlots sl, double* __restrict__ sums, const int first,
-         const float* __restrict__ grad_scale) {
-  __shared__ double shared[32];
-  const int t = a.block_tensor[blockIdx.x];
-  const long long n = a.numel[t];
-  const long long start = (long long)a.block_chunk[blockIdx.x] * FO_CHUNK;
-  const long long end = (n - start < FO_CHUNK) ? n : start + FO_CHUNK;
-  const S* p = (const S*)a.ptr[0][t];
-  const S* g = (const S*)a.ptr[1][t];
-  const T scale = grad_scale != nullptr ? (T)(*grad_scale) : (T)1;
-  double acc0 = 0.0, acc1 = 0.0;
-  for (long long i = start + threadIdx.x; i < end; i += FO_BLOCK) {
-    T stc[FO_NSTATE + 2];
-    for (int k = 0; k < FO_NSTATE; ++k) stc[k] = fo_load(((const S*)a.ptr[2 + k][t])[i]);
-    stc[FO_NSTATE] = (T)0;
-    stc[FO_NSTATE + 1] = (T)0;
-    T gv = fo_load(g[i]);
-    if (grad_scale != nullptr) gv = fo_div(gv, scale);
-    (void)fo_update(sl.v, fo_load(p[i]), gv, stc);
-    const double x = (double)stc[FO_NSTATE], y = (double)stc[FO_NSTATE + 1];
-    acc0 = __dadd_rn(acc0, __dmul_rn(x, x));
-    acc1 = __dadd_rn(acc1, __dmul_rn(y, y));
-  }
-  acc0 = fo_block_sum(acc0, shared);
-  acc1 = fo_block_sum(acc1, shared);
-  if (threadIdx.x == 0) {
-    atomicAdd(&sums[2 * (first + t)], acc0);
-    atomicAdd(&sums[2 * (first + t) + 1], acc1);
   }
 }
 #endif

@@ -1,5 +1,7 @@
 //! Launching the generated kernels on torch's CUDA tensors. **Untested on a GPU**: written and
 //! compiled without one; `benches/gpu_check.sh` runs it against torch on the next device run.
+//! Rules with per-tensor norms: [`step_with_norms`] (`launch_norms.rs`); capturable steps:
+//! [`step_capturable`] (`launch_capturable.rs`).
 //!
 //! Per step: the rule's scalars are computed on the host from the CPU scalar state (torch's
 //! `capturable=False` layout, exactly as the CPU kernel computes them) and traced into the
@@ -12,6 +14,9 @@
 use super::compile;
 use super::emit::Dtype;
 use super::kernel::{Layout, CHUNK, MAX_BLOCKS, STEP_KERNEL};
+pub use super::launch_capturable::step_capturable;
+use super::norms::DeviceNorms;
+use super::StepKernel;
 use crate::error::{Error, Result};
 use crate::rule::{Rule, ScalarState};
 use crate::ParamTensors;
@@ -31,15 +36,15 @@ pub struct NvrtcGroup<R> {
     pub params: Vec<ParamTensors>,
 }
 
-fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
+pub(super) fn cuda_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Cuda(format!("{what}: {e:?}"))
 }
 
-/// Compiled kernels: (source, device ordinal) → `CUfunction` (as an address; modules stay
+/// Compiled modules: (source, device ordinal) → `CUmodule` (as an address; modules stay
 /// loaded for the life of the process).
 static CACHE: Mutex<Option<HashMap<(String, i32), usize>>> = Mutex::new(None);
 
-fn dtype_of(kind: Kind) -> Option<Dtype> {
+pub(super) fn dtype_of(kind: Kind) -> Option<Dtype> {
     match kind {
         Kind::Float => Some(Dtype::F32),
         Kind::Double => Some(Dtype::F64),
@@ -50,7 +55,7 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 }
 
 /// Makes device `ordinal`'s primary context current on this thread; returns its `sm_XY`.
-fn enter(ordinal: i32) -> Result<(sys::CUdevice, String)> {
+pub(super) fn enter(ordinal: i32) -> Result<(sys::CUdevice, String)> {
     // SAFETY: only checks whether libcuda can be opened.
     if !unsafe { sys::is_culib_present() } {
         return Err(Error::Cuda(
@@ -74,9 +79,11 @@ fn enter(ordinal: i32) -> Result<(sys::CUdevice, String)> {
     }
 }
 
-/// The kernel for `source` on device `ordinal`, compiled and loaded on first use.
-fn function(
+/// Kernel `name` of the module compiled from `source` on device `ordinal`, compiled and loaded
+/// on first use.
+pub(super) fn function(
     source: &str,
+    name: &str,
     ordinal: i32,
     arch: &str,
     nvrtc_dirs: &[PathBuf],
@@ -85,30 +92,38 @@ fn function(
         .lock()
         .map_err(|_| Error::Cuda("kernel cache poisoned".into()))?;
     let cache = guard.get_or_insert_with(HashMap::new);
-    if let Some(&f) = cache.get(&(source.to_string(), ordinal)) {
-        return Ok(f as sys::CUfunction);
-    }
-    compile::load(nvrtc_dirs).map_err(Error::Cuda)?;
-    let out = compile::compile(source, "ferroptim_step", arch).map_err(Error::Cuda)?;
-    let name = CString::new(STEP_KERNEL).map_err(|e| cuda_err("kernel name", e))?;
-    // SAFETY: the CUBIN is a complete image NVRTC produced for this device's architecture; the
-    // primary context is current (`enter`); the module is never unloaded, so the function
-    // handle stays valid.
-    let f = unsafe {
-        let module = cu::module::load_data(out.cubin.as_ptr() as *const c_void)
-            .map_err(|e| cuda_err("cuModuleLoadData", e))?;
-        cu::module::get_function(module, name).map_err(|e| cuda_err("cuModuleGetFunction", e))?
+    let key = (source.to_string(), ordinal);
+    let module = match cache.get(&key) {
+        Some(&m) => m as sys::CUmodule,
+        None => {
+            compile::load(nvrtc_dirs).map_err(Error::Cuda)?;
+            let out = compile::compile(source, "ferroptim_step", arch).map_err(Error::Cuda)?;
+            // SAFETY: the CUBIN is a complete image NVRTC produced for this device's
+            // architecture; the primary context is current (`enter`); the module is never
+            // unloaded, so its function handles stay valid.
+            let m = unsafe {
+                cu::module::load_data(out.cubin.as_ptr() as *const c_void)
+                    .map_err(|e| cuda_err("cuModuleLoadData", e))?
+            };
+            cache.insert(key, m as usize);
+            m
+        }
     };
-    cache.insert((source.to_string(), ordinal), f as usize);
-    Ok(f)
+    let cname = CString::new(name).map_err(|e| cuda_err("kernel name", e))?;
+    // SAFETY: `module` is a loaded module of the current context (never unloaded).
+    unsafe {
+        cu::module::get_function(module, cname).map_err(|e| cuda_err("cuModuleGetFunction", e))
+    }
 }
 
 /// The argument struct of one launch, laid out as `FoTensors` in the kernel (`kernel.rs`).
-struct Args {
+pub(super) struct Args {
     layout: Layout,
     bytes: Vec<u8>,
     tensors: usize,
-    blocks: usize,
+    pub(super) blocks: usize,
+    /// Index in the planned members of the tensor in slot 0.
+    pub(super) first: usize,
 }
 
 impl Args {
@@ -118,6 +133,7 @@ impl Args {
             bytes: vec![0; layout.tensor_struct_bytes()],
             tensors: 0,
             blocks: 0,
+            first: 0,
         }
     }
     fn put(&mut self, at: usize, v: &[u8]) {
@@ -137,7 +153,7 @@ impl Args {
         self.blocks += 1;
     }
     /// The struct as 8-byte aligned words.
-    fn words(&self) -> Vec<u64> {
+    pub(super) fn words(&self) -> Vec<u64> {
         self.bytes
             .chunks(8)
             .map(|c| {
@@ -149,15 +165,8 @@ impl Args {
     }
 }
 
-/// Launches `f` over `members` (pointer lists and sizes) with the given slot values.
-fn launch_all(
-    f: sys::CUfunction,
-    layout: Layout,
-    members: &[(Vec<u64>, i64)],
-    slots: &[f64],
-    amp: (u64, u64),
-    stream: sys::CUstream,
-) -> Result<()> {
+/// The scalar slots as `FoSlots` words (`f32` pairs for f32 compute, else `f64`).
+pub(super) fn slot_words(layout: Layout, slots: &[f64]) -> Vec<u64> {
     let mut slot_words: Vec<u64> = if layout.dtype.f32_compute() {
         let v: Vec<f32> = slots.iter().map(|&s| s as f32).collect();
         v.chunks(2)
@@ -171,19 +180,39 @@ fn launch_all(
     if slot_words.is_empty() {
         slot_words.push(0);
     }
-    let (mut gs, mut fi) = amp;
+    slot_words
+}
+
+/// Launches the step kernel `f` over `members` (pointer lists and sizes) with the given slot
+/// values; with `tslots` (a device address), tensor `i` of `members` reads its slots from row
+/// `i` of that buffer instead.
+pub(super) fn launch_all(
+    f: sys::CUfunction,
+    layout: Layout,
+    members: &[(Vec<u64>, i64)],
+    slots: &[f64],
+    amp: (u64, u64),
+    tslots: u64,
+    stream: sys::CUstream,
+) -> Result<()> {
+    let mut slot_words = slot_words(layout, slots);
+    let (mut gs, mut fi, mut ts) = (amp.0, amp.1, tslots);
     for args in plan(layout, members) {
         let mut words = args.words();
-        let mut params: [*mut c_void; 4] = [
+        let mut base = args.first as i32;
+        let mut params: [*mut c_void; 6] = [
             words.as_mut_ptr() as *mut c_void,
             slot_words.as_mut_ptr() as *mut c_void,
             &mut gs as *mut u64 as *mut c_void,
             &mut fi as *mut u64 as *mut c_void,
+            &mut ts as *mut u64 as *mut c_void,
+            &mut base as *mut i32 as *mut c_void,
         ];
         // SAFETY: `f` is a loaded `fo_step` whose parameters are (FoTensors, FoSlots, const
-        // float*, const float*): `words` holds FoTensors byte for byte (its size is checked by
-        // the kernel's static_assert), `slot_words` at least FoSlots' bytes, and the two
-        // pointers are device addresses or null. Every tensor address points to a contiguous
+        // float*, const float*, const T*, int): `words` holds FoTensors byte for byte (its size
+        // is checked by the kernel's static_assert), `slot_words` at least FoSlots' bytes, the
+        // three pointers are device addresses or null (`tslots`, when not null, holds a row
+        // of FO_SLOTS values for each member, written earlier on `stream`). Every tensor address points to a contiguous
         // CUDA tensor of `numel` elements of the kernel's storage type on the current context's
         // device (checked by the caller), and every block stays within its chunk of its
         // tensor. The kernel runs after this returns: as for torch's own kernels, the tensors'
@@ -209,12 +238,15 @@ fn launch_all(
 /// order: each fills up to [`MAX_BLOCKS`] blocks and [`Layout::max_tensors`] tensors; a tensor
 /// whose chunks do not all fit continues in the next launch from its first slot (as torch's
 /// `multi_tensor_apply`).
-fn plan(layout: Layout, members: &[(Vec<u64>, i64)]) -> Vec<Args> {
+pub(super) fn plan(layout: Layout, members: &[(Vec<u64>, i64)]) -> Vec<Args> {
     let mut out = Vec::new();
     let mut args = Args::new(layout);
-    for (ptrs, numel) in members {
+    for (m, (ptrs, numel)) in members.iter().enumerate() {
         if *numel <= 0 {
             continue;
+        }
+        if args.tensors == 0 {
+            args.first = m;
         }
         let mut slot = args.tensors;
         args.set_tensor(slot, ptrs, *numel);
@@ -229,6 +261,7 @@ fn plan(layout: Layout, members: &[(Vec<u64>, i64)]) -> Vec<Args> {
                     slot = 0;
                     args.set_tensor(0, ptrs, *numel);
                     args.tensors = 1;
+                    args.first = m;
                 }
             }
         }
@@ -239,7 +272,15 @@ fn plan(layout: Layout, members: &[(Vec<u64>, i64)]) -> Vec<Args> {
     out
 }
 
-fn check(pt: &ParamTensors, n_state: usize, n_scalar: usize, who: &str) -> Result<(i32, Kind)> {
+/// Checks one parameter's tensors for the kernels; scalar state on the CPU, or with
+/// `capturable` float32 one-element tensors on the parameter's device.
+pub(super) fn check(
+    pt: &ParamTensors,
+    n_state: usize,
+    n_scalar: usize,
+    who: &str,
+    capturable: bool,
+) -> Result<(i32, Kind)> {
     let p = &pt.param;
     let ordinal = match p.device() {
         Device::Cuda(i) => i as i32,
@@ -287,10 +328,24 @@ fn check(pt: &ParamTensors, n_state: usize, n_scalar: usize, who: &str) -> Resul
         }
     }
     for s in &pt.scalar_state {
-        if s.device() != Device::Cpu || s.numel() != 1 {
+        let ok = if capturable {
+            s.device() == p.device() && s.kind() == Kind::Float && s.numel() == 1
+        } else {
+            s.device() == Device::Cpu && s.numel() == 1
+        };
+        if !ok {
             return Err(Error::InvalidArgument {
                 name: "scalar_state",
-                value: format!("{who}: scalar state must be one-element CPU tensors"),
+                value: if capturable {
+                    format!(
+                        "{who}: with capturable, scalar state must be one-element float32 \
+                         tensors on the parameter's device (got {:?} {:?})",
+                        s.device(),
+                        s.kind()
+                    )
+                } else {
+                    format!("{who}: scalar state must be one-element CPU tensors")
+                },
             });
         }
     }
@@ -301,41 +356,11 @@ fn check(pt: &ParamTensors, n_state: usize, n_scalar: usize, who: &str) -> Resul
 /// launch list's index and the scalar state after the step.
 type Reuse = (Vec<u64>, bool, i32, Kind, usize, Vec<f64>);
 
-/// One step of every group with the generated kernels, launched on `stream` (a `CUstream`;
-/// 0 is the legacy default stream). `grad_scale`/`found_inf`: optional float32 one-element
-/// CUDA tensors (GradScaler's hand-over): gradients are divided by `grad_scale` in the kernel
-/// and stored unscaled, and the kernel does nothing when `found_inf` is nonzero — the host
-/// scalar state (`step`) still advances, so pass `found_inf` only where that is what you
-/// want (the Python package lets GradScaler skip instead). `nvrtc_dirs`: folders that may
-/// hold `libnvrtc.so.13`.
-///
-/// Untested on a GPU. Rules that reduce over whole tensors (LAMB, LARS with trust ratio) are
-/// refused: use the ATen path for them.
-///
-/// # Errors
-/// [`Error::InvalidArgument`], [`Error::DeviceMismatch`], [`Error::UnsupportedDtype`] or
-/// [`Error::StateMismatch`] before anything is modified; [`Error::Cuda`] when NVRTC or the
-/// driver fails (the scalar state of earlier groups may then have advanced).
-pub fn step<R: Rule>(
-    groups: &[NvrtcGroup<R>],
-    stream: u64,
+/// The device addresses of GradScaler's `grad_scale` and `found_inf` (0 when absent).
+pub(super) fn amp_ptrs(
     grad_scale: Option<&Tensor>,
     found_inf: Option<&Tensor>,
-    nvrtc_dirs: &[PathBuf],
-) -> Result<()> {
-    let mut checked = Vec::new();
-    for (gi, g) in groups.iter().enumerate() {
-        let n_state = g.rule.state_names().len();
-        let n_scalar = g.rule.scalar_state_names().len();
-        for (i, pt) in g.params.iter().enumerate() {
-            checked.push(check(
-                pt,
-                n_state,
-                n_scalar,
-                &format!("params[{i}] of group {gi}"),
-            )?);
-        }
-    }
+) -> Result<(u64, u64)> {
     let amp_ptr = |t: Option<&Tensor>, name: &'static str| -> Result<u64> {
         match t {
             None => Ok(0),
@@ -353,13 +378,99 @@ pub fn step<R: Rule>(
             }),
         }
     };
-    let amp = (
+    Ok((
         amp_ptr(grad_scale, "grad_scale")?,
         amp_ptr(found_inf, "found_inf")?,
-    );
+    ))
+}
+
+/// One step of every group with the generated kernels, launched on `stream` (a `CUstream`;
+/// 0 is the legacy default stream; it must be torch's current stream of the parameters'
+/// device, whose caching allocator holds the step's temporary buffers). `grad_scale`/`found_inf`: optional float32 one-element
+/// CUDA tensors (GradScaler's hand-over): gradients are divided by `grad_scale` in the kernel
+/// and stored unscaled, and the kernel does nothing when `found_inf` is nonzero — the host
+/// scalar state (`step`) still advances, so pass `found_inf` only where that is what you
+/// want (the Python package lets GradScaler skip instead). `nvrtc_dirs`: folders that may
+/// hold `libnvrtc.so.13`.
+///
+/// Untested on a GPU. Rules that reduce over whole tensors (LAMB, LARS with trust ratio) are
+/// refused here: [`step_with_norms`] runs them.
+///
+/// # Errors
+/// [`Error::InvalidArgument`], [`Error::DeviceMismatch`], [`Error::UnsupportedDtype`] or
+/// [`Error::StateMismatch`] before anything is modified; [`Error::Cuda`] when NVRTC or the
+/// driver fails (the scalar state of earlier groups may then have advanced).
+pub fn step<R: Rule>(
+    groups: &[NvrtcGroup<R>],
+    stream: u64,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+    nvrtc_dirs: &[PathBuf],
+) -> Result<()> {
+    let make = |_: &R, s: &R::Scalars, n_state: usize, dtype: Dtype| -> Result<StepKernel> {
+        if R::norms(s) > 0 {
+            return Err(Error::InvalidArgument {
+                name: "rule",
+                value: "a rule with per-tensor norms (LAMB, LARS with trust ratio): use \
+                        step_with_norms"
+                    .into(),
+            });
+        }
+        super::step_kernel::<R>(s, n_state, dtype).map_err(Error::Cuda)
+    };
+    run(groups, stream, (grad_scale, found_inf), nvrtc_dirs, &make)
+}
+
+/// [`step`] for rules with per-tensor norms (LAMB, LARS): per launch list a reduction pass,
+/// the trust ratios computed on the device, then the update reading them (`super::norms`);
+/// nothing waits on the host. Parameters whose scalars need no norms (LAMB with `adam`, LARS
+/// without `trust`) take the elementwise kernel. Untested on a GPU.
+///
+/// # Errors
+/// As [`step`].
+pub fn step_with_norms<R: DeviceNorms>(
+    groups: &[NvrtcGroup<R>],
+    stream: u64,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+    nvrtc_dirs: &[PathBuf],
+) -> Result<()> {
+    let make = |rule: &R, s: &R::Scalars, n_state: usize, dtype: Dtype| -> Result<StepKernel> {
+        if R::norms(s) == 0 {
+            return super::step_kernel::<R>(s, n_state, dtype).map_err(Error::Cuda);
+        }
+        super::norm_step_kernel::<R>(rule, s, n_state, dtype).map_err(Error::Cuda)
+    };
+    run(groups, stream, (grad_scale, found_inf), nvrtc_dirs, &make)
+}
+
+type MakeKernel<'a, R> = dyn Fn(&R, &<R as Rule>::Scalars, usize, Dtype) -> Result<StepKernel> + 'a;
+
+fn run<R: Rule>(
+    groups: &[NvrtcGroup<R>],
+    stream: u64,
+    (grad_scale, found_inf): (Option<&Tensor>, Option<&Tensor>),
+    nvrtc_dirs: &[PathBuf],
+    make: &MakeKernel<'_, R>,
+) -> Result<()> {
+    let mut checked = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let n_state = g.rule.state_names().len();
+        let n_scalar = g.rule.scalar_state_names().len();
+        for (i, pt) in g.params.iter().enumerate() {
+            checked.push(check(
+                pt,
+                n_state,
+                n_scalar,
+                &format!("params[{i}] of group {gi}"),
+                false,
+            )?);
+        }
+    }
+    let amp = amp_ptrs(grad_scale, found_inf)?;
     let stream = stream as usize as sys::CUstream;
     // First every kernel and the new scalar state, so that nothing is written on an error.
-    type Launch = (super::StepKernel, i32, Vec<(Vec<u64>, i64)>);
+    type Launch = (StepKernel, i32, Vec<(Vec<u64>, i64)>);
     let mut plans: Vec<Vec<Launch>> = Vec::new();
     let mut new_scalars: Vec<(Tensor, f64)> = Vec::new();
     let mut at = 0;
@@ -393,25 +504,21 @@ pub fn step<R: Rule>(
                 }
             }
             let s = rule.scalars(&mut ss, pt.fresh);
-            if R::norms(&s) > 0 {
-                return Err(Error::InvalidArgument {
-                    name: "rule",
-                    value: "a rule with per-tensor norms (LAMB, LARS with trust ratio): not \
-                            supported by the NVRTC kernels yet"
-                        .into(),
-                });
-            }
-            let new: Vec<f64> = ss.iter().map(ScalarState::get).collect();
-            for (t, v) in pt.scalar_state.iter().zip(&new) {
-                new_scalars.push((t.shallow_clone(), *v));
-            }
             let dtype = dtype_of(kind).ok_or(Error::UnsupportedDtype {
                 what: "param".into(),
                 kind,
             })?;
-            let k = super::step_kernel::<R>(&s, n_state, dtype).map_err(Error::Cuda)?;
-            let same =
-                |l: &Launch| l.1 == ordinal && l.0.source == k.source && l.0.slots == k.slots;
+            let k = make(rule, &s, n_state, dtype)?;
+            let new: Vec<f64> = ss.iter().map(ScalarState::get).collect();
+            for (t, v) in pt.scalar_state.iter().zip(&new) {
+                new_scalars.push((t.shallow_clone(), *v));
+            }
+            let same = |l: &Launch| {
+                l.1 == ordinal
+                    && l.0.source == k.source
+                    && l.0.slots == k.slots
+                    && l.0.norms == k.norms
+            };
             let li = match launches.iter().position(same) {
                 Some(li) => li,
                 None => {
@@ -430,74 +537,25 @@ pub fn step<R: Rule>(
     for launches in &plans {
         for (k, ordinal, members) in launches {
             let (_, arch) = enter(*ordinal)?;
-            let f = function(&k.source, *ordinal, &arch, nvrtc_dirs)?;
-            launch_all(f, k.layout, members, &k.slots, amp, stream)?;
+            let ctx = super::launch_norms::Ctx {
+                ordinal: *ordinal,
+                arch: &arch,
+                nvrtc_dirs,
+                amp,
+                stream,
+            };
+            match &k.norms {
+                None => {
+                    let f = function(&k.source, STEP_KERNEL, *ordinal, &arch, nvrtc_dirs)?;
+                    launch_all(f, k.layout, members, &k.slots, amp, 0, stream)?;
+                }
+                Some(norms) => super::launch_norms::launch(&ctx, k, norms, members)?,
+            }
         }
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Decodes a launch's struct: (tensor slot, chunk) per block and each slot's pointers.
-    fn decode(a: &Args) -> Vec<(Vec<u64>, i64, i32)> {
-        let l = a.layout;
-        let word = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&a.bytes[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        let base = 8 * (l.lists + 1) * l.max_tensors;
-        (0..a.blocks)
-            .map(|b| {
-                let t = usize::from(a.bytes[base + 4 * MAX_BLOCKS + b]);
-                assert!(t < l.max_tensors);
-                let mut c = [0u8; 4];
-                c.copy_from_slice(&a.bytes[base + 4 * b..base + 4 * b + 4]);
-                let ptrs = (0..l.lists)
-                    .map(|k| word(8 * (k * l.max_tensors + t)))
-                    .collect();
-                (
-                    ptrs,
-                    word(8 * (l.lists * l.max_tensors + t)) as i64,
-                    i32::from_le_bytes(c),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn launches_cover_every_chunk_once_in_order() {
-        let layout = Layout::new(2, 9, Dtype::F32);
-        assert!(layout.tensor_struct_bytes() + 9 * 4 <= 4096);
-        // Empty tensors, many small ones, two-chunk ones, and one of 1526 chunks.
-        let sizes: Vec<i64> = [0, 1, 70_000, 0]
-            .into_iter()
-            .chain((0..300).map(|i| 1 + (i * 7919) % 140_000))
-            .chain([100_000_000, 5, 0])
-            .collect();
-        let members: Vec<(Vec<u64>, i64)> = sizes
-            .iter()
-            .enumerate()
-            .map(|(i, &n)| ((0..4).map(|k| (i as u64) << 20 | k).collect(), n))
-            .collect();
-        let launches = plan(layout, &members);
-        let mut seen: Vec<(Vec<u64>, i64, i32)> = Vec::new();
-        for a in &launches {
-            assert!(a.blocks >= 1 && a.blocks <= MAX_BLOCKS);
-            assert!(a.tensors <= layout.max_tensors);
-            seen.extend(decode(a));
-        }
-        let want: Vec<(Vec<u64>, i64, i32)> = members
-            .iter()
-            .filter(|m| m.1 > 0)
-            .flat_map(|(p, n)| {
-                (0..(*n as usize).div_ceil(CHUNK)).map(move |c| (p.clone(), *n, c as i32))
-            })
-            .collect();
-        assert_eq!(seen, want);
-        assert!(launches.len() > 1526 / MAX_BLOCKS);
-    }
-}
+#[path = "tests_plan.rs"]
+mod tests;

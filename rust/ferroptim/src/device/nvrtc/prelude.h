@@ -25,6 +25,8 @@ FO_DEV double fo_div(double a, double b) { return __ddiv_rn(a, b); }
 FO_DEV double fo_sqrt(double a) { return __dsqrt_rn(a); }
 FO_DEV double fo_fma(double a, double b, double c) { return __fma_rn(a, b, c); }
 FO_DEV double fo_abs(double a) { return fabs(a); }
+// CUDA's pow (within 2 ulp), for the capturable steps' per-step scalars only.
+FO_DEV double fo_pow(double a, double b) { return pow(a, b); }
 #else
 #include <cmath>
 #include <cstring>
@@ -48,6 +50,8 @@ FO_DEV double fo_div(double a, double b) { return a / b; }
 FO_DEV double fo_sqrt(double a) { return std::sqrt(a); }
 FO_DEV double fo_fma(double a, double b, double c) { return std::fma(a, b, c); }
 FO_DEV double fo_abs(double a) { return std::fabs(a); }
+// glibc's pow, as Rust's f64::powf calls it.
+FO_DEV double fo_pow(double a, double b) { return std::pow(a, b); }
 #endif
 
 // Float::max_nan: NaN (Rust's canonical quiet NaN) if either is NaN, else the larger.
@@ -56,6 +60,11 @@ FO_DEV float fo_max_nan(float a, float b) {
 }
 FO_DEV double fo_max_nan(double a, double b) {
   return (a != a || b != b) ? fo_u2d(0x7FF8000000000000ull) : (a > b ? a : b);
+}
+
+// f64::min: the other value if one is NaN, else the smaller.
+FO_DEV double fo_min_num(double a, double b) {
+  return (a != a) ? b : (b != b) ? a : (a < b ? a : b);
 }
 
 // Storage <-> compute, as src/element.rs: f32/f64 as they are; bf16 and f16 (held as

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// The host C++ compiler, if any.
-fn cxx() -> Option<String> {
+pub(super) fn cxx() -> Option<String> {
     let candidates = [
         std::env::var("CXX").ok(),
         Some("c++".into()),
@@ -286,22 +286,23 @@ fn nvrtc_compiles_every_kernel_for_sm80_and_sm90_without_warnings() {
     // program measured slower than compiling them one by one).
     let mut jobs: Vec<(String, String, &str)> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
-    let bodies = cases()
+    let sources = cases()
         .into_iter()
         .map(|c| {
             let k = super::kernel::Layout::new(c.n_state, c.trace.slots.len(), c.dtype);
-            (
-                c.name,
-                c.dtype,
-                super::kernel::step_body(&c.trace, &k, STEP_KERNEL),
-            )
+            let body = super::kernel::step_body(&c.trace, &k, STEP_KERNEL);
+            (c.name, c.dtype, format!("{}{body}", super::emit::PRELUDE))
         })
-        .chain(super::cases::norm_bodies());
-    for (name, dtype, body) in bodies {
-        if seen.contains(&body) {
+        .chain(
+            super::cases::norm_kernels()
+                .into_iter()
+                .map(|(name, dtype, k)| (format!("{name}_norms"), dtype, k.source)),
+        )
+        .chain(super::cases::capturable_sources());
+    for (name, dtype, src) in sources {
+        if seen.contains(&src) {
             continue;
         }
-        let src = format!("{}{body}", super::emit::PRELUDE);
         let archs: &[&str] = match dtype {
             Dtype::F32 | Dtype::Bf16 => &["sm_80", "sm_90"],
             _ => &["sm_90"],
@@ -309,7 +310,7 @@ fn nvrtc_compiles_every_kernel_for_sm80_and_sm90_without_warnings() {
         for arch in archs {
             jobs.push((format!("{name}_{}", dtype.name()), src.clone(), arch));
         }
-        seen.push(body);
+        seen.push(src);
     }
     let started = std::time::Instant::now();
     let mut times: Vec<f64> = std::thread::scope(|scope| {

@@ -1,0 +1,156 @@
+//! Launching a capturable step (`super::scalars`): per launch list, the per-tensor scalar
+//! kernel (device `step` += 1 and the slot rows), then the update reading its row. Nothing is
+//! read on, or written from, the host. **Untested on a GPU.**
+
+use super::emit::Dtype;
+use super::kernel::{Layout, STEP_KERNEL};
+use super::launch::{
+    amp_ptrs, check, cuda_err, dtype_of, enter, function, launch_all, slot_words, NvrtcGroup,
+};
+use super::scalars::{
+    capturable_module, step_slots, DeviceScalars, SCALARS_KERNEL, SCALAR_MAX_T, SCALAR_THREADS,
+};
+use crate::error::{Error, Result};
+use cudarc::driver::{result as cu, sys};
+use std::ffi::c_void;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+/// The module, layout, slots and constants of one (rule, dtype).
+struct Capturable {
+    source: String,
+    layout: Layout,
+    slots: Vec<f64>,
+    constants: Vec<f64>,
+}
+
+fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype) -> Result<Capturable> {
+    let n_state = rule.state_names().len();
+    let (trace, dep) = step_slots(rule, n_state, dtype).map_err(|e| Error::InvalidArgument {
+        name: "capturable",
+        value: e,
+    })?;
+    let layout = Layout::new(n_state, trace.slots.len(), dtype);
+    let constants = rule.step_constants();
+    Ok(Capturable {
+        source: capturable_module(&trace, &dep, R::STEP_SOURCE, constants.len(), &layout),
+        layout,
+        slots: trace.slots,
+        constants,
+    })
+}
+
+/// One capturable step of every group (torch's `capturable=True`): each parameter's scalar
+/// state is its `step`, a one-element float32 tensor on the parameter's device, incremented
+/// by the kernels (not when `found_inf` is nonzero); the step-dependent scalars are computed
+/// on the device. The launches read nothing from the host and can be captured in a CUDA
+/// graph (after a warm-up step has compiled and loaded the kernels). Other arguments as
+/// [`super::launch::step`]. Untested on a GPU.
+///
+/// # Errors
+/// As [`super::launch::step`] (also when a rule's graph depends on its step), all before
+/// anything is modified, except [`Error::Cuda`].
+pub fn step_capturable<R: DeviceScalars>(
+    groups: &[NvrtcGroup<R>],
+    stream: u64,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+    nvrtc_dirs: &[PathBuf],
+) -> Result<()> {
+    let amp = amp_ptrs(grad_scale, found_inf)?;
+    let stream = stream as usize as sys::CUstream;
+    // (kernel, device, members, step addresses) per (group, device, dtype), built first.
+    type List = (Capturable, i32, Vec<(Vec<u64>, i64)>, Vec<u64>);
+    let mut lists: Vec<List> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let n_state = g.rule.state_names().len();
+        let n_scalar = g.rule.scalar_state_names().len();
+        let first = lists.len();
+        for (i, pt) in g.params.iter().enumerate() {
+            let who = format!("params[{i}] of group {gi}");
+            let (ordinal, kind) = check(pt, n_state, n_scalar, &who, true)?;
+            if pt.param.numel() == 0 {
+                continue;
+            }
+            let dtype = dtype_of(kind).ok_or(Error::UnsupportedDtype {
+                what: "param".into(),
+                kind,
+            })?;
+            let mut ptrs = vec![pt.param.data_ptr() as u64, pt.grad.data_ptr() as u64];
+            ptrs.extend(pt.state.iter().map(|t| t.data_ptr() as u64));
+            let member = (ptrs, pt.param.numel() as i64);
+            let step = pt.scalar_state[0].data_ptr() as u64;
+            let li = match lists[first..]
+                .iter()
+                .position(|l| l.1 == ordinal && l.0.layout.dtype == dtype)
+            {
+                Some(li) => first + li,
+                None => {
+                    lists.push((kernel(&g.rule, dtype)?, ordinal, Vec::new(), Vec::new()));
+                    lists.len() - 1
+                }
+            };
+            lists[li].2.push(member);
+            lists[li].3.push(step);
+        }
+    }
+    for (k, ordinal, members, steps) in &lists {
+        let (_, arch) = enter(*ordinal)?;
+        let get = |name: &str| function(&k.source, name, *ordinal, &arch, nvrtc_dirs);
+        let (f_scalars, f_step) = (get(SCALARS_KERNEL)?, get(STEP_KERNEL)?);
+        let row_kind = if k.layout.dtype.f32_compute() {
+            Kind::Float
+        } else {
+            Kind::Double
+        };
+        let tslots = Tensor::f_empty(
+            [(members.len() * k.layout.slots) as i64],
+            (row_kind, Device::Cuda(*ordinal as usize)),
+        )?;
+        let mut tslots_ptr = tslots.data_ptr() as u64;
+        let mut slots = slot_words(k.layout, &k.slots);
+        let mut consts: Vec<u64> = k.constants.iter().map(|c| c.to_bits()).collect();
+        consts.push(0);
+        let mut found_inf_ptr = amp.1;
+        for start in (0..members.len()).step_by(SCALAR_MAX_T) {
+            let count = SCALAR_MAX_T.min(members.len() - start);
+            let mut step_ptrs = vec![0u64; SCALAR_MAX_T];
+            step_ptrs[..count].copy_from_slice(&steps[start..start + count]);
+            let to_i32 = |v: usize| {
+                i32::try_from(v).map_err(|_| Error::Cuda(format!("{v} tensors exceed an int")))
+            };
+            let (mut base, mut n) = (to_i32(start)?, to_i32(count)?);
+            let mut params: [*mut c_void; 7] = [
+                step_ptrs.as_mut_ptr() as *mut c_void,
+                slots.as_mut_ptr() as *mut c_void,
+                consts.as_mut_ptr() as *mut c_void,
+                &mut tslots_ptr as *mut u64 as *mut c_void,
+                &mut base as *mut i32 as *mut c_void,
+                &mut n as *mut i32 as *mut c_void,
+                &mut found_inf_ptr as *mut u64 as *mut c_void,
+            ];
+            // SAFETY: `fo_scalars(FoStepArgs, FoSlots, FoConsts, T*, int, int, const float*)`:
+            // `step_ptrs` is FoStepArgs (FO_SMAX addresses; the first `count` are the float32
+            // one-element `step` tensors on this device, checked above), `slots` FoSlots,
+            // `consts` at least FO_NCONST doubles; thread `i < count` writes row `start + i`
+            // of `tslots` (`members.len()` rows of FO_SLOTS); `found_inf` is null or a
+            // float32 CUDA element.
+            unsafe {
+                cu::launch_kernel(
+                    f_scalars,
+                    (count.div_ceil(SCALAR_THREADS) as u32, 1, 1),
+                    (SCALAR_THREADS as u32, 1, 1),
+                    0,
+                    stream,
+                    &mut params,
+                )
+                .map_err(|e| cuda_err("cuLaunchKernel", e))?;
+            }
+        }
+        // No empty tensors in `members`: tensor `i` reads row `i`.
+        launch_all(f_step, k.layout, members, &k.slots, amp, tslots_ptr, stream)?;
+        // Back to the caching allocator: reused only in this stream's order.
+        drop(tslots);
+    }
+    Ok(())
+}
