@@ -2,7 +2,7 @@
 //! a kernel shape and uniform values, and the elements handed to the kernel (`f32` tensors in
 //! place, other storage through rows of `f32`). x86-64 only.
 
-use super::eval::{plan, rows_in, Plan, BLOCK, SCRATCH};
+use super::eval::{plan, rows_in, Outputs, Plan, BLOCK, SCRATCH};
 use super::graph::{Graph, Op, MAX_NODES, MAX_SLOTS};
 use super::jit;
 use crate::element::{Float, Storage};
@@ -101,7 +101,7 @@ fn compiled_plan<F: Float>(
         return hit;
     }
     let mut plans = [Plan::Dead; MAX_NODES];
-    plan::<F>(g, slots, &mut plans);
+    plan::<F>(g, slots, Outputs::Update, &mut plans);
     let mut shape: jit::Shape = [jit::DEAD; MAX_NODES];
     let mut uniforms = [0.0f32; MAX_NODES];
     for (i, p) in plans[..g.nodes.len()].iter().enumerate() {

@@ -184,31 +184,14 @@ fn live(graph: &Graph, shape: &Shape) -> [bool; MAX_NODES] {
             (TAKE_A, Op::Where(_, a, _)) => live[a as usize] = true,
             (TAKE_B, Op::Where(_, _, b)) => live[b as usize] = true,
             (_, op) => {
-                for a in operands(op) {
+                let (ids, k) = op.operands();
+                for &a in &ids[..k] {
                     live[a as usize] = true;
                 }
             }
         }
     }
     live
-}
-
-/// Every operand of an operation.
-fn operands(op: Op) -> Vec<NodeId> {
-    match op {
-        Op::Param | Op::Grad | Op::State(_) | Op::Slot(_) | Op::Const(_) => vec![],
-        Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => vec![a],
-        Op::Add(a, b)
-        | Op::Sub(a, b)
-        | Op::Mul(a, b)
-        | Op::Div(a, b)
-        | Op::Max(a, b)
-        | Op::Min(a, b)
-        | Op::Lt(a, b)
-        | Op::Le(a, b)
-        | Op::Eq(a, b) => vec![a, b],
-        Op::Fma(a, b, c) | Op::Where(a, b, c) => vec![a, b, c],
-    }
 }
 
 /// The kernel's body: pointers and uniform values loaded once, then a loop over vectors.
@@ -319,12 +302,12 @@ fn vector_body(
         if !rows.live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
             continue;
         }
-        let needs = match (shape[i], g.nodes[i]) {
-            (TAKE_A, Op::Where(_, a, _)) => vec![a],
-            (TAKE_B, Op::Where(_, _, c)) => vec![c],
-            (_, op) => operands(op),
+        let (needs, k) = match (shape[i], g.nodes[i]) {
+            (TAKE_A, Op::Where(_, a, _)) => ([a, 0, 0], 1),
+            (TAKE_B, Op::Where(_, _, c)) => ([c, 0, 0], 1),
+            (_, op) => op.operands(),
         };
-        if needs.iter().any(|&k| row[k as usize].is_none()) {
+        if needs[..k].iter().any(|&k| row[k as usize].is_none()) {
             return Err(format!("node {i} reads a node without a value in this shape").into());
         }
         let v = |k: NodeId| row[k as usize].unwrap_or_else(no_value);
