@@ -176,6 +176,12 @@ impl Rule for GraphRule {
         state: &[&[S]],
         sink: &mut dyn FnMut(&[&[S::Compute]]),
     ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if compiled::norm_terms_slice_compiled(
+            s.graph, &s.slots, grad_scale, param, grad, state, sink,
+        ) {
+            return true;
+        }
         eval::norm_terms_slice(s.graph, &s.slots, grad_scale, param, grad, state, sink);
         true
     }

@@ -2,6 +2,7 @@
 //! [`crate::rules::Lamb`] bit for bit through the driver (both passes, any thread count), and
 //! graphs whose norm terms read the norms are refused.
 
+use super::eval;
 use super::*;
 use crate::driver::{step, Group, ParamTensors};
 use crate::rules::Lamb;
@@ -213,6 +214,70 @@ fn norm_terms_slice_matches_the_element_terms() {
         let want = Lamb::norm_terms(&b, p[i], g[i] / 4.0, &[m[i], v[i]]);
         assert_eq!((t[0], t[1]), (want[0], want[1]), "{i}");
     }
+}
+
+/// The norm pass through the compiled kernel (f32, bf16) and through the interpreter (f64
+/// storage, which the kernels do not take, and `eval` directly) gives the same terms.
+#[test]
+fn norm_terms_compiled_and_interpreted_agree() {
+    let d = Lamb::default();
+    let rule = GraphRule::new(&lamb_graph(), &[LR, d.beta1, d.beta2, d.eps, WD]).unwrap();
+    let s = rule.scalars(&mut [ScalarState::new(4.0, Kind::Float)], false);
+    let n = 261;
+    let f = |a: f32, b: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * a).sin() * b).collect() };
+    let (p, g, m) = (f(0.37, 1.0), f(0.11, 3.0), f(0.05, 0.1));
+    let v: Vec<f32> = f(0.07, 0.01).iter().map(|x| x.abs()).collect();
+    let collect = |run: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]])) -> bool| {
+        let mut rows: Vec<Vec<f32>> = vec![vec![], vec![]];
+        assert!(run(&mut |t| {
+            for (r, x) in rows.iter_mut().zip(t) {
+                r.extend_from_slice(x);
+            }
+        }));
+        rows
+    };
+    for scale in [None, Some(8.0)] {
+        let driver =
+            collect(&mut |sink| GraphRule::norm_terms_slice(&s, scale, &p, &g, &[&m, &v], sink));
+        let interp = collect(&mut |sink| {
+            eval::norm_terms_slice(s.graph, &s.slots, scale, &p, &g, &[&m, &v], sink);
+            true
+        });
+        assert_eq!(driver, interp);
+        // f64 storage: the interpreter, in f64 (compared after rounding to f32 within 1 ulp).
+        let w = |x: &[f32]| -> Vec<f64> { x.iter().map(|&y| f64::from(y)).collect() };
+        let (p64, g64, m64, v64) = (w(&p), w(&g), w(&m), w(&v));
+        let mut r64: Vec<Vec<f64>> = vec![vec![], vec![]];
+        assert!(GraphRule::norm_terms_slice(
+            &s,
+            scale,
+            &p64,
+            &g64,
+            &[&m64, &v64],
+            &mut |t| {
+                for (r, x) in r64.iter_mut().zip(t) {
+                    r.extend_from_slice(x);
+                }
+            }
+        ));
+        for (a, b) in r64[1].iter().zip(&driver[1]) {
+            assert!(
+                (a - f64::from(*b)).abs() <= 1e-5 * a.abs().max(1e-3),
+                "{a} {b}"
+            );
+        }
+    }
+    // bf16 storage through the kernel: the interpreter's terms.
+    let h = |x: &[f32]| -> Vec<half::bf16> { x.iter().map(|&y| half::bf16::from_f32(y)).collect() };
+    let (pb, gb, mb, vb) = (h(&p), h(&g), h(&m), h(&v));
+    let driver = collect(&mut |sink| {
+        GraphRule::norm_terms_slice(&s, Some(2.0), &pb, &gb, &[&mb, &vb], sink)
+    });
+    let interp = collect(&mut |sink| {
+        eval::norm_terms_slice(s.graph, &s.slots, Some(2.0), &pb, &gb, &[&mb, &vb], sink);
+        true
+    });
+    assert_eq!(driver, interp);
 }
 
 #[test]
