@@ -111,7 +111,7 @@ pub trait Rule: Sync {
         _param: &[S],
         _grad: &[S],
         _state: &[&[S]],
-        _sink: &mut dyn FnMut(&[&[S::Compute]]),
+        _sink: &mut NormSink<'_, S::Compute>,
     ) -> bool {
         false
     }
@@ -120,6 +120,10 @@ pub trait Rule: Sync {
     /// `norm_terms[k]²`, accumulated in `f64` in a fixed order whatever the thread count).
     fn with_norms(_s: &mut Self::Scalars, _sums: [f64; MAX_NORMS]) {}
 }
+
+/// Receives the norm terms of consecutive runs of elements from [`Rule::norm_terms_slice`]:
+/// one row per norm term, rows of equal length.
+pub type NormSink<'a, F> = dyn FnMut(&[&[F]]) + 'a;
 
 /// Largest number of per-tensor sums of squares a rule may ask for (see [`Rule::norms`]).
 pub const MAX_NORMS: usize = 2;

@@ -6,7 +6,7 @@ use super::eval::{plan, rows_in, Outputs, Plan, BLOCK, SCRATCH};
 use super::graph::{Graph, Op, MAX_NODES, MAX_SLOTS};
 use super::jit;
 use crate::element::{Float, Storage};
-use crate::rule::{MAX_NORMS, MAX_STATE};
+use crate::rule::{NormSink, MAX_NORMS, MAX_STATE};
 use std::cell::Cell;
 
 /// [`update_slice`] through a compiled kernel (`jit.rs`), for graphs computed in `f32`:
@@ -147,7 +147,7 @@ pub(crate) fn norm_terms_slice_compiled<S: Storage>(
     param: &[S],
     grad: &[S],
     state: &[&[S]],
-    sink: &mut dyn FnMut(&[&[S::Compute]]),
+    sink: &mut NormSink<'_, S::Compute>,
 ) -> bool {
     if std::mem::size_of::<S::Compute>() != 4 || state.len() > MAX_STATE || !jit::enabled() {
         return false;

@@ -3,7 +3,7 @@
 //! compiler vectorises, in the instruction set the driver's kernel was compiled for.
 
 use super::graph::{Graph, NodeId, Op, MAX_NODES, MAX_SLOTS};
-use crate::rule::MAX_NORMS;
+use crate::rule::{NormSink, MAX_NORMS};
 // `torch.sign` as the built-in rules compute it: 1, −1, or 0 (±0 and NaN).
 use crate::element::{Float, Storage};
 use crate::rules::sign;
@@ -63,7 +63,7 @@ pub(crate) fn norm_terms_slice<S: Storage>(
     param: &[S],
     grad: &[S],
     state: &[&[S]],
-    sink: &mut dyn FnMut(&[&[S::Compute]]),
+    sink: &mut NormSink<'_, S::Compute>,
 ) {
     let mut plans = [Plan::Dead; MAX_NODES];
     plan::<S::Compute>(g, slots, Outputs::Norms, &mut plans);

@@ -25,7 +25,7 @@ pub use graph::{Graph, NodeId, Op, ScalarOp, MAX_HYPERS, MAX_NODES, MAX_SLOTS};
 
 use crate::element::{Float, Storage};
 use crate::error::Result;
-use crate::rule::{Rule, ScalarState, MAX_NORMS};
+use crate::rule::{NormSink, Rule, ScalarState, MAX_NORMS};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -174,7 +174,7 @@ impl Rule for GraphRule {
         param: &[S],
         grad: &[S],
         state: &[&[S]],
-        sink: &mut dyn FnMut(&[&[S::Compute]]),
+        sink: &mut NormSink<'_, S::Compute>,
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
         if compiled::norm_terms_slice_compiled(

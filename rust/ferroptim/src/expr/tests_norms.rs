@@ -5,6 +5,7 @@
 use super::eval;
 use super::*;
 use crate::driver::{step, Group, ParamTensors};
+use crate::rule::NormSink;
 use crate::rules::Lamb;
 use tch::{Device, Kind, Tensor};
 
@@ -218,6 +219,8 @@ fn norm_terms_slice_matches_the_element_terms() {
 
 /// The norm pass through the compiled kernel (f32, bf16) and through the interpreter (f64
 /// storage, which the kernels do not take, and `eval` directly) gives the same terms.
+type Run<'a> = dyn FnMut(&mut NormSink<'_, f32>) -> bool + 'a;
+
 #[test]
 fn norm_terms_compiled_and_interpreted_agree() {
     let d = Lamb::default();
@@ -227,7 +230,7 @@ fn norm_terms_compiled_and_interpreted_agree() {
     let f = |a: f32, b: f32| -> Vec<f32> { (0..n).map(|i| (i as f32 * a).sin() * b).collect() };
     let (p, g, m) = (f(0.37, 1.0), f(0.11, 3.0), f(0.05, 0.1));
     let v: Vec<f32> = f(0.07, 0.01).iter().map(|x| x.abs()).collect();
-    let collect = |run: &mut dyn FnMut(&mut dyn FnMut(&[&[f32]])) -> bool| {
+    let collect = |run: &mut Run<'_>| {
         let mut rows: Vec<Vec<f32>> = vec![vec![], vec![]];
         assert!(run(&mut |t| {
             for (r, x) in rows.iter_mut().zip(t) {
