@@ -36,6 +36,14 @@ class Transform:
             (Adam's bias correction), the incoming update otherwise (``-lr``); or None.
         validate: called with the constructor's hyperparameters; raises ValueError.
         global_norm: the transform reads the global gradient norm (:func:`clip_by_global_norm`).
+        norms: how many values ``norm_terms`` returns.
+        norm_terms: ``norm_terms(u, p, s) -> (t0, …)``: element values (of the incoming update
+            ``u`` and the current parameter) whose 2-norms over each tensor the transform
+            reads (:func:`scale_by_trust_ratio`); None for none. Needs ``update``.
+        tensor_factor: ``tensor_factor(h, norms, step)``: a per-tensor scalar factor computed
+            from the 2-norms of ``norm_terms`` (float64), multiplying the transform's output;
+            applied after the per-step factors are combined (``(-(lr/d))·trust``, the order of
+            ferroptim's Lamb), where the next transform reads the update or at the end.
     """
 
     name: str
@@ -48,6 +56,9 @@ class Transform:
     factor: Callable[..., _Frac] | None = None
     validate: Callable[[dict[str, Any]], None] | None = None
     global_norm: bool = False
+    norms: int = 0
+    norm_terms: Callable[..., tuple[Any, ...]] | None = None
+    tensor_factor: Callable[..., Any] | None = None
 
 
 def _clip_coefs(opt: Any) -> dict[int, float]:
@@ -103,6 +114,14 @@ def _value(f: _Frac) -> Any:
     return (1.0 if num is None else num) / den
 
 
+def _coef(f: _Frac, tensor: list[Any]) -> Any:
+    """The combined factor: the per-step fraction's value, times the per-tensor factors."""
+    value = None if f == (None, None) else _value(f)
+    for t in tensor:
+        value = t if value is None else value * t
+    return 1.0 if value is None else value
+
+
 def _apply(num: Any, den: Any, coef: Any) -> Any:
     """The update ``(coef·num)/den`` as one element value (``coef``/``den`` may be None)."""
     if coef is not None:
@@ -119,6 +138,11 @@ def _same(a: Any, b: Any) -> bool:
             and bool(torch.equal(a, b))
         )
     return isinstance(a, bool) == isinstance(b, bool) and bool(a == b)
+
+
+def _count(t: Transform) -> int:
+    """How many norm terms ``t`` reads."""
+    return t.norms if t.norm_terms is not None else 0
 
 
 class _Scoped:
@@ -204,9 +228,10 @@ def chain(
     for t in ts:
         for key in t.requires:
             if key not in defaults:
+                hint = " (add scale_by_lr)" if key == "lr" else ""
                 raise ValueError(
                     f"{t.name} reads hyperparameter {key!r}, which no transform of the chain "
-                    "sets (add scale_by_lr)"
+                    f"sets{hint}"
                 )
     if "lr" not in defaults:
         raise ValueError(
@@ -236,10 +261,23 @@ def chain(
     for i, t in enumerate(ts):
         if t.update is not None:
             pending[i] = carried
-            carried = t.factor is not None
+            carried = t.factor is not None or t.tensor_factor is not None
         elif t.factor is not None:
             carried = True
     pending[len(ts)] = carried
+    # Per-tensor norms: each norm-reading transform's first term's index in ``h.norms``.
+    norm_at: dict[int, int] = {}
+    for i, t in enumerate(ts):
+        if t.norm_terms is not None:
+            if t.update is None:
+                raise ValueError(f"{t.name}: norm_terms needs an update")
+            norm_at[i] = sum(_count(ts[j]) for j in norm_at)
+    n_norms = sum(_count(ts[j]) for j in norm_at)
+    if n_norms > R.MAX_NORMS:
+        raise ValueError(
+            f"chain() reads {n_norms} per-tensor norms (at most {R.MAX_NORMS}: one "
+            "scale_by_trust_ratio)"
+        )
     clips = [i for i, t in enumerate(ts) if t.global_norm]
     if len(clips) > 1:
         raise ValueError("chain() takes at most one clip_by_global_norm")
@@ -253,6 +291,7 @@ def chain(
     def scalars(h: Any, step: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         coef: _Frac = (None, None)
+        tensor: list[Any] = []  # pending per-tensor factors
         for i, t in enumerate(ts):
             if t.scalars is not None:
                 mine = t.scalars(h, step)
@@ -260,15 +299,22 @@ def chain(
                 out.update({prefixes[i] + k: v for k, v in mine.items()})
             if t.update is not None:
                 if pending[i]:
-                    out[f"{i}.coef"] = _value(coef)
+                    out[f"{i}.coef"] = _coef(coef, tensor)
                 coef = t.factor(h, step) if t.factor is not None else (None, None)
+                tensor = []
+                if t.tensor_factor is not None:
+                    at = norm_at.get(i, 0)
+                    mine_norms = h.norms[at : at + _count(t)] if i in norm_at else ()
+                    tensor.append(t.tensor_factor(h, mine_norms, step))
             elif t.factor is not None:
                 coef = _times(coef, t.factor(h, step))
         if pending[len(ts)]:
-            out["coef"] = _value(coef)
+            out["coef"] = _coef(coef, tensor)
         return out
 
-    def update(p: Any, g: Any, st: Any, s: Any) -> Any:
+    def run(p: Any, g: Any, st: Any, s: Any, terms: list[Any] | None = None) -> Any:
+        """The chain's update; with ``terms``, collects the norm terms and stops after the
+        last transform that reads norms (for ``norms``)."""
         num, den = (-g if s.maximize else g), None
         for i, t in enumerate(ts):
             si = _Scoped(s, prefixes[i], own[i])
@@ -276,7 +322,22 @@ def chain(
                 p = t.param(p, si)
             if t.update is not None:
                 u = _apply(num, den, getattr(s, f"{i}.coef") if pending[i] else None)
+                if terms is not None and t.norm_terms is not None:
+                    terms.extend(t.norm_terms(u, p, si))
+                    if len(terms) == n_norms:
+                        return None
                 num, den = t.update(u, p, _Renamed(st, renames[i]), si)
+        return p, num, den
+
+    def norms(p: Any, g: Any, st: Any, s: Any) -> tuple[Any, ...]:
+        terms: list[Any] = []
+        # The transforms before the last norm reader assign state as in update: they run on
+        # a scratch state of the same trace (nodes are shared with update's).
+        run(p, g, R._State(p.trace, tuple(state)), s, terms)
+        return tuple(terms)
+
+    def update(p: Any, g: Any, st: Any, s: Any) -> Any:
+        p, num, den = run(p, g, st, s)
         coef = s.coef if pending[len(ts)] else None
         if den is None and coef is not None:
             return R.fma(coef, num, p)  # θ + c·u with one rounding (torch's add(alpha=))
@@ -295,6 +356,7 @@ def chain(
         defaults=defaults,
         validate=validate,
         doc=doc or f"{name}: ferroptim.chain(" + ", ".join(t.name for t in ts) + ").",
+        norms=norms if n_norms else None,
     )
     # The caller's module, as collections.namedtuple does (the class is made here).
     cls.__module__ = sys._getframe(1).f_globals.get("__name__", cls.__module__)

@@ -346,10 +346,14 @@ class Graph:
         scalars: Sequence[_RawNode],
         slots: Sequence[int],
         n_hypers: int,
+        norms: Sequence[int] = ...,
     ) -> Graph: ...
     @property
     def n_nodes(self) -> int:
         """The number of element nodes."""
+    @property
+    def n_norms(self) -> int:
+        """The number of per-tensor norm terms."""
 
 class GraphGroup(_Tensors):
     graph: Graph

@@ -51,19 +51,72 @@ hyperparameters (``h.<name>``; a tuple hyperparameter such as ``betas`` gives a 
 step count ``step`` (after this step's increment: 1 on the first step) and :data:`FRESH`
 (``h.fresh``: 1.0 on a parameter's first step, when its state was just created, else 0.0).
 
-The algorithm is yours; ferroptim runs it. Reproductions of AdamW, SGD with Nesterov momentum
-and Lion with this API match the built-in classes bit for bit (``tests/python/test_rules.py``).
+**Per-tensor norms** (LAMB's and LARS's trust ratios). ``norms(p, g, state, s)`` returns up
+to :data:`MAX_NORMS` element values; before the update, the driver sums their squares over
+each whole tensor (float64, fixed order: the same bits for any thread count) and ``scalars``
+reads the 2-norms as ``h.norms``. A scalar computed from them is one value per tensor in
+``update``. LAMB (You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76
+minutes", ICLR 2020), as ferroptim's :class:`~ferroptim.Lamb` computes it::
+
+    def direction(p, g, state, s):   # shared by norms and update (traced nodes are shared)
+        m = R.fma(s.one_minus_beta1, g, state.exp_avg * s.beta1)
+        v = R.fma(s.one_minus_beta2 * g, g, state.exp_avg_sq * s.beta2)
+        return p * s.decay, m, v, m / (R.sqrt(v) + s.eps)
+
+    def norms(p, g, state, s):       # ‖θ‖ and ‖r‖ of each tensor
+        p, _, _, r = direction(p, g, state, s)
+        return p, r
+
+    def scalars(h, step):
+        beta1, beta2 = h.betas
+        weight, dir_norm = h.norms
+        weight = R.where(weight < 10.0, weight, 10.0)                 # φ(‖θ‖) = min(‖θ‖, 10)
+        trust = R.where(R.eq(weight, 0.0), 1.0,
+                        R.where(R.eq(dir_norm, 0.0), 1.0, weight / (dir_norm + h.eps)))
+        return {"beta1": beta1, "one_minus_beta1": 1 - beta1, "beta2": beta2,
+                "one_minus_beta2": 1 - beta2, "decay": 1 - h.weight_decay * h.lr,
+                "alpha": -(h.lr / (1 - beta1**step)) * trust}
+
+    def update(p, g, state, s):
+        p, state.exp_avg, state.exp_avg_sq, r = direction(p, g, state, s)
+        return R.fma(s.alpha, r, p)
+
+    MyLamb = R.rule_optimizer("MyLamb", update, scalars, norms=norms,
+                              state=("exp_avg", "exp_avg_sq"),
+                              defaults={"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-6,
+                                        "weight_decay": 0.0})
+
+The algorithm is yours; ferroptim runs it. Reproductions of AdamW, SGD with Nesterov momentum,
+Lion and LAMB with this API match the built-in classes bit for bit
+(``tests/python/test_rules.py``).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import torch
 
 from . import _core
 from ._base import NATIVE_NOTES, NativeStep, scalar, scalar_tensor, zeros_like
+from ._tracing import (
+    FRESH,
+    _Elem,
+    _Scalar,
+    _Trace,
+    _unsupported,
+    _Value,
+    eq,
+    exp,
+    fma,
+    lerp,
+    log,
+    maximum,
+    minimum,
+    sign,
+    sqrt,
+    where,
+)
 
 __all__ = [
     "rule_optimizer",
@@ -77,271 +130,35 @@ __all__ = [
     "where",
     "lerp",
     "eq",
+    "MAX_NORMS",
 ]
 
 
-class _Trace:
-    """Nodes of one graph being traced: ``(op, a, b, c, value)`` tuples, shared when equal."""
-
-    def __init__(self, proxy: type) -> None:
-        self.nodes: list[tuple[str, int, int, int, float]] = []
-        self.index: dict[tuple[str, int, int, int, float], int] = {}
-        self.proxy = proxy
-
-    def add(self, op: str, a: int = 0, b: int = 0, c: int = 0, value: float = 0.0) -> Any:
-        key = (op, a, b, c, float(value))
-        if op == "const" and math.isnan(value):  # NaN never equals itself: no sharing
-            self.nodes.append(key)
-            return self.proxy(self, len(self.nodes) - 1)
-        i = self.index.get(key)
-        if i is None:
-            i = self.index[key] = len(self.nodes)
-            self.nodes.append(key)
-        return self.proxy(self, i)
-
-
-def _unsupported(what: str) -> TypeError:
-    return TypeError(
-        f"a ferroptim rule cannot use {what} on a traced value; supported: + - * / and unary "
-        "-, abs, < <= > >=, and ferroptim.rules.sqrt/exp/log/sign/maximum/minimum/fma/"
-        "where/lerp/eq"
-    )
-
-
-class _Value:
-    """A traced value (element or scalar graph)."""
-
-    __slots__ = ("trace", "id")
-    _kind = ""
-
-    def __init__(self, trace: _Trace, i: int) -> None:
-        self.trace, self.id = trace, i
-
-    def _lift(self, other: Any) -> _Value:
-        if isinstance(other, _Value):
-            if other.trace is not self.trace:
-                raise _unsupported(f"a {other._kind} value in a {self._kind} graph")
-            return other
-        if isinstance(other, bool) or not isinstance(other, (int, float)):
-            if isinstance(other, torch.Tensor) and other.numel() == 1:
-                other = other.item()
-            else:
-                raise _unsupported(f"an operand of type {type(other).__name__}")
-        return self.trace.add("const", value=float(other))
-
-    def _op(self, op: str, *others: Any) -> _Value:
-        ids = [self.id] + [self._lift(o).id for o in others]
-        return self.trace.add(op, *ids)
-
-    def __add__(self, o: Any) -> _Value:
-        return self._op("add", o)
-
-    def __radd__(self, o: Any) -> _Value:
-        return self._lift(o)._op("add", self)
-
-    def __sub__(self, o: Any) -> _Value:
-        return self._op("sub", o)
-
-    def __rsub__(self, o: Any) -> _Value:
-        return self._lift(o)._op("sub", self)
-
-    def __mul__(self, o: Any) -> _Value:
-        return self._op("mul", o)
-
-    def __rmul__(self, o: Any) -> _Value:
-        return self._lift(o)._op("mul", self)
-
-    def __truediv__(self, o: Any) -> _Value:
-        return self._op("div", o)
-
-    def __rtruediv__(self, o: Any) -> _Value:
-        return self._lift(o)._op("div", self)
-
-    def __neg__(self) -> _Value:
-        return self._op("neg")
-
-    def __pos__(self) -> _Value:
-        return self
-
-    def __abs__(self) -> _Value:
-        return self._op("abs")
-
-    def __lt__(self, o: Any) -> _Value:
-        return self._op("lt", o)
-
-    def __gt__(self, o: Any) -> _Value:
-        return self._lift(o)._op("lt", self)
-
-    def __le__(self, o: Any) -> _Value:
-        if self._kind == "scalar":
-            raise _unsupported("<= (use <)")
-        return self._op("le", o)
-
-    def __ge__(self, o: Any) -> _Value:
-        if self._kind == "scalar":
-            raise _unsupported(">= (use <)")
-        return self._lift(o)._op("le", self)
-
-    def __bool__(self) -> bool:
-        raise _unsupported("Python `if`/`and`/`or`/`not` (branch with ferroptim.rules.where)")
-
-    def __pow__(self, o: Any) -> _Value:
-        if self._kind == "scalar":
-            return self._op("pow", o)
-        raise _unsupported("** (write products, sqrt, or exp/log)")
-
-    def __rpow__(self, o: Any) -> _Value:
-        if self._kind == "scalar":
-            return self._lift(o)._op("pow", self)
-        raise _unsupported("**")
-
-    def __float__(self) -> float:
-        raise _unsupported("float() (the value is only known at each step)")
-
-    def __floordiv__(self, o: Any) -> Any:
-        raise _unsupported("//")
-
-    def __mod__(self, o: Any) -> Any:
-        raise _unsupported("%")
-
-    def __matmul__(self, o: Any) -> Any:
-        raise _unsupported("@")
-
-    def __getitem__(self, k: Any) -> Any:
-        raise _unsupported("indexing")
-
-    def __iter__(self) -> Any:
-        raise _unsupported("iteration")
-
-    def __len__(self) -> int:
-        raise _unsupported("len()")
-
-    __hash__ = object.__hash__
-
-    @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        fn = _TORCH.get(func)
-        if fn is None or kwargs:
-            name = getattr(func, "__name__", repr(func))
-            raise _unsupported(f"torch.{name}" + (" with keyword arguments" if kwargs else ""))
-        return fn(*args)
-
-
-class _Elem(_Value):
-    __slots__ = ()
-    _kind = "element"
-
-
-class _Scalar(_Value):
-    __slots__ = ()
-    _kind = "scalar"
-
-
-def _first(*xs: Any) -> _Value:
-    for x in xs:
-        if isinstance(x, _Value):
-            return x
-    raise TypeError("ferroptim.rules functions take traced values inside a rule")
-
-
-def sqrt(x: Any) -> Any:
-    """√x, correctly rounded."""
-    if isinstance(x, (int, float)):
-        return math.sqrt(x)
-    return _first(x)._op("sqrt")
-
-
-def exp(x: Any) -> Any:
-    """eˣ (elements: computed in float64 and rounded)."""
-    if isinstance(x, (int, float)):
-        return math.exp(x)
-    return _first(x)._op("exp")
-
-
-def log(x: Any) -> Any:
-    """ln x (elements: computed in float64 and rounded)."""
-    if isinstance(x, (int, float)):
-        return math.log(x)
-    return _first(x)._op("log")
-
-
-def sign(x: Any) -> Any:
-    """``torch.sign`` on elements: 1, -1, or 0 (for ±0 and NaN, as ferroptim's Lion)."""
-    v = _first(x)
-    if v._kind != "element":
-        raise _unsupported("sign on a scalar")
-    return v._op("sign")
-
-
-def maximum(a: Any, b: Any) -> Any:
-    """``torch.maximum``: NaN if either is NaN."""
-    v = _first(a, b)
-    return v._lift(a)._op("maximum", b)
-
-
-def minimum(a: Any, b: Any) -> Any:
-    """``torch.minimum``: NaN if either is NaN."""
-    v = _first(a, b)
-    return v._lift(a)._op("minimum", b)
-
-
-def fma(a: Any, b: Any, c: Any) -> Any:
-    """``a * b + c`` with one rounding (elements only)."""
-    v = _first(a, b, c)
-    if v._kind != "element":
-        raise _unsupported("fma on scalars")
-    return v._lift(a)._op("fma", b, c)
-
-
-def where(mask: Any, a: Any, b: Any) -> Any:
-    """``a`` where ``mask`` (a comparison's result) holds, else ``b`` (both are computed)."""
-    v = _first(mask, a, b)
-    return v._lift(mask)._op("where", a, b)
-
-
-def eq(a: Any, b: Any) -> Any:
-    """The mask ``a == b`` (elements only; ``==`` itself keeps Python's meaning)."""
-    v = _first(a, b)
-    if v._kind != "element":
-        raise _unsupported("eq on scalars")
-    return v._lift(a)._op("eq", b)
-
-
-def lerp(start: Any, end: Any, weight: Any) -> Any:
-    """``torch.lerp(start, end, weight)`` as ATen's CPU kernel computes it: with ``d = end -
-    start``, ``fma(weight, d, start)`` where ``|weight| < 0.5``, else ``fma(weight - 1, d,
-    end)``."""
-    diff = end - start
-    return where(abs(weight) < 0.5, fma(weight, diff, start), fma(weight - 1.0, diff, end))
-
-
-_TORCH: dict[Any, Callable[..., Any]] = {
-    torch.sqrt: sqrt,
-    torch.exp: exp,
-    torch.log: log,
-    torch.sign: sign,
-    torch.abs: abs,
-    torch.maximum: maximum,
-    torch.minimum: minimum,
-    torch.where: where,
-    torch.lerp: lerp,
-}
-
-#: The name under which ``h`` gives the first-step flag (1.0 on a parameter's first step).
-FRESH = "fresh"
+#: Largest number of per-tensor norm terms a rule may declare (``MAX_NORMS`` of the native rule).
+MAX_NORMS = 2
 
 
 class _Hypers:
-    """``h`` of ``scalars(h, step)``: float hyperparameters as traced scalars, bools as bools."""
+    """``h`` of ``scalars(h, step)``: float hyperparameters as traced scalars, bools as bools,
+    ``h.norms`` the per-tensor norms (None: the rule declares no norm terms)."""
 
-    def __init__(self, trace: _Trace, floats: list[str], flags: dict[str, Any]) -> None:
-        self._trace, self._floats, self._flags = trace, floats, flags
+    def __init__(
+        self, trace: _Trace, floats: list[str], flags: dict[str, Any], n_norms: int | None
+    ) -> None:
+        self._trace, self._floats, self._flags, self._n_norms = trace, floats, flags, n_norms
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         if name == FRESH:
             return self._trace.add("fresh")
+        if name == "norms" and "norms" not in self._floats and "norms" not in self._flags:
+            if self._n_norms is None:
+                raise TypeError(
+                    "h.norms: this rule declares no per-tensor norm terms (pass norms= to "
+                    "rule_optimizer)"
+                )
+            return tuple(sqrt(self._trace.add("norm_sq", k)) for k in range(self._n_norms))
         if name in self._flags:
             return self._flags[name]
         tuple_items = [f for f in self._floats if f.startswith(name + "[")]
@@ -399,6 +216,70 @@ class _State:
         self.__dict__["_new"][name] = value
 
 
+class _ReadState(_State):
+    """``state`` of ``norms``: the old values, read only."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError(
+            f"norms() cannot assign state.{name}: norm terms are computed from the state "
+            "before the update, which update() writes"
+        )
+
+
+def _norm_terms(rule: str, out: Any) -> list[Any]:
+    """The value returned by ``norms``: a sequence of at most MAX_NORMS values."""
+    terms = list(out) if isinstance(out, (tuple, list)) else [out]
+    if len(terms) > MAX_NORMS:
+        raise ValueError(
+            f"rule {rule}: norms() returns {len(terms)} terms (at most {MAX_NORMS} per-tensor "
+            "norms)"
+        )
+    return terms
+
+
+def _count_norms(
+    rule: str, norms: Callable[..., Any], state: tuple[str, ...], flags: dict[str, Any]
+) -> int:
+    """How many terms ``norms`` returns, from a scratch trace (``h.norms`` needs the count
+    before the real trace, which needs the scalars' names)."""
+    et = _Trace(_Elem)
+    s = _Slots(et, {}, lambda _name: 0, flags)
+    return len(_norm_terms(rule, norms(et.add("param"), et.add("grad"), _ReadState(et, state), s)))
+
+
+def _check_norm_slots(
+    rule: str, et: _Trace, st: _Trace, terms: list[int], slots: list[int], names: dict[str, int]
+) -> None:
+    """Raises TypeError if a norm term reads a scalar computed from ``h.norms``."""
+    late = [False] * len(st.nodes)
+    for i, (op, a, b, c, _) in enumerate(st.nodes):
+        n = _ARITY.get(op, 0)
+        late[i] = op == "norm_sq" or any(late[x] for x in (a, b, c)[:n])
+    read = [False] * len(et.nodes)
+    for t in terms:
+        read[t] = True
+    slot_name = {k: name for name, k in names.items()}
+    for i in range(len(et.nodes) - 1, -1, -1):
+        if not read[i]:
+            continue
+        op, a, b, c, _ = et.nodes[i]
+        if op == "slot" and late[slots[a]]:
+            raise TypeError(
+                f"rule {rule}: norms() reads s.{slot_name.get(a, a)}, which scalars() computes "
+                "from h.norms (norm terms are summed before the norms are known)"
+            )
+        for x in (a, b, c)[: _ARITY.get(op, 0)]:
+            read[x] = True
+
+
+# Operand counts of the traced operations (inputs and constants: none).
+_ARITY = {
+    **dict.fromkeys(("neg", "abs", "sqrt", "exp", "log", "sign"), 1),
+    **dict.fromkeys(("add", "sub", "mul", "div", "pow", "maximum", "minimum", "lt", "le", "eq"), 2),
+    **dict.fromkeys(("fma", "where"), 3),
+}
+
+
 def _trace(
     name: str,
     update: Callable[..., Any],
@@ -406,11 +287,13 @@ def _trace(
     state: tuple[str, ...],
     floats: list[str],
     flags: dict[str, Any],
+    norms: Callable[..., Any] | None = None,
 ) -> Any:
-    """Traces ``scalars`` and ``update`` with the bool hyperparameters ``flags`` fixed; returns
-    the native ``Graph``. Raises TypeError naming an unsupported operation."""
+    """Traces ``scalars``, ``norms`` and ``update`` with the bool hyperparameters ``flags``
+    fixed; returns the native ``Graph``. Raises TypeError naming an unsupported operation."""
+    n_norms = None if norms is None else _count_norms(name, norms, state, flags)
     st = _Trace(_Scalar)
-    h = _Hypers(st, floats, flags)
+    h = _Hypers(st, floats, flags, n_norms)
     outs: dict[str, Any] = dict(scalars(h, st.add("step")) if scalars is not None else {})
     slots: list[int] = []  # scalar node of each slot
     slot_of: dict[str, int] = {}
@@ -436,13 +319,20 @@ def _trace(
     et = _Trace(_Elem)
     p, g = et.add("param"), et.add("grad")
     s = _Slots(et, slot_of, hyper_slot, flags)
+    terms: list[int] = []
+    if norms is not None:
+        out = _norm_terms(name, norms(p, g, _ReadState(et, state), s))
+        terms = [p._lift(t).id for t in out]
     state_obj = _State(et, state)
     new_p = update(p, g, state_obj, s)
     if new_p is None:
         raise TypeError(f"rule {name}: update must return the new parameter value")
     new_p = p._lift(new_p)
     outs_ids = [p._lift(state_obj.__getattr__(n)).id for n in state]
-    return _core.Graph(list(state), et.nodes, new_p.id, outs_ids, st.nodes, slots, len(floats))
+    _check_norm_slots(name, et, st, terms, slots, s._names)
+    return _core.Graph(
+        list(state), et.nodes, new_p.id, outs_ids, st.nodes, slots, len(floats), terms
+    )
 
 
 def _float_names(defaults: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
@@ -475,6 +365,7 @@ def rule_optimizer(
     defaults: dict[str, Any],
     validate: Callable[[dict[str, Any]], None] | None = None,
     doc: str | None = None,
+    norms: Callable[..., Any] | None = None,
 ) -> type[torch.optim.Optimizer]:
     """A ``torch.optim.Optimizer`` subclass named ``name`` whose step is the rule ``update``
     (one element: ``update(p, g, state, s) -> new p``, assigning ``state.<name>``) with the
@@ -492,11 +383,23 @@ def rule_optimizer(
             Default: torch's checks of ``lr``, ``eps``, ``weight_decay`` and ``betas`` where
             the rule has them.
         doc: the class docstring.
+        norms: per-tensor norm terms, or None (the default: a purely elementwise rule).
+            ``norms(p, g, state, s) -> (t0, t1)`` returns up to :data:`MAX_NORMS` element
+            values computed from the parameter, the gradient and the state *before* the
+            update (``state`` is read only here); before each step's update the squares of
+            each are summed over the whole tensor in float64, in a fixed order (bit-identical
+            for any thread count, as the built-in ``Lamb`` and ``LARS``), and
+            ``scalars`` reads the 2-norms as ``h.norms`` (a tuple, ``h.norms[k] = √Σ t_k²``).
+            Scalars computed from them (a trust ratio) are one value per tensor for
+            ``update``; ``norms`` itself must not read them. Each step then reads every tensor
+            twice (the norms, then the update).
 
     Raises:
         TypeError: the rule uses an unsupported operation (named in the message), found by
-            tracing it with the defaults.
-        ValueError: too many nodes, slots or state tensors (found by the native check).
+            tracing it with the defaults; ``norms`` assigns state or reads a scalar computed
+            from ``h.norms``; ``scalars`` reads ``h.norms`` without ``norms``.
+        ValueError: too many nodes, slots, state tensors or norm terms (found by the native
+            check).
     """
     state = tuple(state)
     floats, flag_names, float_keys = _float_names(defaults)
@@ -506,7 +409,7 @@ def rule_optimizer(
         key = tuple(flags[f] for f in flag_names)
         g = graphs.get(key)
         if g is None:
-            g = graphs[key] = _trace(name, update, scalars, state, floats, flags)
+            g = graphs[key] = _trace(name, update, scalars, state, floats, flags, norms)
         return g
 
     graph_for({f: bool(defaults[f]) for f in flag_names})  # errors at definition time

@@ -44,9 +44,21 @@ name only with equal defaults (e.g. decoupled weight decay reads the ``lr`` of
 :func:`scale_by_lr`).
 
 :func:`clip_by_global_norm` needs the gradients' global norm, a reduction: it is computed
-with torch before the fused pass and handed to it as a per-step scalar. Missing:
-``scale_by_trust_ratio`` and Lamb, whose per-tensor norms of the update (mid-chain) need
-per-tensor scalars in the native expression graph.
+with torch before the fused pass and handed to it as a per-step scalar.
+:func:`scale_by_trust_ratio` needs per-tensor norms of the parameter and of the update where
+it stands in the chain: the native rule sums their squares over each tensor in a first pass
+(float64, fixed order, as ferroptim's :class:`~ferroptim.Lamb`), then the fused update pass
+applies the ratio as a per-tensor factor. LAMB (You et al., "Large Batch Optimization for Deep
+Learning: Training BERT in 76 minutes", ICLR 2020) as ferroptim's :class:`~ferroptim.Lamb`
+computes it, bit for bit::
+
+    Lamb = ferroptim.chain(
+        add_decayed_weights(0.0, mode="decoupled"),           # θ ← θ(1 − lr·λ)
+        scale_by_adam_moments(betas=(0.9, 0.999), eps=1e-6),  # u ← m / (√v + ε)
+        scale_by_trust_ratio(eps=1e-6, max_weight_norm=10.0), # u ← u·min(‖θ‖, 10)/(‖u‖ + ε)
+        scale_by_bias_correction(),                           # u ← u / (1 − β₁ᵗ)
+        scale_by_lr(1e-3),
+    )
 """
 
 from __future__ import annotations
@@ -69,6 +81,9 @@ __all__ = [
     "add_decayed_weights",
     "scale_by_lr",
     "clip_by_global_norm",
+    "scale_by_adam_moments",
+    "scale_by_bias_correction",
+    "scale_by_trust_ratio",
 ]
 
 
@@ -347,5 +362,130 @@ def clip_by_global_norm(max_norm: float = 1.0) -> Transform:
             update=lambda u, p, state, s: (u * s.coef, None),
             validate=lambda h: _nonneg(h, "max_norm"),
             global_norm=True,
+        )
+    )
+
+
+def scale_by_adam_moments(
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6, grad_averaging: bool = True
+) -> Transform:
+    r"""Adam's moments without bias correction, LAMB's direction as pytorch-lamb and
+    ferroptim's :class:`~ferroptim.Lamb` compute it: ``m ← β₁m + (1 − β₁)u`` (one fused
+    multiply-add; ``m ← β₁m + u`` without ``grad_averaging``), ``v ← β₂v + (1 − β₂)u²``,
+    ``u ← m / (√v + ε)``. The first moment's bias correction is
+    :func:`scale_by_bias_correction`, placed where the algorithm applies it (LAMB: in the
+    step size, after :func:`scale_by_trust_ratio`).
+
+    Args:
+        betas: β₁, β₂ (default (0.9, 0.999)), each in [0, 1).
+        eps: ε added to ``√v`` (default 1e-6, LAMB's), ≥ 0.
+        grad_averaging: weight the new update by ``1 − β₁`` in ``m`` (default True).
+
+    State: ``exp_avg``, ``exp_avg_sq`` (like the parameter). Hyperparameters: ``betas``,
+    ``eps``, ``grad_averaging``. Raises ValueError for an invalid default (torch's messages),
+    TypeError for a non-bool ``grad_averaging``.
+    """
+    if not isinstance(grad_averaging, bool):
+        raise TypeError(f"grad_averaging must be a bool, got {type(grad_averaging).__name__}")
+
+    def scalars(h: Any, step: Any) -> dict[str, Any]:
+        beta1, beta2 = h.betas
+        return {
+            "beta1": beta1,
+            "new_weight": 1 - beta1 if h.grad_averaging else 1.0,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+        }
+
+    def update(u: Any, p: Any, state: Any, s: Any) -> tuple[Any, Any]:
+        m = R.fma(s.new_weight, u, state.exp_avg * s.beta1)
+        v = R.fma(s.one_minus_beta2 * u, u, state.exp_avg_sq * s.beta2)
+        state.exp_avg, state.exp_avg_sq = m, v
+        return m, R.sqrt(v) + s.eps
+
+    def validate(h: dict[str, Any]) -> None:
+        _nonneg(h, "eps", "Invalid epsilon value: {}")
+        _betas(h, closed=False)
+
+    return _made(
+        Transform(
+            "scale_by_adam_moments",
+            {"betas": tuple(betas), "eps": eps, "grad_averaging": grad_averaging},
+            state=("exp_avg", "exp_avg_sq"),
+            scalars=scalars,
+            update=update,
+            validate=validate,
+        )
+    )
+
+
+def scale_by_bias_correction() -> Transform:
+    r"""Adam's first-moment bias correction as a per-step factor: ``u ← u / (1 − β₁ᵗ)``, with
+    β₁ the chain's ``betas[0]`` (e.g. of :func:`scale_by_adam_moments`) and ``t`` the step.
+    Combined with the other per-step factors in float64 (LAMB's step size ``lr / (1 − β₁ᵗ)``).
+
+    Hyperparameters: none of its own; reads ``betas``. Raises ValueError at :func:`chain`
+    when no transform sets ``betas``.
+    """
+    return Transform(
+        "scale_by_bias_correction",
+        requires=("betas",),
+        factor=lambda h, step: (None, 1 - h.betas[0] ** step),
+    )
+
+
+def scale_by_trust_ratio(
+    trust_coefficient: float = 1.0, eps: float = 0.0, *, max_weight_norm: float | None = None
+) -> Transform:
+    r"""Scales the update of each tensor by its trust ratio (optax's ``scale_by_trust_ratio``;
+    You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR
+    2020, the layer-wise scaling of LAMB): ``u ← u · η·φ(‖θ‖) / (‖u‖ + ε)``, or ``u`` unchanged
+    for a tensor where ``φ(‖θ‖)`` or ``‖u‖`` is 0. ``‖·‖`` is the 2-norm over the whole
+    tensor of the parameter (after any decoupled decay before it) and of the update where the
+    transform stands; ``φ(z) = min(z, max_weight_norm)`` (LAMB's clamp, 10 in pytorch-lamb), or
+    ``z`` without ``max_weight_norm``.
+
+    The norms are computed natively before the update pass (a first read of each tensor),
+    summed in float64 in a fixed order, so results do not depend on the thread count; the
+    ratio is a per-tensor factor combined, after the per-step factors, into the coefficient
+    of the update (``(-(lr/(1 − β₁ᵗ)))·ratio``, ferroptim's :class:`~ferroptim.Lamb`).
+    A chain may hold one.
+
+    Args:
+        trust_coefficient: η (default 1.0), ≥ 0.
+        eps: ε added to ``‖u‖`` (default 0.0), ≥ 0. Its hyperparameter is the chain's
+            ``eps``: give it the value of :func:`scale_by_adam_moments`'s (LAMB uses one ε for
+            both) or :func:`chain` raises ValueError for two defaults.
+        max_weight_norm: the bound of ``φ`` (default None: no bound), ≥ 0; fixed when the
+            chain is defined whether there is one, its value a hyperparameter.
+
+    Hyperparameters: ``trust_coefficient``, ``eps`` and ``max_weight_norm`` (when given).
+    Raises ValueError for a negative value.
+    """
+    defaults: dict[str, Any] = {"trust_coefficient": trust_coefficient, "eps": eps}
+    if max_weight_norm is not None:
+        defaults["max_weight_norm"] = max_weight_norm
+
+    def factor(h: Any, norms: tuple[Any, ...], step: Any) -> Any:
+        weight, norm = norms
+        if max_weight_norm is not None:
+            # min(‖θ‖, c) as the built-in Lamb's f64::min (a NaN norm gives c)
+            weight = R.where(weight < h.max_weight_norm, weight, h.max_weight_norm)
+        ratio = h.trust_coefficient * weight / (norm + h.eps)
+        return R.where(R.eq(weight, 0.0), 1.0, R.where(R.eq(norm, 0.0), 1.0, ratio))
+
+    def validate(h: dict[str, Any]) -> None:
+        for key in defaults:
+            _nonneg(h, key)
+
+    return _made(
+        Transform(
+            "scale_by_trust_ratio",
+            defaults,
+            update=lambda u, p, state, s: (u, None),
+            norms=2,
+            norm_terms=lambda u, p, s: (p, u),
+            tensor_factor=factor,
+            validate=validate,
         )
     )

@@ -1,9 +1,9 @@
 """Optimizers composed with ``ferroptim.chain`` (``ferroptim.transforms``): AdamW, Adam with L2
-weight decay, SGD with (Nesterov) momentum and Lion written as chains of transforms give the
-built-in classes' parameters and state bit for bit over 50 steps (float32 and bfloat16, tensors
-of 1, 15, 129 and 9170 elements, one and two threads); a chain in another order does not;
-repeated transforms get their own state; the three weight-decay forms; definition-time errors
-for bad compositions and torch's validation messages."""
+weight decay, SGD with (Nesterov) momentum, Lion and LAMB (per-tensor trust ratio) written as
+chains of transforms give the built-in classes' parameters and state bit for bit over 50 steps
+(float32 and bfloat16, tensors of 1, 15, 129 and 9170 elements, one and two threads); a chain in
+another order does not; repeated transforms get their own state; the three weight-decay forms;
+definition-time errors for bad compositions and torch's validation messages."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from ferroptim.transforms import (
     clip_by_global_norm,
     momentum,
     scale_by_adam,
+    scale_by_adam_moments,
+    scale_by_bias_correction,
     scale_by_lion,
     scale_by_lr,
+    scale_by_trust_ratio,
     trace,
 )
 
@@ -43,8 +46,36 @@ LionChain = chain(
 )
 AMSGradChain = chain(add_decayed_weights(1e-2), scale_by_adam(amsgrad=True), scale_by_lr(1e-3))
 PlainSGDChain = chain(add_decayed_weights(1e-3, mode="coupled"), scale_by_lr(1e-2))
+# LAMB as ferroptim.Lamb computes it (pytorch-lamb's order): the trust ratio of the direction
+# m/(√v + ε), then the step size lr/(1 − β₁ᵗ).
+LambChain = chain(
+    add_decayed_weights(0.0, mode="decoupled"),
+    scale_by_adam_moments(betas=(0.9, 0.999), eps=1e-6),
+    scale_by_trust_ratio(eps=1e-6, max_weight_norm=10.0),
+    scale_by_bias_correction(),
+    scale_by_lr(1e-3),
+    name="LambChain",
+)
+LambL2Chain = chain(
+    scale_by_adam_moments(),
+    add_decayed_weights(1e-1, mode="coupled"),
+    scale_by_trust_ratio(eps=1e-6, max_weight_norm=10.0),
+    scale_by_bias_correction(),
+    scale_by_lr(1e-3),
+)
 
 CASES = {
+    "Lamb": (LambChain, {"lr": 1e-2}, lambda ps: ferroptim.Lamb(ps, lr=1e-2)),
+    "Lamb-decay-maximize": (
+        LambChain,
+        {"weight_decay": 0.1, "grad_averaging": False, "maximize": True},
+        lambda ps: ferroptim.Lamb(ps, weight_decay=0.1, grad_averaging=False, maximize=True),
+    ),
+    "Lamb-coupled": (
+        LambL2Chain,
+        {},
+        lambda ps: ferroptim.Lamb(ps, weight_decay=0.1, weight_decouple=False),
+    ),
     "AdamW": (AdamWChain, {}, lambda ps: ferroptim.AdamW(ps, weight_decay=1e-2)),
     "AdamW-maximize-lr": (
         AdamWChain,
@@ -145,6 +176,17 @@ def test_chain_reproduces_the_builtin_class_bit_for_bit(case, dtype, threads):
         (
             (trace(0.9, nesterov=True), add_decayed_weights(1e-3, "coupled"), scale_by_lr(1e-3)),
             lambda ps: ferroptim.SGD(ps, lr=1e-3, momentum=0.9, weight_decay=1e-3, nesterov=True),
+        ),
+        # The bias correction before the trust ratio (its norm then includes 1/(1 − β₁ᵗ)) is
+        # not ferroptim's (pytorch-lamb's) Lamb.
+        (
+            (
+                scale_by_adam_moments(),
+                scale_by_bias_correction(),
+                scale_by_trust_ratio(eps=1e-6, max_weight_norm=10.0),
+                scale_by_lr(1e-3),
+            ),
+            lambda ps: ferroptim.Lamb(ps),
         ),
     ],
 )
@@ -395,3 +437,38 @@ def test_a_transform_of_your_own():
     assert torch.equal(p.detach(), torch.tensor([0.9, 1.1, 1.0, 1.0]))
     assert opt.defaults == {"threshold": 0.5, "lr": 0.1, "maximize": False}
     assert SignSGD([p]).defaults["threshold"] == 0.25
+
+
+def test_trust_ratio_is_optax_s_formula_per_tensor():
+    # One step of chain(scale_by_trust_ratio, scale_by_lr): θ' = θ − lr·g·η‖θ‖/(‖g‖ + ε) per
+    # tensor, and g where ‖θ‖ = 0.
+    Trust = chain(scale_by_trust_ratio(trust_coefficient=0.5, eps=0.25), scale_by_lr(0.1))
+    ps = [torch.nn.Parameter(torch.tensor([3.0, 4.0])), torch.nn.Parameter(torch.zeros(3))]
+    grads = [torch.tensor([0.0, 2.0]), torch.tensor([1.0, -1.0, 2.0])]
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    Trust(ps).step()
+    torch.testing.assert_close(ps[0].detach(), torch.tensor([3.0, 4.0 - 0.1 * 2.0 * 2.5 / 2.25]))
+    torch.testing.assert_close(ps[1].detach(), -0.1 * grads[1])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: chain(scale_by_adam(), scale_by_trust_ratio(), scale_by_lr()),
+            "both set hyperparameter 'eps'",
+        ),
+        (
+            lambda: chain(
+                scale_by_trust_ratio(), scale_by_trust_ratio(trust_coefficient=1.0), scale_by_lr()
+            ),
+            "at most 2",
+        ),
+        (lambda: chain(scale_by_bias_correction(), scale_by_lr()), "'betas'"),
+        (lambda: scale_by_trust_ratio(eps=-1.0), "Invalid eps value: -1.0"),
+    ],
+)
+def test_trust_ratio_compositions_fail_at_definition(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -76,6 +76,8 @@ fn scalar_op(n: &RawNode) -> PyResult<ScalarOp> {
         "maximum" => ScalarOp::Max(a, b),
         "minimum" => ScalarOp::Min(a, b),
         "lt" => ScalarOp::Lt(a, b),
+        "eq" => ScalarOp::Eq(a, b),
+        "norm_sq" => ScalarOp::NormSq(small("norm", a)?),
         "where" => ScalarOp::Where(a, b, c),
         other => {
             return Err(PyValueError::new_err(format!(
@@ -89,7 +91,8 @@ fn scalar_op(n: &RawNode) -> PyResult<ScalarOp> {
 impl Graph {
     /// Checks and interns a traced rule. Raises ValueError naming the first bad node.
     #[new]
-    #[pyo3(signature = (state_names, nodes, param_out, state_out, scalars, slots, n_hypers))]
+    #[pyo3(signature = (state_names, nodes, param_out, state_out, scalars, slots, n_hypers, norms = Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         state_names: Vec<String>,
         nodes: Vec<RawNode>,
@@ -98,6 +101,7 @@ impl Graph {
         scalars: Vec<RawNode>,
         slots: Vec<u32>,
         n_hypers: usize,
+        norms: Vec<u32>,
     ) -> PyResult<Self> {
         let graph = CoreGraph {
             state_names,
@@ -107,6 +111,7 @@ impl Graph {
             scalars: scalars.iter().map(scalar_op).collect::<PyResult<_>>()?,
             slots,
             n_hypers,
+            norms,
         };
         let graph =
             ferroptim::expr::intern(&graph).map_err(|e| PyValueError::new_err(e.to_string()))?;
@@ -117,6 +122,12 @@ impl Graph {
     #[getter]
     fn n_nodes(&self) -> usize {
         self.graph.nodes.len()
+    }
+
+    /// The number of per-tensor norm terms.
+    #[getter]
+    fn n_norms(&self) -> usize {
+        self.graph.norms.len()
     }
 }
 

@@ -104,7 +104,7 @@ pub use driver::{
 pub use error::{Error, Result};
 pub use optim::{Algorithm, Hyper, Hyperparameters, Optim, Optimizer, ScheduleFreeAdamWConfig};
 pub use profiling::record_function_observed;
-pub use rule::{Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
+pub use rule::{NormSink, Rule, ScalarState, MAX_NORMS, MAX_SCALAR_STATE, MAX_STATE};
 pub use rules::{AdEMAMix, Adan, Lamb, Lars, ScheduleFreeAdamW};
 pub use rules::{
     Adadelta, Adagrad, Adam, Adamax, Adopt, Asgd, Lion, NAdam, RAdam, RMSprop, Rprop, Sgd,

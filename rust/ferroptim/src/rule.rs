@@ -50,8 +50,9 @@ pub trait Rule: Sync {
     /// `state.len()` equals `self.state_names().len()`.
     fn update<F: Float>(s: &Self::Scalars, param: F, grad: F, state: &mut [F]) -> F;
 
-    /// True if [`Rule::update_slice`] updates whole pieces: every instruction-set variant of
-    /// the driver then calls it instead of its own per-element loops (the default, false).
+    /// True if [`Rule::update_slice`] updates whole pieces (and [`Rule::norm_terms_slice`]
+    /// computes the norm terms of whole pieces): every instruction-set variant of the driver
+    /// then calls them instead of its own per-element loops (the default, false).
     const UPDATES_SLICES: bool = false;
 
     /// Updates a whole contiguous piece of one parameter at once, instead of element by
@@ -94,10 +95,35 @@ pub trait Rule: Sync {
         [F::ZERO; MAX_NORMS]
     }
 
+    /// The norm terms of a whole contiguous piece at once, instead of element by element with
+    /// [`Rule::norm_terms`] (called only with [`Rule::UPDATES_SLICES`]): `param`, `grad` and
+    /// each `state[k]` have the same length; with `grad_scale`, each gradient element is
+    /// divided by it first (in the compute type, not stored). The terms are handed to `sink`
+    /// for consecutive runs of elements, in order, one row per norm term (the first
+    /// [`Rule::norms`] terms, rows of equal length); each run but the last must be a multiple
+    /// of 16 elements long. The driver sums their squares exactly as those of
+    /// [`Rule::norm_terms`], so the sums do not depend on the split. Returns false (the
+    /// default), having called nothing, to let the driver call [`Rule::norm_terms`] per element.
+    #[inline(always)]
+    fn norm_terms_slice<S: crate::element::Storage>(
+        _s: &Self::Scalars,
+        _grad_scale: Option<f64>,
+        _param: &[S],
+        _grad: &[S],
+        _state: &[&[S]],
+        _sink: &mut NormSink<'_, S::Compute>,
+    ) -> bool {
+        false
+    }
+
     /// Completes the parameter's scalars from the sums of squares (`sums[k]` = Σ
     /// `norm_terms[k]²`, accumulated in `f64` in a fixed order whatever the thread count).
     fn with_norms(_s: &mut Self::Scalars, _sums: [f64; MAX_NORMS]) {}
 }
+
+/// Receives the norm terms of consecutive runs of elements from [`Rule::norm_terms_slice`]:
+/// one row per norm term, rows of equal length.
+pub type NormSink<'a, F> = dyn FnMut(&[&[F]]) + 'a;
 
 /// Largest number of per-tensor sums of squares a rule may ask for (see [`Rule::norms`]).
 pub const MAX_NORMS: usize = 2;

@@ -157,10 +157,46 @@ fn block_loop<R: Rule, S: Storage, const N: usize>(
         });
         (param, grad, state)
     };
+    if R::UPDATES_SLICES {
+        if let Some(sums) = slice_sums::<R, S>(job, param, grad, &state) {
+            return sums;
+        }
+    }
     match job.grad_scale.map(<S::Compute as Float>::from_f64) {
         None => lane_sums::<R, S, N, false>(&job.scalars, param, grad, &state, Float::ZERO),
         Some(scale) => lane_sums::<R, S, N, true>(&job.scalars, param, grad, &state, scale),
     }
+}
+
+/// The sums of squares of a block's norm terms from [`Rule::norm_terms_slice`] (None if the
+/// rule computes them per element): the same lanes, in the same order, as [`lane_sums`].
+#[inline(always)]
+fn slice_sums<R: Rule, S: Storage>(
+    job: &Job<R::Scalars>,
+    param: &[S],
+    grad: &[S],
+    state: &[&[S]],
+) -> Option<[f64; MAX_NORMS]> {
+    let mut lanes = [[0.0f64; LANES]; MAX_NORMS];
+    let mut at = 0; // the block's elements summed so far
+    let mut sink = |terms: &[&[S::Compute]]| {
+        let base = at % LANES;
+        for (acc, row) in lanes.iter_mut().zip(terms) {
+            for (j, t) in row.iter().enumerate() {
+                let t = t.to_f64();
+                acc[(base + j) % LANES] += t * t;
+            }
+        }
+        at += terms.first().map_or(0, |row| row.len());
+    };
+    if !R::norm_terms_slice::<S>(&job.scalars, job.grad_scale, param, grad, state, &mut sink) {
+        return None;
+    }
+    let mut sums = [0.0f64; MAX_NORMS];
+    for (sum, acc) in sums.iter_mut().zip(&lanes) {
+        *sum = acc.iter().sum();
+    }
+    Some(sums)
 }
 
 /// The sums of squares of a block's norm terms: element `i` goes to lane `i % LANES`, and the

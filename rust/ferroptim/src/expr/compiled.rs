@@ -2,11 +2,11 @@
 //! a kernel shape and uniform values, and the elements handed to the kernel (`f32` tensors in
 //! place, other storage through rows of `f32`). x86-64 only.
 
-use super::eval::{plan, rows_in, Plan, BLOCK, SCRATCH};
+use super::eval::{plan, rows_in, Outputs, Plan, BLOCK, SCRATCH};
 use super::graph::{Graph, Op, MAX_NODES, MAX_SLOTS};
 use super::jit;
 use crate::element::{Float, Storage};
-use crate::rule::MAX_STATE;
+use crate::rule::{NormSink, MAX_NORMS, MAX_STATE};
 use std::cell::Cell;
 
 /// [`update_slice`] through a compiled kernel (`jit.rs`), for graphs computed in `f32`:
@@ -24,7 +24,7 @@ pub(crate) fn update_slice_compiled<S: Storage>(
     if std::mem::size_of::<S::Compute>() != 4 || state.len() > MAX_STATE || !jit::enabled() {
         return false;
     }
-    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots) else {
+    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots, Outputs::Update) else {
         return false;
     };
     let scale = grad_scale.map(<S::Compute as Float>::from_f64);
@@ -75,6 +75,7 @@ pub(crate) fn update_slice_compiled<S: Storage>(
 /// group share their slots (same step count), so most calls skip planning.
 struct Planned {
     graph: usize,
+    outputs: Outputs,
     slots: [u64; MAX_SLOTS],
     uniforms: [f32; MAX_NODES],
     kernel: jit::Kernel,
@@ -84,24 +85,26 @@ thread_local! {
     static LAST: std::cell::RefCell<Option<Box<Planned>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The uniform node values and the kernel for `g` with `slots` (None: no kernel).
+/// The uniform node values and the kernel computing `outputs` for `g` with `slots` (None: no
+/// kernel).
 fn compiled_plan<F: Float>(
     g: &'static Graph,
     slots: &[f64; MAX_SLOTS],
+    outputs: Outputs,
 ) -> Option<([f32; MAX_NODES], jit::Kernel)> {
     let id = g as *const Graph as usize;
     let bits = slots.map(f64::to_bits);
     let hit = LAST.with(|last| {
         last.borrow()
             .as_ref()
-            .filter(|p| p.graph == id && p.slots == bits)
+            .filter(|p| p.graph == id && p.outputs == outputs && p.slots == bits)
             .map(|p| (p.uniforms, p.kernel))
     });
     if hit.is_some() {
         return hit;
     }
     let mut plans = [Plan::Dead; MAX_NODES];
-    plan::<F>(g, slots, &mut plans);
+    plan::<F>(g, slots, outputs, &mut plans);
     let mut shape: jit::Shape = [jit::DEAD; MAX_NODES];
     let mut uniforms = [0.0f32; MAX_NODES];
     for (i, p) in plans[..g.nodes.len()].iter().enumerate() {
@@ -119,16 +122,91 @@ fn compiled_plan<F: Float>(
             (Plan::Row, _) => jit::ROW,
         };
     }
-    let kernel = jit::kernel(g, &shape)?;
+    let kernel = jit::kernel(g, &shape, outputs)?;
     LAST.with(|last| {
         *last.borrow_mut() = Some(Box::new(Planned {
             graph: id,
+            outputs,
             slots: bits,
             uniforms,
             kernel,
         }));
     });
     Some((uniforms, kernel))
+}
+
+/// The norm terms of `param`, `grad` (divided by `grad_scale` if given, not written back) and
+/// `state` through a compiled kernel, handed to `sink` as `eval::norm_terms_slice` does (runs
+/// of `BLOCK` elements, in order): returns false, having done nothing, where no kernel applies
+/// (as [`update_slice_compiled`]). Same values as the interpreter.
+#[inline(always)]
+pub(crate) fn norm_terms_slice_compiled<S: Storage>(
+    g: &'static Graph,
+    slots: &[f64; MAX_SLOTS],
+    grad_scale: Option<f64>,
+    param: &[S],
+    grad: &[S],
+    state: &[&[S]],
+    sink: &mut NormSink<'_, S::Compute>,
+) -> bool {
+    if std::mem::size_of::<S::Compute>() != 4 || state.len() > MAX_STATE || !jit::enabled() {
+        return false;
+    }
+    let Some((uniforms, kernel)) = compiled_plan::<S::Compute>(g, slots, Outputs::Norms) else {
+        return false;
+    };
+    let scale = grad_scale.map(|s| <S::Compute as Float>::from_f64(s).to_f64() as f32);
+    let n_norms = g.norms.len();
+    let mut words = SCRATCH.with(Cell::take);
+    let rows = rows_in::<f32>(&mut words, 2 + state.len() + MAX_NORMS);
+    let (ins, outs) = rows.split_at_mut(2 + state.len());
+    let mut in_ptrs = [std::ptr::null::<f32>(); 2 + MAX_STATE];
+    let mut out_ptrs = [std::ptr::null_mut::<f32>(); MAX_NORMS];
+    let mut start = 0;
+    while start < param.len() {
+        let n = BLOCK.min(param.len() - start);
+        let end = start + n;
+        let padded = n.div_ceil(jit::LANES) * jit::LANES;
+        widen(&mut ins[0][..n], &param[start..end]);
+        widen(&mut ins[1][..n], &grad[start..end]);
+        if let Some(scale) = scale {
+            // As the interpreter: the quotient in f32 (the compute type).
+            ins[1][..n].iter_mut().for_each(|x| *x /= scale);
+        }
+        for (k, st) in state.iter().enumerate() {
+            widen(&mut ins[2 + k][..n], &st[start..end]);
+        }
+        for (k, row) in ins.iter_mut().enumerate() {
+            row[n..padded].fill(0.0);
+            in_ptrs[k] = row.as_ptr();
+        }
+        for (k, row) in outs.iter_mut().enumerate() {
+            out_ptrs[k] = row.as_mut_ptr();
+        }
+        // SAFETY: every row pointer addresses BLOCK ≥ `padded` f32 values of the thread's
+        // scratch, inputs and outputs distinct; the kernel writes the `n_norms` output rows
+        // only; the uniforms array holds MAX_NODES values.
+        unsafe {
+            kernel(
+                padded,
+                in_ptrs.as_ptr(),
+                out_ptrs.as_ptr(),
+                uniforms.as_ptr(),
+            )
+        };
+        let mut terms: [&[S::Compute]; MAX_NORMS] = [&[]; MAX_NORMS];
+        let mut values = [[<S::Compute as Float>::ZERO; BLOCK]; MAX_NORMS];
+        for ((t, v), row) in terms.iter_mut().zip(values.iter_mut()).zip(outs.iter()) {
+            for (x, &y) in v[..n].iter_mut().zip(&row[..n]) {
+                *x = <S::Compute as Float>::from_f64(f64::from(y)); // exact: f32
+            }
+            *t = &v[..n];
+        }
+        sink(&terms[..n_norms]);
+        start = end;
+    }
+    SCRATCH.with(|cell| cell.set(words));
+    true
 }
 
 /// Elements `range` through `kernel`: `f32` storage in place (whole vectors, any number),

@@ -3,6 +3,7 @@
 //! compiler vectorises, in the instruction set the driver's kernel was compiled for.
 
 use super::graph::{Graph, NodeId, Op, MAX_NODES, MAX_SLOTS};
+use crate::rule::{NormSink, MAX_NORMS};
 // `torch.sign` as the built-in rules compute it: 1, −1, or 0 (±0 and NaN).
 use crate::element::{Float, Storage};
 use crate::rules::sign;
@@ -38,7 +39,7 @@ pub(crate) fn update_slice<S: Storage>(
     state: &mut [&mut [S]],
 ) {
     let mut plans = [Plan::Dead; MAX_NODES];
-    plan::<S::Compute>(g, slots, &mut plans);
+    plan::<S::Compute>(g, slots, Outputs::Update, &mut plans);
     let plans = &plans[..g.nodes.len()];
     let scale = grad_scale.map(<S::Compute as Float>::from_f64);
     // The thread's scratch is moved out and back (no closure around the work: it must be
@@ -47,6 +48,70 @@ pub(crate) fn update_slice<S: Storage>(
     let rows = rows_in::<S::Compute>(&mut words, g.nodes.len());
     blocks(g, plans, scale, rows, param, grad, state);
     SCRATCH.with(|cell| cell.set(words));
+}
+
+/// The graph's norm terms ([`Graph::norms`]) of `param`, `grad` (divided by `grad_scale` if
+/// given, not written back) and `state` (each `param.len()` elements), handed to `sink` for
+/// consecutive runs of elements in order: `BLOCK` elements per call but the last, one row per
+/// norm term. Reads only. For the first pass of rules with per-tensor norms
+/// (`driver/norms.rs`, through [`crate::rule::Rule::norm_terms_slice`]).
+#[inline(always)]
+pub(crate) fn norm_terms_slice<S: Storage>(
+    g: &Graph,
+    slots: &[f64; MAX_SLOTS],
+    grad_scale: Option<f64>,
+    param: &[S],
+    grad: &[S],
+    state: &[&[S]],
+    sink: &mut NormSink<'_, S::Compute>,
+) {
+    let mut plans = [Plan::Dead; MAX_NODES];
+    plan::<S::Compute>(g, slots, Outputs::Norms, &mut plans);
+    let plans = &plans[..g.nodes.len()];
+    let scale = grad_scale.map(<S::Compute as Float>::from_f64);
+    let mut words = SCRATCH.with(Cell::take);
+    let rows = rows_in::<S::Compute>(&mut words, g.nodes.len());
+    // Rows for norm terms that are the same for every element.
+    let mut uniform = [[<S::Compute as Float>::ZERO; BLOCK]; MAX_NORMS];
+    for (row, &o) in uniform.iter_mut().zip(&g.norms) {
+        if let Plan::Uniform(v) = plans[o as usize] {
+            row.fill(v);
+        }
+    }
+    let len = param.len();
+    let mut start = 0;
+    while start < len {
+        let n = BLOCK.min(len - start);
+        let end = start + n;
+        compute(
+            g,
+            plans,
+            scale,
+            rows,
+            n,
+            &param[start..end],
+            &grad[start..end],
+            state,
+            start,
+        );
+        let mut terms: [&[S::Compute]; MAX_NORMS] = [&[]; MAX_NORMS];
+        for ((t, &o), u) in terms.iter_mut().zip(&g.norms).zip(&uniform) {
+            *t = match plans[o as usize] {
+                Plan::Uniform(_) => &u[..n],
+                _ => &rows[o as usize][..n],
+            };
+        }
+        sink(&terms[..g.norms.len()]);
+        start = end;
+    }
+    SCRATCH.with(|cell| cell.set(words));
+}
+
+/// Which outputs a call computes: the update's (new parameter and state) or the norm terms.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outputs {
+    Update,
+    Norms,
 }
 
 thread_local! {
@@ -98,10 +163,11 @@ fn blocks<S: Storage>(
     }
 }
 
-/// The [`Plan`] of every node for one call, into `plans[..g.nodes.len()]`.
+/// The [`Plan`] of every node for one call computing `outputs`, into `plans[..g.nodes.len()]`.
 pub(super) fn plan<F: Float>(
     g: &Graph,
     slots: &[f64; MAX_SLOTS],
+    outputs: Outputs,
     plans: &mut [Plan<F>; MAX_NODES],
 ) {
     for (i, op) in g.nodes.iter().enumerate() {
@@ -121,18 +187,27 @@ pub(super) fn plan<F: Float>(
                 (Some(m), Some(x), Some(y)) => Some(choose(m, x, y)),
                 _ => None,
             },
-            other => match operands(other) {
-                (a, None) => u(a).map(|x| apply1(other, x)),
-                (a, Some(b)) => u(a).zip(u(b)).map(|(x, y)| apply2(other, x, y)),
+            other => match other.operands() {
+                ([a, ..], 1) => u(a).map(|x| apply1(other, x)),
+                ([a, b, _], _) => u(a).zip(u(b)).map(|(x, y)| apply2(other, x, y)),
             },
         };
         plans[i] = value.map_or(Plan::Row, Plan::Uniform);
     }
     // Liveness, from the outputs back: rows only for what an output needs.
     let mut live = [false; MAX_NODES];
-    live[g.param_out as usize] = true;
-    for &o in &g.state_out {
-        live[o as usize] = true;
+    match outputs {
+        Outputs::Update => {
+            live[g.param_out as usize] = true;
+            for &o in &g.state_out {
+                live[o as usize] = true;
+            }
+        }
+        Outputs::Norms => {
+            for &o in &g.norms {
+                live[o as usize] = true;
+            }
+        }
     }
     for i in (0..g.nodes.len()).rev() {
         if !live[i] || matches!(plans[i], Plan::Uniform(_)) {
@@ -140,18 +215,14 @@ pub(super) fn plan<F: Float>(
         }
         let mut mark = |a: NodeId| live[a as usize] = true;
         match g.nodes[i] {
-            Op::Fma(a, b, c) => [a, b, c].into_iter().for_each(&mut mark),
-            Op::Where(m, a, b) => match plans[m as usize] {
-                Plan::Uniform(m) => mark(if m != F::ZERO { a } else { b }),
-                _ => [m, a, b].into_iter().for_each(&mut mark),
-            },
-            Op::Param | Op::Grad | Op::State(_) | Op::Slot(_) | Op::Const(_) => {}
-            other => {
-                let (a, b) = operands(other);
-                mark(a);
-                if let Some(b) = b {
-                    mark(b);
+            Op::Where(m, a, b) if matches!(plans[m as usize], Plan::Uniform(_)) => {
+                if let Plan::Uniform(m) = plans[m as usize] {
+                    mark(if m != F::ZERO { a } else { b });
                 }
+            }
+            other => {
+                let (ids, k) = other.operands();
+                ids[..k].iter().for_each(|&a| mark(a));
             }
         }
     }
@@ -159,23 +230,6 @@ pub(super) fn plan<F: Float>(
         if !l && matches!(p, Plan::Row) {
             *p = Plan::Dead;
         }
-    }
-}
-
-/// The operands of a unary or binary operation.
-fn operands(op: Op) -> (NodeId, Option<NodeId>) {
-    match op {
-        Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => (a, None),
-        Op::Add(a, b)
-        | Op::Sub(a, b)
-        | Op::Mul(a, b)
-        | Op::Div(a, b)
-        | Op::Max(a, b)
-        | Op::Min(a, b)
-        | Op::Lt(a, b)
-        | Op::Le(a, b)
-        | Op::Eq(a, b) => (a, Some(b)),
-        _ => (0, None),
     }
 }
 
@@ -237,6 +291,40 @@ fn block<S: Storage>(
     state: &mut [&mut [S]],
     offset: usize,
 ) {
+    compute(g, plans, scale, rows, n, param, grad, state, offset);
+    if scale.is_some() {
+        // The gradient is stored divided by the loss scale (the row holds the quotient).
+        for (i, op) in g.nodes.iter().enumerate() {
+            if matches!(op, Op::Grad) && matches!(plans[i], Plan::Row) {
+                store(grad, &rows[i][..n]);
+            }
+        }
+    }
+    let out = |o: NodeId| match plans[o as usize] {
+        Plan::Uniform(v) => Src::Uni(v),
+        _ => Src::Row(&rows[o as usize][..n]),
+    };
+    store_src(param, out(g.param_out));
+    for (k, &o) in g.state_out.iter().enumerate() {
+        store_src(&mut state[k][offset..offset + n], out(o));
+    }
+}
+
+/// The rows of the nodes planned as rows, for the `n` elements of `param` and `grad` (the
+/// gradient divided by `scale` if given) and of `state` from `offset`. Reads only.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn compute<S: Storage, T: AsRef<[S]>>(
+    g: &Graph,
+    plans: &[Plan<S::Compute>],
+    scale: Option<S::Compute>,
+    rows: &mut [[S::Compute; BLOCK]],
+    n: usize,
+    param: &[S],
+    grad: &[S],
+    state: &[T],
+    offset: usize,
+) {
     for i in 0..g.nodes.len() {
         if !matches!(plans[i], Plan::Row) {
             continue;
@@ -252,13 +340,12 @@ fn block<S: Storage>(
             Op::Grad => {
                 load(out, grad);
                 if let Some(scale) = scale {
-                    for (o, gr) in out.iter_mut().zip(grad.iter_mut()) {
+                    for o in out.iter_mut() {
                         *o = *o / scale;
-                        *gr = S::store(*o);
                     }
                 }
             }
-            Op::State(k) => load(out, &state[usize::from(k)][offset..offset + n]),
+            Op::State(k) => load(out, &state[usize::from(k)].as_ref()[offset..offset + n]),
             Op::Slot(_) | Op::Const(_) => {} // always uniform
             Op::Neg(a) => unary(out, r(a), |x| -x),
             Op::Abs(a) => unary(out, r(a), |x| x.abs()),
@@ -282,14 +369,6 @@ fn block<S: Storage>(
                 _ => ternary(out, r(m), r(a), r(b), choose),
             },
         }
-    }
-    let out = |o: NodeId| match plans[o as usize] {
-        Plan::Uniform(v) => Src::Uni(v),
-        _ => Src::Row(&rows[o as usize][..n]),
-    };
-    store_src(param, out(g.param_out));
-    for (k, &o) in g.state_out.iter().enumerate() {
-        store_src(&mut state[k][offset..offset + n], out(o));
     }
 }
 

@@ -2,7 +2,7 @@
 //! scalars), checked once when they are built.
 
 use crate::error::{Error, Result};
-use crate::rule::MAX_STATE;
+use crate::rule::{MAX_NORMS, MAX_STATE};
 
 /// Index of an earlier node of the same graph.
 pub type NodeId = u32;
@@ -64,6 +64,29 @@ pub enum Op {
     Where(NodeId, NodeId, NodeId),
 }
 
+impl Op {
+    /// The nodes this operation reads, in order: `(ids, n)` with the operands in `ids[..n]`
+    /// (none for the inputs `Param`, `Grad`, `State`, `Slot`, `Const`).
+    pub fn operands(self) -> ([NodeId; 3], usize) {
+        match self {
+            Op::Param | Op::Grad | Op::State(_) | Op::Slot(_) | Op::Const(_) => ([0; 3], 0),
+            Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => {
+                ([a, 0, 0], 1)
+            }
+            Op::Add(a, b)
+            | Op::Sub(a, b)
+            | Op::Mul(a, b)
+            | Op::Div(a, b)
+            | Op::Max(a, b)
+            | Op::Min(a, b)
+            | Op::Lt(a, b)
+            | Op::Le(a, b)
+            | Op::Eq(a, b) => ([a, b, 0], 2),
+            Op::Fma(a, b, c) | Op::Where(a, b, c) => ([a, b, c], 3),
+        }
+    }
+}
+
 /// One operation of the scalar graph, computed in `f64` as Python computes it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ScalarOp {
@@ -71,6 +94,10 @@ pub enum ScalarOp {
     Hyper(u8),
     /// The parameter's step count after this step's increment (1 on the first step).
     Step,
+    /// The sum of squares of norm term `k` ([`Graph::norms`]) over the whole tensor, in `f64`
+    /// (summed in a fixed order whatever the thread count, as the built-in rules' norms; see
+    /// `driver/norms.rs`). Its square root is the term's 2-norm, e.g. LAMB's `‖θ‖`.
+    NormSq(u8),
     /// 1 on a parameter's first step (its state was just created), else 0.
     Fresh,
     /// A constant.
@@ -103,11 +130,48 @@ pub enum ScalarOp {
     Where(NodeId, NodeId, NodeId),
     /// 1 if `a < b` else 0.
     Lt(NodeId, NodeId),
+    /// 1 if `a = b` else 0 (IEEE: 0 with a NaN).
+    Eq(NodeId, NodeId),
+}
+
+impl ScalarOp {
+    /// The nodes this operation reads: `(ids, n)` with the operands in `ids[..n]`.
+    pub fn operands(self) -> ([NodeId; 3], usize) {
+        match self {
+            ScalarOp::Hyper(_)
+            | ScalarOp::Step
+            | ScalarOp::NormSq(_)
+            | ScalarOp::Fresh
+            | ScalarOp::Const(_) => ([0; 3], 0),
+            ScalarOp::Neg(a)
+            | ScalarOp::Abs(a)
+            | ScalarOp::Sqrt(a)
+            | ScalarOp::Exp(a)
+            | ScalarOp::Log(a) => ([a, 0, 0], 1),
+            ScalarOp::Add(a, b)
+            | ScalarOp::Sub(a, b)
+            | ScalarOp::Mul(a, b)
+            | ScalarOp::Div(a, b)
+            | ScalarOp::Pow(a, b)
+            | ScalarOp::Max(a, b)
+            | ScalarOp::Min(a, b)
+            | ScalarOp::Lt(a, b)
+            | ScalarOp::Eq(a, b) => ([a, b, 0], 2),
+            ScalarOp::Where(a, b, c) => ([a, b, c], 3),
+        }
+    }
 }
 
 /// A rule as data: the per-step scalars computed from the hyperparameters and the step count
 /// (`scalars`, whose outputs are the element graph's slots), and the per-element update
 /// (`nodes`, with the new parameter value and the new value of every state tensor).
+///
+/// A rule that needs per-tensor norms (LAMB's and LARS's trust ratios) names up to
+/// [`MAX_NORMS`] element nodes in `norms`: the driver first sums their squares over each whole
+/// tensor (in `f64`, in a fixed order), then the scalar graph reads the sums
+/// ([`ScalarOp::NormSq`]), so that slots computed from them (the trust ratio) are per-tensor
+/// uniform values of the update. The norm terms are computed from the old state and must not
+/// read such slots.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Graph {
     /// State tensor names (torch.optim style, e.g. `exp_avg`), in slot order.
@@ -124,6 +188,9 @@ pub struct Graph {
     pub slots: Vec<NodeId>,
     /// How many float hyperparameters the scalar graph reads.
     pub n_hypers: usize,
+    /// The element nodes whose squares are summed over each tensor before the update (at most
+    /// [`MAX_NORMS`]; empty for an elementwise rule).
+    pub norms: Vec<NodeId>,
 }
 
 fn bad(value: String) -> Error {
@@ -166,26 +233,13 @@ impl Graph {
             )));
         }
         for (i, op) in self.nodes.iter().enumerate() {
-            let ok = match *op {
-                Op::Param | Op::Grad | Op::Const(_) => true,
-                Op::State(k) => usize::from(k) < n_state,
-                Op::Slot(k) => usize::from(k) < self.slots.len(),
-                Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => {
-                    (a as usize) < i
-                }
-                Op::Add(a, b)
-                | Op::Sub(a, b)
-                | Op::Mul(a, b)
-                | Op::Div(a, b)
-                | Op::Max(a, b)
-                | Op::Min(a, b)
-                | Op::Lt(a, b)
-                | Op::Le(a, b)
-                | Op::Eq(a, b) => (a as usize) < i && (b as usize) < i,
-                Op::Fma(a, b, c) | Op::Where(a, b, c) => {
-                    (a as usize) < i && (b as usize) < i && (c as usize) < i
-                }
-            };
+            let (ids, k) = op.operands();
+            let ok = ids[..k].iter().all(|&a| (a as usize) < i)
+                && match *op {
+                    Op::State(k) => usize::from(k) < n_state,
+                    Op::Slot(k) => usize::from(k) < self.slots.len(),
+                    _ => true,
+                };
             if !ok {
                 return Err(bad(format!(
                     "node {i} ({op:?}) refers to a later node or an input out of range"
@@ -193,26 +247,13 @@ impl Graph {
             }
         }
         for (i, op) in self.scalars.iter().enumerate() {
-            let ok = match *op {
-                ScalarOp::Step | ScalarOp::Fresh | ScalarOp::Const(_) => true,
-                ScalarOp::Hyper(k) => usize::from(k) < self.n_hypers,
-                ScalarOp::Neg(a)
-                | ScalarOp::Abs(a)
-                | ScalarOp::Sqrt(a)
-                | ScalarOp::Exp(a)
-                | ScalarOp::Log(a) => (a as usize) < i,
-                ScalarOp::Add(a, b)
-                | ScalarOp::Sub(a, b)
-                | ScalarOp::Mul(a, b)
-                | ScalarOp::Div(a, b)
-                | ScalarOp::Pow(a, b)
-                | ScalarOp::Max(a, b)
-                | ScalarOp::Min(a, b)
-                | ScalarOp::Lt(a, b) => (a as usize) < i && (b as usize) < i,
-                ScalarOp::Where(a, b, c) => {
-                    (a as usize) < i && (b as usize) < i && (c as usize) < i
-                }
-            };
+            let (ids, k) = op.operands();
+            let ok = ids[..k].iter().all(|&a| (a as usize) < i)
+                && match *op {
+                    ScalarOp::Hyper(k) => usize::from(k) < self.n_hypers,
+                    ScalarOp::NormSq(k) => usize::from(k) < self.norms.len(),
+                    _ => true,
+                };
             if !ok {
                 return Err(bad(format!(
                     "scalar node {i} ({op:?}) refers to a later node or an input out of range"
@@ -231,12 +272,68 @@ impl Graph {
         {
             return Err(bad(format!("slot node {s} of {}", self.scalars.len())));
         }
+        if self.norms.len() > MAX_NORMS {
+            return Err(bad(format!(
+                "{} norm terms (at most {MAX_NORMS})",
+                self.norms.len()
+            )));
+        }
+        if let Some(o) = self.norms.iter().find(|&&o| o as usize >= n) {
+            return Err(bad(format!("norm term node {o} of {n}")));
+        }
+        self.check_norm_terms()
+    }
+
+    /// The norm terms are summed before the slots that depend on the sums are known: refuses
+    /// a norm term that reads such a slot (directly or through other nodes).
+    fn check_norm_terms(&self) -> Result<()> {
+        if self.norms.is_empty() {
+            return Ok(());
+        }
+        // Scalar nodes computed from a NormSq.
+        let mut late = vec![false; self.scalars.len()];
+        for (i, op) in self.scalars.iter().enumerate() {
+            let (ids, k) = op.operands();
+            late[i] =
+                matches!(op, ScalarOp::NormSq(_)) || ids[..k].iter().any(|&a| late[a as usize]);
+        }
+        // Element nodes the norm terms read, from the terms back.
+        let mut read = vec![false; self.nodes.len()];
+        for &o in &self.norms {
+            read[o as usize] = true;
+        }
+        for i in (0..self.nodes.len()).rev() {
+            if !read[i] {
+                continue;
+            }
+            let op = self.nodes[i];
+            if let Op::Slot(k) = op {
+                if late[self.slots[usize::from(k)] as usize] {
+                    return Err(bad(format!(
+                        "norm term reads node {i} ({op:?}), a per-step scalar computed from \
+                         the norms (a norm term is summed before the norms are known)"
+                    )));
+                }
+            }
+            let (ids, k) = op.operands();
+            for &a in &ids[..k] {
+                read[a as usize] = true;
+            }
+        }
         Ok(())
     }
 
     /// The slot values for one parameter's step: the scalar graph evaluated in `f64` with the
-    /// group's float hyperparameters, the step count after the increment and `fresh`.
-    pub fn slot_values(&self, hypers: &[f64], step: f64, fresh: bool) -> [f64; MAX_SLOTS] {
+    /// group's float hyperparameters, the step count after the increment, `fresh`, and the
+    /// sums of squares of the norm terms (`norm_sq[k]` for [`ScalarOp::NormSq`]`(k)`; zeros
+    /// before they are known).
+    pub fn slot_values(
+        &self,
+        hypers: &[f64],
+        step: f64,
+        fresh: bool,
+        norm_sq: &[f64; MAX_NORMS],
+    ) -> [f64; MAX_SLOTS] {
         let mut v = [0.0f64; 2 * MAX_NODES];
         let mut vals: Vec<f64> = Vec::new();
         let buf: &mut [f64] = if self.scalars.len() <= v.len() {
@@ -250,6 +347,7 @@ impl Graph {
             buf[i] = match self.scalars[i] {
                 ScalarOp::Hyper(k) => hypers.get(usize::from(k)).copied().unwrap_or(f64::NAN),
                 ScalarOp::Step => step,
+                ScalarOp::NormSq(k) => norm_sq.get(usize::from(k)).copied().unwrap_or(f64::NAN),
                 ScalarOp::Fresh => f64::from(u8::from(fresh)),
                 ScalarOp::Const(c) => c,
                 ScalarOp::Neg(a) => -x(a),
@@ -265,6 +363,7 @@ impl Graph {
                 ScalarOp::Max(a, b) => nan_or(x(a), x(b), f64::max),
                 ScalarOp::Min(a, b) => nan_or(x(a), x(b), f64::min),
                 ScalarOp::Lt(a, b) => f64::from(u8::from(x(a) < x(b))),
+                ScalarOp::Eq(a, b) => f64::from(u8::from(x(a) == x(b))),
                 ScalarOp::Where(m, a, b) => {
                     if x(m) != 0.0 {
                         x(a)

@@ -13,6 +13,7 @@
 //! Used for graphs computed in `f32` (`f32`, `bf16` and `f16` storage) on x86-64 CPUs with
 //! SSE4.1 and FMA; elsewhere, or with `FERROPTIM_EXPR_JIT=0`, the interpreter runs.
 
+use super::eval::Outputs;
 use super::graph::{Graph, NodeId, Op, MAX_NODES};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Endianness, InstBuilder, MemFlags, Value};
@@ -29,7 +30,7 @@ pub(crate) const LANES: usize = 4;
 /// A compiled kernel: `kernel(n, inputs, outputs, uniforms)` updates `n` elements (a multiple
 /// of [`LANES`]). `inputs` points to the rows of the parameter, the gradient and each state
 /// tensor, in that order; `outputs` to the rows receiving the new parameter and each new
-/// state; `uniforms[i]` is node `i`'s value where the shape says it is uniform. A row may be
+/// state (an [`Outputs::Norms`] kernel: each norm term, and it writes nothing else); `uniforms[i]` is node `i`'s value where the shape says it is uniform. A row may be
 /// both an input and an output (in-place update): each element is read before it is written.
 pub(crate) type Kernel = unsafe extern "C" fn(
     n: usize,
@@ -62,7 +63,17 @@ pub(crate) fn enabled() -> bool {
     })
 }
 
-type Key = (usize, Vec<u8>);
+type Key = (usize, Vec<u8>, bool);
+
+/// The output nodes of a kernel, in the order of its `outputs` rows.
+fn output_nodes(graph: &Graph, outputs: Outputs) -> Vec<NodeId> {
+    match outputs {
+        Outputs::Update => std::iter::once(graph.param_out)
+            .chain(graph.state_out.iter().copied())
+            .collect(),
+        Outputs::Norms => graph.norms.clone(),
+    }
+}
 
 /// Compiled kernels by (graph, shape); None where compiling failed (the interpreter runs).
 fn cache() -> &'static RwLock<HashMap<Key, Option<Kernel>>> {
@@ -70,11 +81,15 @@ fn cache() -> &'static RwLock<HashMap<Key, Option<Kernel>>> {
     CACHE.get_or_init(Default::default)
 }
 
-/// The kernel of `graph` (interned: its address identifies it) for `shape`, compiled on first
-/// use; None if it cannot be compiled here.
-pub(crate) fn kernel(graph: &'static Graph, shape: &Shape) -> Option<Kernel> {
+/// The kernel of `graph` (interned: its address identifies it) computing `outputs` for
+/// `shape`, compiled on first use; None if it cannot be compiled here.
+pub(crate) fn kernel(graph: &'static Graph, shape: &Shape, outputs: Outputs) -> Option<Kernel> {
     let n = graph.nodes.len();
-    let key: Key = (graph as *const Graph as usize, shape[..n].to_vec());
+    let key: Key = (
+        graph as *const Graph as usize,
+        shape[..n].to_vec(),
+        outputs == Outputs::Norms,
+    );
     {
         let map = match cache().read() {
             Ok(m) => m,
@@ -94,9 +109,11 @@ pub(crate) fn kernel(graph: &'static Graph, shape: &Shape) -> Option<Kernel> {
         return k;
     }
     // A code generator failure of any kind, panics included, leaves the interpreter to run.
-    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compile(graph, shape)))
-        .ok()
-        .and_then(Result::ok);
+    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compile(graph, shape, outputs)
+    }))
+    .ok()
+    .and_then(Result::ok);
     let mut map = match cache().write() {
         Ok(m) => m,
         Err(poisoned) => poisoned.into_inner(),
@@ -117,7 +134,7 @@ extern "C" fn lane_ln(x: f32) -> f32 {
 
 type CompileError = Box<dyn std::error::Error>;
 
-fn compile(graph: &Graph, shape: &Shape) -> Result<Kernel, CompileError> {
+fn compile(graph: &Graph, shape: &Shape, outputs: Outputs) -> Result<Kernel, CompileError> {
     let mut flags = settings::builder();
     flags.set("opt_level", "speed")?;
     let isa = cranelift_native::builder()?.finish(settings::Flags::new(flags))?;
@@ -149,7 +166,14 @@ fn compile(graph: &Graph, shape: &Shape) -> Result<Kernel, CompileError> {
             exp: module.declare_func_in_func(exp_id, b.func),
             ln: module.declare_func_in_func(ln_id, b.func),
         };
-        emit(&mut b, graph, shape, ptr, &lanes)?;
+        emit(
+            &mut b,
+            graph,
+            shape,
+            &output_nodes(graph, outputs),
+            ptr,
+            &lanes,
+        )?;
         b.finalize();
     }
     module.define_function(id, &mut ctx)?;
@@ -170,10 +194,9 @@ struct Lanes {
 }
 
 /// Nodes read by the outputs (following the shape).
-fn live(graph: &Graph, shape: &Shape) -> [bool; MAX_NODES] {
+fn live(graph: &Graph, shape: &Shape, outs: &[NodeId]) -> [bool; MAX_NODES] {
     let mut live = [false; MAX_NODES];
-    live[graph.param_out as usize] = true;
-    for &o in &graph.state_out {
+    for &o in outs {
         live[o as usize] = true;
     }
     for i in (0..graph.nodes.len()).rev() {
@@ -184,7 +207,8 @@ fn live(graph: &Graph, shape: &Shape) -> [bool; MAX_NODES] {
             (TAKE_A, Op::Where(_, a, _)) => live[a as usize] = true,
             (TAKE_B, Op::Where(_, _, b)) => live[b as usize] = true,
             (_, op) => {
-                for a in operands(op) {
+                let (ids, k) = op.operands();
+                for &a in &ids[..k] {
                     live[a as usize] = true;
                 }
             }
@@ -193,34 +217,17 @@ fn live(graph: &Graph, shape: &Shape) -> [bool; MAX_NODES] {
     live
 }
 
-/// Every operand of an operation.
-fn operands(op: Op) -> Vec<NodeId> {
-    match op {
-        Op::Param | Op::Grad | Op::State(_) | Op::Slot(_) | Op::Const(_) => vec![],
-        Op::Neg(a) | Op::Abs(a) | Op::Sqrt(a) | Op::Exp(a) | Op::Log(a) | Op::Sign(a) => vec![a],
-        Op::Add(a, b)
-        | Op::Sub(a, b)
-        | Op::Mul(a, b)
-        | Op::Div(a, b)
-        | Op::Max(a, b)
-        | Op::Min(a, b)
-        | Op::Lt(a, b)
-        | Op::Le(a, b)
-        | Op::Eq(a, b) => vec![a, b],
-        Op::Fma(a, b, c) | Op::Where(a, b, c) => vec![a, b, c],
-    }
-}
-
 /// The kernel's body: pointers and uniform values loaded once, then a loop over vectors.
 fn emit(
     b: &mut FunctionBuilder<'_>,
     g: &Graph,
     shape: &Shape,
+    outs: &[NodeId],
     ptr: types::Type,
     lanes: &Lanes,
 ) -> Result<(), CompileError> {
     let n_nodes = g.nodes.len();
-    let live = live(g, shape);
+    let live = live(g, shape, outs);
     let mem = MemFlags::new().with_notrap();
     let entry = b.create_block();
     let header = b.create_block();
@@ -242,8 +249,8 @@ fn emit(
     for k in 0..2 + n_states {
         input_rows.push(load_ptr(b, inputs, k));
     }
-    let mut output_rows = Vec::with_capacity(1 + n_states);
-    for k in 0..1 + n_states {
+    let mut output_rows = Vec::with_capacity(outs.len());
+    for k in 0..outs.len() {
         output_rows.push(load_ptr(b, outputs, k));
     }
     // Uniform nodes that a row node or an output reads, as splatted vectors.
@@ -262,6 +269,7 @@ fn emit(
         uniform: &vals,
         inputs: &input_rows,
         outputs: &output_rows,
+        outs,
         mem,
         lanes,
     };
@@ -302,6 +310,8 @@ struct Rows<'a> {
     uniform: &'a [Option<Value>],
     inputs: &'a [Value],
     outputs: &'a [Value],
+    /// The output nodes, one per `outputs` row.
+    outs: &'a [NodeId],
     mem: MemFlags,
     lanes: &'a Lanes,
 }
@@ -319,12 +329,12 @@ fn vector_body(
         if !rows.live[i] || shape[i] == DEAD || shape[i] == UNIFORM {
             continue;
         }
-        let needs = match (shape[i], g.nodes[i]) {
-            (TAKE_A, Op::Where(_, a, _)) => vec![a],
-            (TAKE_B, Op::Where(_, _, c)) => vec![c],
-            (_, op) => operands(op),
+        let (needs, k) = match (shape[i], g.nodes[i]) {
+            (TAKE_A, Op::Where(_, a, _)) => ([a, 0, 0], 1),
+            (TAKE_B, Op::Where(_, _, c)) => ([c, 0, 0], 1),
+            (_, op) => op.operands(),
         };
-        if needs.iter().any(|&k| row[k as usize].is_none()) {
+        if needs[..k].iter().any(|&k| row[k as usize].is_none()) {
             return Err(format!("node {i} reads a node without a value in this shape").into());
         }
         let v = |k: NodeId| row[k as usize].unwrap_or_else(no_value);
@@ -335,11 +345,10 @@ fn vector_body(
         };
         row[i] = Some(value);
     }
-    let outputs = std::iter::once(&g.param_out).chain(&g.state_out);
-    if outputs.clone().any(|&k| row[k as usize].is_none()) {
+    if rows.outs.iter().any(|&k| row[k as usize].is_none()) {
         return Err("an output without a value in this shape".into());
     }
-    for (k, &o) in outputs.enumerate() {
+    for (k, &o) in rows.outs.iter().enumerate() {
         let x = row[o as usize].unwrap_or_else(no_value);
         let addr = b.ins().iadd(rows.outputs[k], off);
         b.ins().store(rows.mem, x, addr, 0);

@@ -18,12 +18,14 @@ mod jit;
 mod tests;
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests_jit;
+#[cfg(test)]
+mod tests_norms;
 
 pub use graph::{Graph, NodeId, Op, ScalarOp, MAX_HYPERS, MAX_NODES, MAX_SLOTS};
 
 use crate::element::{Float, Storage};
 use crate::error::Result;
-use crate::rule::{Rule, ScalarState};
+use crate::rule::{NormSink, Rule, ScalarState, MAX_NORMS};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -35,11 +37,15 @@ pub struct GraphRule {
     hypers: [f64; MAX_HYPERS],
 }
 
-/// Per-parameter, per-step scalars of a [`GraphRule`]: the slot values.
+/// Per-parameter, per-step scalars of a [`GraphRule`]: the slot values, and what the scalar
+/// graph is evaluated from again once the per-tensor norms are known ([`Rule::with_norms`]).
 #[derive(Clone, Copy, Debug)]
 pub struct GraphScalars {
     graph: &'static Graph,
     slots: [f64; MAX_SLOTS],
+    hypers: [f64; MAX_HYPERS],
+    step: f64,
+    fresh: bool,
 }
 
 impl GraphRule {
@@ -131,8 +137,58 @@ impl Rule for GraphRule {
         let n = self.graph.n_hypers;
         GraphScalars {
             graph: self.graph,
-            slots: self.graph.slot_values(&self.hypers[..n], step, fresh),
+            // Slots computed from the norms are completed by `with_norms`.
+            slots: self
+                .graph
+                .slot_values(&self.hypers[..n], step, fresh, &[0.0; MAX_NORMS]),
+            hypers: self.hypers,
+            step,
+            fresh,
         }
+    }
+
+    /// The graph's norm terms ([`Graph::norms`]).
+    fn norms(s: &GraphScalars) -> usize {
+        s.graph.norms.len()
+    }
+
+    fn norm_terms<F: Float>(s: &GraphScalars, param: F, grad: F, state: &[F]) -> [F; MAX_NORMS] {
+        // One element, as `update` (the driver calls `norm_terms_slice` instead).
+        let p = [Elem(param)];
+        let g = [Elem(grad)];
+        let st: Vec<[Elem<F>; 1]> = state.iter().map(|&v| [Elem(v)]).collect();
+        let views: Vec<&[Elem<F>]> = st.iter().map(|a| &a[..]).collect();
+        let mut out = [F::ZERO; MAX_NORMS];
+        eval::norm_terms_slice(s.graph, &s.slots, None, &p, &g, &views, &mut |terms| {
+            for (o, t) in out.iter_mut().zip(terms) {
+                *o = t[0];
+            }
+        });
+        out
+    }
+
+    #[inline(always)]
+    fn norm_terms_slice<S: Storage>(
+        s: &GraphScalars,
+        grad_scale: Option<f64>,
+        param: &[S],
+        grad: &[S],
+        state: &[&[S]],
+        sink: &mut NormSink<'_, S::Compute>,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if compiled::norm_terms_slice_compiled(
+            s.graph, &s.slots, grad_scale, param, grad, state, sink,
+        ) {
+            return true;
+        }
+        eval::norm_terms_slice(s.graph, &s.slots, grad_scale, param, grad, state, sink);
+        true
+    }
+
+    fn with_norms(s: &mut GraphScalars, sums: [f64; MAX_NORMS]) {
+        let n = s.graph.n_hypers;
+        s.slots = s.graph.slot_values(&s.hypers[..n], s.step, s.fresh, &sums);
     }
 
     fn update<F: Float>(s: &GraphScalars, param: F, grad: F, state: &mut [F]) -> F {

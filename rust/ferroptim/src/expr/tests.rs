@@ -35,6 +35,7 @@ fn rms_graph() -> Graph {
         ],
         slots: vec![0, 1, 3, 4],
         n_hypers: 3,
+        norms: vec![],
     }
 }
 
@@ -117,7 +118,7 @@ fn scalar_graph_follows_python_float_arithmetic() {
     ];
     g.slots = vec![6, 1, 5, 7];
     let rule = GraphRule::new(&g, &[0.01, 0.9, 1e-8]).unwrap();
-    let slots = g.slot_values(&[0.01, 0.9, 1e-8], 3.0, false);
+    let slots = g.slot_values(&[0.01, 0.9, 1e-8], 3.0, false, &[0.0; 2]);
     assert_eq!(slots[0], 0.01 / (1.0 - 0.9f64.powf(3.0)));
     assert_eq!(slots[2], 1.0 - 0.9f64.powf(3.0));
     let mut steps = [ScalarState::new(2.0, tch::Kind::Float)];

@@ -49,6 +49,7 @@ fn every_op_graph() -> Graph {
         scalars: vec![ScalarOp::Hyper(0), ScalarOp::Hyper(1)],
         slots: vec![0, 1],
         n_hypers: 2,
+        norms: vec![],
     }
 }
 
@@ -94,7 +95,7 @@ fn bits<S: Storage>(xs: &[S]) -> Vec<u64> {
 
 fn compare<S: Storage>(to: impl Fn(f32) -> S, mask: f64, scale: Option<f64>) {
     let g: &'static Graph = intern(&every_op_graph()).unwrap();
-    let slots = g.slot_values(&[0.75, mask], 1.0, false);
+    let slots = g.slot_values(&[0.75, mask], 1.0, false, &[0.0; 2]);
     for len in [0usize, 1, 3, 4, 5, 127, 128, 129, 300] {
         let make = |seed| values(len, seed).into_iter().map(&to).collect::<Vec<S>>();
         let (p0, g0, a0, b0) = (make(1), make(2), make(3), make(4));
