@@ -338,6 +338,8 @@ impl<S: Copy> Prepared<S> {
         }
     }
 
+    /// The kernel's job for this parameter: addresses from the metadata [`fast::check`] read,
+    /// else from the tensors (or their contiguous copies).
     fn job(
         &self,
         qp: &QuantParam,
@@ -345,77 +347,66 @@ impl<S: Copy> Prepared<S> {
         first_block: usize,
         names: &[&str],
     ) -> QJob<S> {
-        if let Some(f) = &self.fast {
-            return self.fast_job(f, qp, grad_scale, first_block, names);
-        }
-        let p = self.param.as_ref().unwrap_or(&qp.param);
-        let g = self.grad.as_ref().unwrap_or(&qp.grad);
+        let n = names.len();
+        let quantized = qp.state.is_empty();
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        // Per state tensor: the codes (or the unquantized state) and the absmax.
+        let (kind, numel, param, grad, first, second): (
+            _,
+            _,
+            _,
+            _,
+            [usize; MAX_STATE],
+            [usize; MAX_STATE],
+        ) = match &self.fast {
+            Some(f) => {
+                let ptr = |m: &Option<crate::driver::Meta>| m.map_or(0, |m| m.ptr);
+                let (param, grad) = (f.param, f.grad);
+                (
+                    param.kind,
+                    param.numel,
+                    param.ptr,
+                    grad.ptr,
+                    std::array::from_fn(|k| ptr(&f.codes[k])),
+                    std::array::from_fn(|k| ptr(&f.absmax[k])),
+                )
+            }
+            None => {
+                let p = self.param.as_ref().unwrap_or(&qp.param);
+                let g = self.grad.as_ref().unwrap_or(&qp.grad);
+                let at = |ts: &[Tensor], k: usize| ts.get(k).filter(|_| k < n).map_or(0, addr);
+                let first = if quantized { &qp.codes } else { &qp.state };
+                (
+                    p.kind(),
+                    p.numel(),
+                    addr(p),
+                    addr(g),
+                    std::array::from_fn(|k| at(first, k)),
+                    std::array::from_fn(|k| at(&qp.absmax, k)),
+                )
+            }
+        };
         let mut codes = [std::ptr::null_mut(); MAX_STATE];
         let mut absmax = [std::ptr::null_mut(); MAX_STATE];
         let mut codecs = [codec::signed(); MAX_STATE];
         let mut plain = [std::ptr::null_mut(); MAX_STATE];
-        let quantized = qp.state.is_empty();
-        for k in 0..names.len() {
+        for k in 0..n {
             if quantized {
-                codes[k] = qp.codes[k].data_ptr() as *mut u8;
-                absmax[k] = qp.absmax[k].data_ptr() as *mut f32;
+                codes[k] = first[k] as *mut u8;
+                absmax[k] = second[k] as *mut f32;
             } else {
-                plain[k] = qp.state[k].data_ptr() as *mut u8;
+                plain[k] = first[k] as *mut u8;
             }
             codecs[k] = codec::for_state(names[k]);
         }
         QJob {
             base: Job {
                 scalars: self.scalars,
-                kind: p.kind(),
-                numel: p.numel(),
-                n_state: names.len(),
-                param: p.data_ptr() as *mut u8,
-                grad: g.data_ptr() as *mut u8,
-                grad_scale,
-                state: plain,
-            },
-            codes,
-            absmax,
-            codecs,
-            quantized,
-            sr: None,
-            first_block,
-        }
-    }
-
-    /// [`Self::job`] from the metadata [`fast::check`] read.
-    fn fast_job(
-        &self,
-        f: &FastMeta,
-        qp: &QuantParam,
-        grad_scale: Option<f64>,
-        first_block: usize,
-        names: &[&str],
-    ) -> QJob<S> {
-        let quantized = qp.state.is_empty();
-        let ptr = |m: &Option<crate::driver::Meta>| m.map_or(0, |m| m.ptr);
-        let mut codes = [std::ptr::null_mut(); MAX_STATE];
-        let mut absmax = [std::ptr::null_mut(); MAX_STATE];
-        let mut codecs = [codec::signed(); MAX_STATE];
-        let mut plain = [std::ptr::null_mut(); MAX_STATE];
-        for k in 0..names.len() {
-            if quantized {
-                codes[k] = ptr(&f.codes[k]) as *mut u8;
-                absmax[k] = ptr(&f.absmax[k]) as *mut f32;
-            } else {
-                plain[k] = ptr(&f.codes[k]) as *mut u8;
-            }
-            codecs[k] = codec::for_state(names[k]);
-        }
-        QJob {
-            base: Job {
-                scalars: self.scalars,
-                kind: f.param.kind,
-                numel: f.param.numel,
-                n_state: names.len(),
-                param: f.param.ptr as *mut u8,
-                grad: f.grad.ptr as *mut u8,
+                kind,
+                numel,
+                n_state: n,
+                param: param as *mut u8,
+                grad: grad as *mut u8,
                 grad_scale,
                 state: plain,
             },
