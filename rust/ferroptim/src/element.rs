@@ -37,7 +37,33 @@ pub trait Float:
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// The value as `f64` (exact).
     fn to_f64(self) -> f64;
+    /// `self.sqrt() / d` for a divisor `d` shared by many elements (a per-tensor constant such
+    /// as Adam's `√(1 − β₂ᵗ)`): the same bits for every `d` in [`EXACT_DIVISOR`]. `f32` and
+    /// `f64` replace the division by a multiplication by `1 / d` (computed once per loop: it
+    /// does not depend on `self`) and Markstein's correction: `q = a·(1/d)`,
+    /// `r = fma(−q, d, a)`, `fma(r, 1/d, q)`, the correctly rounded quotient when `1/d` is
+    /// correctly rounded, `q` is within one ulp of `a/d` and nothing overflows or underflows
+    /// (P. Markstein, "Computation of elementary functions on the IBM RISC System/6000
+    /// processor", IBM J. Res. Dev. 34(1), 1990; J.-M. Muller et al., *Handbook of
+    /// Floating-Point Arithmetic*, 2nd ed., 2018, §4.9). A square root is ±0, +∞, NaN or in
+    /// `[2⁻⁷⁵, 2⁶⁴]` in `f32` (`[2⁻⁵³⁸, 2⁵¹²]` in `f64`), so for `d` in [`EXACT_DIVISOR`] no
+    /// step overflows or underflows; where the root is ±0, ∞ or NaN, `a·(1/d)` is already
+    /// `a/d` (NaN payload included) and is kept. For `d` outside that range (0, ∞, NaN or
+    /// beyond 2^±40, e.g. from β₂ ∉ [0, 1), which every optimizer rejects) the result is
+    /// `a·(1/d)`: ±0, ∞ and NaN as `a/d`, other values within one ulp of it. There is no
+    /// branch on `d`: a loop-invariant one lets the compiler compute the division anyway.
+    /// A default method: types without a faster form divide.
+    #[inline(always)]
+    fn sqrt_div(self, d: Self) -> Self {
+        self.sqrt() / d
+    }
 }
+
+/// The divisors (`f64`, before rounding to the compute type) for which [`Float::sqrt_div`]
+/// takes Markstein's division: `[2⁻⁴⁰, 2⁴⁰]`. Adam-type bias corrections `√(1 − β₂ᵗ)` with
+/// `β₂ ∈ [0, 1)` lie in `[2⁻²⁷, 1]`.
+pub const EXACT_DIVISOR: std::ops::RangeInclusive<f64> =
+    9.094947017729282e-13..=1_099_511_627_776.0;
 
 macro_rules! impl_float {
     ($t:ty) => {
@@ -72,6 +98,22 @@ macro_rules! impl_float {
             #[inline(always)]
             fn to_f64(self) -> f64 {
                 f64::from(self)
+            }
+            #[inline(always)]
+            fn sqrt_div(self, d: Self) -> Self {
+                let a = <$t>::sqrt(self);
+                // One correctly rounded IEEE division that does not depend on the element:
+                // loops hoist it, with the range test.
+                let recip = 1.0 / d;
+                let exact = EXACT_DIVISOR.contains(&f64::from(d));
+                let q = a * recip;
+                let r = (-q).mul_add(d, a);
+                let corrected = r.mul_add(recip, q);
+                if exact && a > 0.0 && a < <$t>::INFINITY {
+                    corrected
+                } else {
+                    q
+                }
             }
         }
     };
@@ -206,6 +248,112 @@ mod tests {
         }
         assert_eq!(bf16::store(f32::NAN).to_bits(), 0x7FC0);
         assert!(bf16::from_bits(0x7FC0).load().is_nan());
+    }
+
+    /// Divisors of the kind `sqrt_div` serves: Adam-type `√(1 − β₂ᵗ)` over many β₂ and t
+    /// (rounded to `f32` as the kernels round them) and the ends of [`EXACT_DIVISOR`].
+    fn divisors() -> Vec<f64> {
+        let mut ds = vec![1.0, 0.5, 3.0, 2f64.powi(-40), 2f64.powi(40)];
+        for beta2 in [0.0, 0.5, 0.9, 0.95, 0.98, 0.99, 0.999, 0.9999, 1.0 - 1e-8] {
+            for t in [1.0, 2.0, 3.0, 7.0, 10.0, 100.0, 1000.0, 1e4, 1e6] {
+                ds.push((1.0 - f64::powf(beta2, t)).sqrt());
+            }
+        }
+        ds
+    }
+
+    /// Square-root arguments over every exponent and special case: ±0, ±∞, NaNs, subnormals,
+    /// negative values (root NaN), and a stride over all positive bit patterns.
+    fn f32_arguments(stride: u32) -> impl Iterator<Item = f32> {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -1.0,
+            1e-45,
+            f32::MAX,
+        ]
+        .into_iter()
+        .chain([0x7FC0_0001u32, 0xFFC0_0000, 0x7F80_0001].map(f32::from_bits));
+        specials.chain(
+            (0..0x7F80_0000u32)
+                .step_by(stride as usize)
+                .map(f32::from_bits),
+        )
+    }
+
+    #[test]
+    fn sqrt_div_is_the_correctly_rounded_quotient_f32() {
+        for d in divisors() {
+            let d = d as f32;
+            for x in f32_arguments(131) {
+                let (got, want) = (x.sqrt_div(d), x.sqrt() / d);
+                assert_eq!(got.to_bits(), want.to_bits(), "sqrt({x:e}) / {d:e}");
+            }
+        }
+    }
+
+    /// Every non-negative `f32` (2³¹ values) for Adam's first-step divisor `√(1 − 0.999)`.
+    #[test]
+    fn sqrt_div_is_exact_for_every_f32_at_adams_first_step() {
+        let d = (1.0f64 - 0.999).sqrt() as f32;
+        let bad = (0..=0x7FFF_FFFFu32)
+            .map(f32::from_bits)
+            .filter(|x| x.sqrt_div(d).to_bits() != (x.sqrt() / d).to_bits())
+            .count();
+        assert_eq!(bad, 0);
+    }
+
+    #[test]
+    fn sqrt_div_is_the_correctly_rounded_quotient_f64() {
+        // xorshift64*: bit patterns over the whole range, so every exponent is reached.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let specials = [0.0, -0.0, f64::INFINITY, f64::NAN, -1.0, 5e-324, f64::MAX];
+        for d in divisors() {
+            for x in specials
+                .into_iter()
+                .chain((0..200_000).map(|_| f64::from_bits(next() >> 1)))
+            {
+                let (got, want) = (x.sqrt_div(d), x.sqrt() / d);
+                assert_eq!(got.to_bits(), want.to_bits(), "sqrt({x:e}) / {d:e}");
+            }
+        }
+    }
+
+    /// Outside [`EXACT_DIVISOR`]: ±0 and ∞ as the division, NaN where it is NaN, other values
+    /// within one ulp.
+    #[test]
+    fn sqrt_div_outside_the_exact_range_is_within_one_ulp() {
+        for d in [
+            0.0f32,
+            2f32.powi(-41),
+            1e-30,
+            2f32.powi(41),
+            1e30,
+            f32::INFINITY,
+            f32::NAN,
+        ] {
+            for x in f32_arguments(65_537) {
+                let (got, want) = (x.sqrt_div(d), x.sqrt() / d);
+                if want.is_finite() {
+                    let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+                    assert!(ulps <= 1, "sqrt({x:e}) / {d:e}: {got:e} vs {want:e}");
+                } else if want.is_nan() {
+                    // Two NaN operands (a NaN divisor): which payload wins is not specified.
+                    assert!(got.is_nan(), "sqrt({x:e}) / {d:e}: {got:e}");
+                } else {
+                    assert_eq!(got.to_bits(), want.to_bits(), "sqrt({x:e}) / {d:e}");
+                }
+            }
+        }
     }
 
     #[test]

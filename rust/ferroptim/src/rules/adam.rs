@@ -111,7 +111,7 @@ impl Rule for Adam {
             v
         };
         // θ ← θ − (γ / (1 − β₁ᵗ)) · m / (√v̂ / √(1 − β₂ᵗ) + ε)
-        let denom = v_hat.sqrt() / F::from_f64(s.bias_correction2_sqrt) + F::from_f64(s.eps);
+        let denom = v_hat.sqrt_div(F::from_f64(s.bias_correction2_sqrt)) + F::from_f64(s.eps);
         p + F::from_f64(s.neg_step_size) * m / denom
     }
 }

@@ -117,7 +117,7 @@ impl Rule for Adan {
         state[1] = n;
         state[2] = d;
         state[3] = -g;
-        let denom = n.sqrt() / F::from_f64(s.bias_correction3_sqrt) + F::from_f64(s.eps);
+        let denom = n.sqrt_div(F::from_f64(s.bias_correction3_sqrt)) + F::from_f64(s.eps);
         let mut p = param;
         let decays = s.weight_decay != 0.0;
         if decays && s.no_prox {

@@ -135,7 +135,7 @@ impl Rule for AdEMAMix {
         state[1] = m2;
         state[2] = nu;
         // θ ← θ − η (m₁/(1 − β₁ᵗ) + α(t)·m₂) / (√ν / √(1 − β₂ᵗ) + ε)
-        let denom = nu.sqrt() / F::from_f64(s.bias_correction2_sqrt) + F::from_f64(s.eps);
+        let denom = nu.sqrt_div(F::from_f64(s.bias_correction2_sqrt)) + F::from_f64(s.eps);
         let u = add_scaled(m1 / F::from_f64(s.bias_correction1), s.alpha, m2);
         p + F::from_f64(s.neg_lr) * u / denom
     }
