@@ -38,6 +38,8 @@ pub mod sym;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_host;
+#[cfg(test)]
 mod tests_norms;
 #[cfg(test)]
 mod tests_pipeline;
