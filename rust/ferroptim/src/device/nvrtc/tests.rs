@@ -8,8 +8,6 @@ use super::cases::{cases, Case};
 use super::emit::{element_function, Dtype};
 use super::kernel::{types, APPLY, STEP_KERNEL};
 use super::tests_host::{namespaced_cases, run_host_program};
-// tests_scalars.rs still finds the compiler here.
-pub(super) use super::tests_host::cxx;
 use std::path::PathBuf;
 use std::process::Command;
 
