@@ -343,6 +343,33 @@ def test_cuda_nvrtc_many_tensors_span_several_launches():
 
 
 @cuda
+@pytest.mark.parametrize("name", ["AdamW", "NAdam"])
+def test_cuda_nvrtc_capturable_many_tensors_span_several_scalar_launches(name):
+    """More tensors than one scalar-kernel launch holds (256 with one scalar state, 128 with
+    NAdam's two): 300 small tensors with ``capturable=True``, 3 steps, against the CPU rule
+    bit for bit, every tensor's scalar state advanced once per step."""
+    torch.manual_seed(4)
+    base = [torch.randn(17 + i % 5) for i in range(300)]
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    kwargs = CAPTURABLE[name]
+    opts = [
+        getattr(ferroptim, name)(cpu, **kwargs),
+        getattr(ferroptim, name)(dev, capturable=True, **kwargs),
+    ]
+    with cuda_kernels(True):
+        for _ in range(3):
+            for p, q in zip(cpu, dev):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.cuda()
+            for opt in opts:
+                opt.step()
+    torch.cuda.synchronize()
+    assert all(opts[1].state[p]["step"].item() == 3.0 for p in dev)
+    assert_snapshots_equal(_on_cpu(snapshot(dev, opts[1])), snapshot(cpu, opts[0]), name)
+
+
+@cuda
 @pytest.mark.parametrize("name", ["Lamb", "LARS"])
 def test_cuda_nvrtc_norm_rules_many_tensors(name):
     """Lamb and LARS over more tensors than one trust-ratio launch takes (256), one that spans
