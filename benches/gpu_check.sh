@@ -4,10 +4,10 @@
 # Python 3.12, no cargo, no network). Not yet run: written without a GPU.
 #
 # Here (where cargo is):  maturin build --release -o .whl   (.whl/ is git-ignored)
-# Device tool:            run(command="bash benches/gpu_check.sh nvrtc", carry=[".whl"], timeout_s=420)
+# Device tool:            run(command="bash benches/gpu_check.sh nvrtc", carry=[".whl"], timeout_s=480)
 #                         run(command="bash benches/gpu_check.sh aten", carry=[".whl"], timeout_s=540)
 # Parts: "aten" (issue 19's checks, <= 8 min), "nvrtc" (NVRTC kernels: tests, then the
-# benchmark of nvrtc vs torch fused/foreach and the ATen path, <= 6 min), "all" (default:
+# benchmark of nvrtc vs torch fused/foreach and the ATen path, <= 7 min), "all" (default:
 # both, more than one call's 10 minutes may allow: prefer one part per call).
 # Results (pytest logs, benchmark tables and JSON) are written to $OUT.
 set -uo pipefail
@@ -30,9 +30,10 @@ part=${1:-all}
 status=0
 if [ "$part" = nvrtc ] || [ "$part" = all ]; then
   # NVRTC kernels: bit-identity with the CPU rule (every elementwise class, and Lamb/LARS with
-  # their reduction and trust-ratio kernels), capturable Adam/AdamW (against the CPU step, and
-  # torch.cuda.graph capture + replay against eager), torch trajectories, GradScaler, hand-over.
-  timeout 190 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
+  # their reduction and trust-ratio kernels), capturable steps of Adam, AdamW, Adamax, NAdam,
+  # Adadelta, RMSprop and Rprop (against the CPU step, torch.cuda.graph capture + replay
+  # against eager, found_inf keeping every tensor), torch trajectories, GradScaler, hand-over.
+  timeout 250 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
     > "$OUT/pytest_nvrtc.txt" 2>&1 || status=1
   tail -n 25 "$OUT/pytest_nvrtc.txt"
   timeout 150 python benches/bench_cuda.py --only nvrtc --quick --out "$OUT/bench_nvrtc.json" \

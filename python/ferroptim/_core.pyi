@@ -278,10 +278,12 @@ def nvrtc_step(
     ``torch.cuda.current_stream().cuda_stream``); ``nvrtc_dirs``: folders that may hold
     ``libnvrtc.so.13``. ``grad_scale``/``found_inf``: GradScaler's hand-over, read by the
     kernel (unscale, and skip when ``found_inf`` is nonzero; the CPU scalar state still
-    advances). ``capturable`` (``"adam"`` only, else ValueError): ``step`` is a float32
-    one-element tensor on the parameter's device, incremented (unless ``found_inf``) and
-    read by the kernels, which compute the bias corrections: nothing is read on the host, so
-    the call can be captured in a CUDA graph after a warm-up call. Raises
+    advances). ``capturable`` (``"adam"``, ``"adamax"``, ``"nadam"``, ``"adadelta"``,
+    ``"rmsprop"``, ``"rprop"``, else ValueError): the scalar state (``step``, NAdam's
+    ``mu_product``) is float32 one-element tensors on the parameter's device, advanced
+    (unless ``found_inf``) and read by the kernels, which compute the step-dependent scalars
+    (bias corrections, …): nothing is read on the host, so the call can be captured in a
+    CUDA graph after a warm-up call. Raises
     ValueError/RuntimeError before modifying anything if a tensor is not a contiguous CUDA
     tensor of the parameter's shape and dtype."""
     ...

@@ -44,9 +44,11 @@ _NVRTC_RULES = frozenset(
         "lamb", "lars",
     }
 )  # fmt: skip
-# Rules whose NVRTC kernels also take capturable steps (a group's ``capturable=True``: ``step``
-# a float32 tensor on the parameter's device, incremented and read by the kernels).
-_NVRTC_CAPTURABLE = frozenset({"adam"})
+# Rules whose NVRTC kernels also take capturable steps (a group's ``capturable=True``: the
+# scalar state, ``step`` and NAdam's ``mu_product``, float32 tensors on the parameter's device,
+# advanced and read by the kernels). The classes torch.optim gives ``capturable`` to, except
+# RAdam and ASGD (their update changes form with the step: chosen on the host so far).
+_NVRTC_CAPTURABLE = frozenset({"adam", "adamax", "nadam", "adadelta", "rmsprop", "rprop"})
 _cuda_kernels: list[bool] = [os.environ.get("FERROPTIM_CUDA_KERNELS", "") == "1"]
 
 
@@ -65,12 +67,14 @@ def use_cuda_kernels(enabled: bool = True) -> None:
 
     Under the switch the per-parameter scalar state (``step``, …) lives on the CPU (torch's
     ``capturable=False`` layout), and GradScaler unscales and skips non-finite steps itself
-    (``_step_supports_amp_scaling`` is False), as for torch's foreach optimizers. Adam and
-    AdamW with ``capturable=True`` keep ``step`` on the parameter's device (float32, as
-    torch) instead; the kernels increment it and compute the bias corrections on the device,
-    so the step reads nothing from the host and can be captured in a CUDA graph after a
-    warm-up step (a learning rate that is a CUDA tensor keeps the ATen path). Other classes
-    with ``capturable=True`` keep the ATen path. Parameters that are not contiguous, or that
+    (``_step_supports_amp_scaling`` is False), as for torch's foreach optimizers. Adam,
+    AdamW, Adamax, NAdam, Adadelta, RMSprop and Rprop with ``capturable=True`` keep their
+    scalar state (``step``, NAdam's ``mu_product``) on the parameter's device (float32, as
+    torch) instead; the kernels advance it and compute the step-dependent scalars (bias
+    corrections, …) on the device, so the step reads nothing from the host and can be
+    captured in a CUDA graph after a warm-up step (a learning rate that is a CUDA tensor
+    keeps the ATen path). RAdam and ASGD with ``capturable=True`` keep the ATen path.
+    Parameters that are not contiguous, or that
     span several CUDA devices in one optimizer, keep the ATen path.
 
     Args:
@@ -230,15 +234,19 @@ def _place_scalar_state(
     created: dict[int, dict[str, Any]],
     mode: _Mode | None,
     host: bool = False,
+    capturable: bool = False,
 ) -> None:
     """Puts each scalar state tensor (``step``, …) where torch's implementation keeps it: on
-    the parameter's device (float32) for a fused kernel on a non-CPU device and for ASGD
+    the parameter's device (float32) for a fused kernel on a non-CPU device, for the NVRTC
+    kernels' capturable steps (``capturable``) and for ASGD
     (``_aten_scalar_state_on_device``), on the CPU for the other foreach compositions (torch's
     ``capturable=False``) and for the NVRTC kernels (``host``). Replaces the entry in the state dict
     (as torch's ``load_state_dict`` moves ``step`` for fused optimizers)."""
     n = len(scalar_names)
     for i, p in enumerate(dev["params"]):
-        fused = not host and p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
+        fused = capturable or (
+            not host and p.device.type != "cpu" and fused_on(opt, p.device.type, mode)
+        )
         on_device = not host and (fused or opt._aten_scalar_state_on_device)
         want = p.device if on_device else torch.device("cpu")
         for k, name in enumerate(scalar_names):
@@ -291,7 +299,13 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
             if capturable and not _nvrtc_capturable(opt, group):
                 nvrtc = capturable = False
             _place_scalar_state(
-                opt, dev, scalar_names, created, mode, host=nvrtc and not capturable
+                opt,
+                dev,
+                scalar_names,
+                created,
+                mode,
+                host=nvrtc and not capturable,
+                capturable=capturable,
             )
             if nvrtc:
                 device = dev["params"][0].device

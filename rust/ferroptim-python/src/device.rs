@@ -86,8 +86,9 @@ fn run<R: FromGroup + AtenRule>(
 /// for the CPU step functions: contiguous CUDA tensors, scalar state on the CPU), launched on
 /// `stream` (`torch.cuda.current_stream().cuda_stream`). `nvrtc_dirs`: folders that may hold
 /// `libnvrtc.so.13`. Extracts with the GIL held, then releases it.
-/// With `capturable` (Adam/AdamW only), `step` is a float32 tensor on the parameter's device,
-/// incremented and read by the kernels (torch's `capturable=True`): nothing is read on the host.
+/// With `capturable` (Adam/AdamW, Adamax, NAdam, Adadelta, RMSprop, Rprop), the scalar state
+/// (`step`, NAdam's `mu_product`) is float32 tensors on the parameter's device, advanced and
+/// read by the kernels (torch's `capturable=True`): nothing is read on the host.
 #[pyfunction]
 #[pyo3(signature = (rule, groups, stream, nvrtc_dirs, grad_scale = None, found_inf = None, capturable = false))]
 #[allow(clippy::too_many_arguments)]
@@ -107,8 +108,14 @@ pub fn nvrtc_step(
     if capturable {
         return match rule {
             "adam" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adam>),
+            "adamax" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adamax>),
+            "nadam" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::NAdam>),
+            "adadelta" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adadelta>),
+            "rmsprop" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::RMSprop>),
+            "rprop" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Rprop>),
             other => Err(PyValueError::new_err(format!(
-                "no capturable NVRTC kernel for rule '{other}' (Adam/AdamW only)"
+                "no capturable NVRTC kernel for rule '{other}' (Adam/AdamW, Adamax, NAdam, \
+                 Adadelta, RMSprop, Rprop only)"
             ))),
         };
     }

@@ -6,10 +6,12 @@ the native entry point's refusal of CPU tensors. The generated arithmetic itself
 the CPU by the core crate's tests (host C++ bit for bit against the Rust rules; NVRTC compiles
 every kernel for sm_80 and sm_90).
 
-Capturable steps (Adam/AdamW with ``capturable=True``: ``step`` on the device, bias
-corrections computed by the kernels): on CUDA they equal the CPU step bit for bit, a
+Capturable steps (``capturable=True`` for Adam, AdamW, Adamax, NAdam, Adadelta, RMSprop and
+Rprop: ``step`` and NAdam's ``mu_product`` float32 tensors on the device, the step-dependent
+scalars computed by the kernels): on the CPU, the native entry accepts exactly these rules
+and refuses CPU tensors before writing; on CUDA they equal the CPU step bit for bit, a
 ``torch.cuda.graph`` capture replayed equals eager steps, and the kernel-side ``found_inf``
-skips the step and keeps ``step``.
+skips the step and keeps the scalar state.
 
 On CUDA (``benches/gpu_check.sh``, ``-k cuda``): 10 steps of every covered class (Lamb and
 LARS included: their reduction and trust ratios run on the device) in float32 and bfloat16
@@ -71,6 +73,17 @@ TORCH = {
     "ASGD": "foreach",
 }
 SHAPES = [(64, 33), (33,), (7, 5, 3), (70000,)]  # the last spans two chunks
+#: The classes whose capturable steps the kernels take (torch.optim's ``capturable`` classes
+#: but RAdam and ASGD), in configurations that exercise their options.
+CAPTURABLE = {
+    "Adam": {"lr": 0.01, "weight_decay": 0.01, "amsgrad": True},
+    "AdamW": {"lr": 0.01, "weight_decay": 0.01},
+    "Adamax": {"lr": 0.01, "weight_decay": 1e-2},
+    "NAdam": {"lr": 0.01, "weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "Adadelta": {"lr": 0.5, "weight_decay": 1e-2},
+    "RMSprop": {"lr": 0.01, "momentum": 0.9, "centered": True},
+    "Rprop": {"lr": 0.01},
+}
 
 
 @contextlib.contextmanager
@@ -163,12 +176,49 @@ def test_native_entry_refuses_cpu_tensors_before_writing():
     with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
         _core.nvrtc_step("adam", [adam], 0, [], capturable=True)
     assert torch.equal(adam["scalar_states"][0], torch.zeros(()))
+    for rule in ("radam", "asgd"):
+        with pytest.raises(ValueError, match=f"no capturable NVRTC kernel for rule '{rule}'"):
+            _core.nvrtc_step(rule, [group], 0, [], capturable=True)
     with pytest.raises(ValueError, match="no NVRTC kernel for rule 'adafactor'"):
         _core.nvrtc_step("adafactor", [group], 0, [])
     lars = {**group, "trust_coefficient": 1e-3, "trust": True, "states": [], "momentum": 0.0}
     with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
         _core.nvrtc_step("lars", [lars], 0, [])
     assert torch.equal(p, torch.zeros(4))
+
+
+def _native_group(opt, params: list[torch.Tensor]) -> dict:
+    """The native call's dict for ``opt``'s first group, its state created (not stored)."""
+    for p in params:
+        p.grad = torch.ones_like(p)
+    group = opt.param_groups[0]
+    (d,) = opt._native_calls(group, opt._collect(group, []))
+    return d
+
+
+@pytest.mark.parametrize("name", sorted(CAPTURABLE))
+def test_capturable_rules_are_accepted_and_refuse_cpu_tensors_before_writing(name):
+    """Each capturable class's rule reaches the capturable kernels (no "no capturable NVRTC
+    kernel" error) and is refused for CPU tensors before anything is written; the Python
+    side sends exactly these classes' ``capturable=True`` groups to them."""
+    params = [torch.nn.Parameter(torch.ones(5)), torch.nn.Parameter(torch.ones(3))]
+    opt = getattr(ferroptim, name)(params, capturable=True, **CAPTURABLE[name])
+    d = _native_group(opt, params)
+    before = [t.clone() for t in d["params"] + d["states"] + d["scalar_states"]]
+    with pytest.raises(RuntimeError, match="cuda|Cuda|CUDA"):
+        _core.nvrtc_step(opt._aten_rule, [d], 0, [], capturable=True)
+    after = d["params"] + d["states"] + d["scalar_states"]
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert _device._nvrtc_capturable(opt, opt.param_groups[0])
+    opt.param_groups[0]["lr"] = torch.tensor(0.01)
+    assert _device._nvrtc_capturable(opt, opt.param_groups[0])
+
+
+@pytest.mark.parametrize("name", ["RAdam", "ASGD", "SGD", "Adagrad", "Lion"])
+def test_other_classes_keep_the_aten_path_when_capturable(name):
+    kwargs = {"capturable": True} if name in ("RAdam", "ASGD") else {}
+    opt = getattr(ferroptim, name)([torch.nn.Parameter(torch.ones(2))], lr=0.01, **kwargs)
+    assert not _device._nvrtc_capturable(opt, opt.param_groups[0])
 
 
 @cuda
@@ -293,6 +343,33 @@ def test_cuda_nvrtc_many_tensors_span_several_launches():
 
 
 @cuda
+@pytest.mark.parametrize("name", ["AdamW", "NAdam"])
+def test_cuda_nvrtc_capturable_many_tensors_span_several_scalar_launches(name):
+    """More tensors than one scalar-kernel launch holds (256 with one scalar state, 128 with
+    NAdam's two): 300 small tensors with ``capturable=True``, 3 steps, against the CPU rule
+    bit for bit, every tensor's scalar state advanced once per step."""
+    torch.manual_seed(4)
+    base = [torch.randn(17 + i % 5) for i in range(300)]
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    kwargs = CAPTURABLE[name]
+    opts = [
+        getattr(ferroptim, name)(cpu, **kwargs),
+        getattr(ferroptim, name)(dev, capturable=True, **kwargs),
+    ]
+    with cuda_kernels(True):
+        for _ in range(3):
+            for p, q in zip(cpu, dev):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.cuda()
+            for opt in opts:
+                opt.step()
+    torch.cuda.synchronize()
+    assert all(opts[1].state[p]["step"].item() == 3.0 for p in dev)
+    assert_snapshots_equal(_on_cpu(snapshot(dev, opts[1])), snapshot(cpu, opts[0]), name)
+
+
+@cuda
 @pytest.mark.parametrize("name", ["Lamb", "LARS"])
 def test_cuda_nvrtc_norm_rules_many_tensors(name):
     """Lamb and LARS over more tensors than one trust-ratio launch takes (256), one that spans
@@ -325,11 +402,12 @@ def _grads(shapes, steps, seed=5):
 
 
 @cuda
-@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("name", sorted(CAPTURABLE))
 def test_cuda_nvrtc_capturable_equals_the_cpu_step(name):
-    """``capturable=True``: ``step`` stays a float32 tensor on the device and the kernels
-    compute the bias corrections; 10 steps equal the CPU step bit for bit."""
-    kwargs = {"lr": 0.01, "weight_decay": 0.01, "amsgrad": name == "Adam"}
+    """``capturable=True``: the scalar state (``step``, NAdam's ``mu_product``) stays float32
+    tensors on the device and the kernels compute the step-dependent scalars; 10 steps equal
+    the CPU step bit for bit (scalar state included)."""
+    kwargs = CAPTURABLE[name]
     torch.manual_seed(0)
     base = [torch.randn(s) for s in SHAPES]
     cpu = [torch.nn.Parameter(b.clone()) for b in base]
@@ -345,20 +423,22 @@ def test_cuda_nvrtc_capturable_equals_the_cpu_step(name):
             for opt in opts:
                 opt.step()
     torch.cuda.synchronize()
+    _, scalar_names = opts[1]._state_names(opts[1].param_groups[0])
     for p in dev:
-        step = opts[1].state[p]["step"]
-        assert step.device.type == "cuda" and step.dtype == torch.float32
-        assert step.item() == 10.0
+        for key in scalar_names:
+            t = opts[1].state[p][key]
+            assert t.device.type == "cuda" and t.dtype == torch.float32, key
+        assert opts[1].state[p]["step"].item() == 10.0
     assert_snapshots_equal(_on_cpu(snapshot(dev, opts[1])), snapshot(cpu, opts[0]), name)
 
 
 @cuda
-@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+@pytest.mark.parametrize("name", sorted(CAPTURABLE))
 def test_cuda_nvrtc_capturable_graph_replay_equals_eager(name):
     """Warm up on a side stream (kernels compiled, state created), capture one ``step()`` in
     ``torch.cuda.graph``, replay it 5 times with new gradients copied in: the same numbers as
     8 eager capturable NVRTC steps and as 8 CPU steps."""
-    kwargs = {"lr": 0.01, "weight_decay": 0.01}
+    kwargs = CAPTURABLE[name]
     shapes = [(1000, 33), (77,)]
     grads = _grads(shapes, 8, seed=7)
     torch.manual_seed(0)
@@ -436,3 +516,38 @@ def test_cuda_nvrtc_capturable_found_inf_skips_and_keeps_step():
         assert torch.equal(grads, torch.full_like(p, 2.0))
         # First Adam step: θ − lr·sign(g) (to rounding): 1 − 0.5
         torch.testing.assert_close(p, torch.full_like(p, 0.5))
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(CAPTURABLE))
+def test_cuda_nvrtc_capturable_found_inf_keeps_every_tensor(name):
+    """A capturable call with ``found_inf`` set changes nothing (parameters, gradients, state,
+    ``step``, NAdam's ``mu_product``); the same call with it clear equals a CPU step with
+    the gradients unscaled."""
+    base = [torch.randn(70000), torch.randn(33)]
+    grads = [torch.randn(70000), torch.randn(33)]
+    dev = [torch.nn.Parameter(b.cuda()) for b in base]
+    cpu = [torch.nn.Parameter(b.clone()) for b in base]
+    opt = getattr(ferroptim, name)(dev, capturable=True, **CAPTURABLE[name])
+    ref = getattr(ferroptim, name)(cpu, **CAPTURABLE[name])
+    d = _native_group(opt, dev)  # state created on the device, scalar state moved there
+    d["scalar_states"] = [t.cuda() for t in d["scalar_states"]]
+    d["grads"] = [(g * 4.0).cuda() for g in grads]
+    before = [t.clone() for t in d["params"] + d["grads"] + d["states"] + d["scalar_states"]]
+    stream = torch.cuda.current_stream().cuda_stream
+    scale = torch.tensor([4.0], device="cuda")
+    with torch.no_grad():
+        args = (opt._aten_rule, [d], stream, _device._nvrtc_dirs(), scale)
+        _core.nvrtc_step(*args, torch.tensor([1.0], device="cuda"), capturable=True)
+        torch.cuda.synchronize()
+        after = d["params"] + d["grads"] + d["states"] + d["scalar_states"]
+        for i, (a, b) in enumerate(zip(before, after)):
+            assert torch.equal(a, b), f"{name}: tensor {i} changed under found_inf"
+        _core.nvrtc_step(*args, torch.tensor([0.0], device="cuda"), capturable=True)
+        torch.cuda.synchronize()
+    assert d["scalar_states"][0].item() == 1.0
+    for p, g in zip(cpu, grads):
+        p.grad = g.clone()
+    ref.step()
+    for a, b in zip(d["params"], cpu):
+        assert torch.equal(a.detach().cpu(), b.detach()), name

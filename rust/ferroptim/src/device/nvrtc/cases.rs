@@ -547,31 +547,45 @@ pub(crate) fn norm_kernels() -> Vec<(String, Dtype, super::StepKernel)> {
     out
 }
 
-/// Capturable Adam/AdamW modules (scalar kernel and update) for the NVRTC check:
+/// The capturable module (scalar kernel and update) of `rule` for each dtype, named
+/// `{name}_capturable`.
+fn capturable_of<R: super::scalars::DeviceScalars>(
+    name: &str,
+    rule: &R,
+    out: &mut Vec<(String, Dtype, String)>,
+) {
+    use super::scalars::{capturable_module, step_slots};
+    for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::F64] {
+        let n_state = rule.state_names().len();
+        let (trace, dep) =
+            step_slots(rule, n_state, dtype).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let layout = super::kernel::Layout::new(n_state, trace.slots.len(), dtype);
+        let counts = (rule.step_constants().len(), rule.extra_initial().len());
+        let src = capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout);
+        out.push((format!("{name}_capturable"), dtype, src));
+    }
+}
+
+/// Capturable modules of every rule with device step scalars, for the NVRTC check:
 /// (name, dtype, source).
 pub(crate) fn capturable_sources() -> Vec<(String, Dtype, String)> {
-    use super::scalars::{capturable_module, step_slots, DeviceScalars};
-    let rules = [
-        ("adam", Adam::default()),
-        (
-            "adamw_amsgrad",
-            Adam {
-                amsgrad: true,
-                ..Adam::adamw()
-            },
-        ),
-    ];
     let mut out = Vec::new();
-    for (name, rule) in rules {
-        for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16, Dtype::F64] {
-            let n_state = rule.state_names().len();
-            let (trace, dep) =
-                step_slots(&rule, n_state, dtype).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let layout = super::kernel::Layout::new(n_state, trace.slots.len(), dtype);
-            let consts = rule.step_constants();
-            let src = capturable_module(&trace, &dep, Adam::STEP_SOURCE, consts.len(), &layout);
-            out.push((format!("{name}_capturable"), dtype, src));
-        }
-    }
+    capturable_of("adam", &Adam::default(), &mut out);
+    let adamw_amsgrad = Adam {
+        amsgrad: true,
+        ..Adam::adamw()
+    };
+    capturable_of("adamw_amsgrad", &adamw_amsgrad, &mut out);
+    capturable_of("adamax", &Adamax::default(), &mut out);
+    capturable_of("nadam", &NAdam::default(), &mut out);
+    capturable_of("adadelta", &Adadelta::default(), &mut out);
+    capturable_of("rmsprop", &RMSprop::default(), &mut out);
+    let rmsprop_centered = RMSprop {
+        momentum: 0.9,
+        centered: true,
+        ..RMSprop::default()
+    };
+    capturable_of("rmsprop_centered", &rmsprop_centered, &mut out);
+    capturable_of("rprop", &Rprop::default(), &mut out);
     out
 }

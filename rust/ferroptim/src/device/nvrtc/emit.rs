@@ -74,6 +74,8 @@ pub fn element_function(trace: &Trace, n_state: usize) -> String {
     out.push_str(
         "FO_DEV T fo_update(const T* __restrict__ sc, const T p, const T g, T* __restrict__ st) {\n",
     );
+    // A rule need not read every argument (no scalar slot, no state).
+    out.push_str("  (void)sc; (void)p; (void)g; (void)st;\n");
     let used = reachable(&trace.tree, &trace.nodes);
     for k in 0..n_state {
         if used.contains(&Node::State(k as u8)) {

@@ -8,7 +8,7 @@ use super::launch::{
     amp_ptrs, check, cuda_err, dtype_of, enter, function, launch_all, slot_words, NvrtcGroup,
 };
 use super::scalars::{
-    capturable_module, step_slots, DeviceScalars, SCALARS_KERNEL, SCALAR_MAX_T, SCALAR_THREADS,
+    capturable_module, scalar_max_t, step_slots, DeviceScalars, SCALARS_KERNEL, SCALAR_THREADS,
 };
 use crate::error::{Error, Result};
 use cudarc::driver::{result as cu, sys};
@@ -32,8 +32,9 @@ fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype) -> Result<Capturable> {
     })?;
     let layout = Layout::new(n_state, trace.slots.len(), dtype);
     let constants = rule.step_constants();
+    let counts = (constants.len(), rule.extra_initial().len());
     Ok(Capturable {
-        source: capturable_module(&trace, &dep, R::STEP_SOURCE, constants.len(), &layout),
+        source: capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout),
         layout,
         slots: trace.slots,
         constants,
@@ -41,9 +42,9 @@ fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype) -> Result<Capturable> {
 }
 
 /// One capturable step of every group (torch's `capturable=True`): each parameter's scalar
-/// state is its `step`, a one-element float32 tensor on the parameter's device, incremented
-/// by the kernels (not when `found_inf` is nonzero); the step-dependent scalars are computed
-/// on the device. The launches read nothing from the host and can be captured in a CUDA
+/// state (its `step`, and NAdam's `mu_product`) is one-element float32 tensors on the
+/// parameter's device, advanced by the kernels (not when `found_inf` is nonzero); the
+/// step-dependent scalars are computed on the device. The launches read nothing from the host and can be captured in a CUDA
 /// graph (after a warm-up step has compiled and loaded the kernels). Other arguments as
 /// [`super::launch::step`]. Untested on a GPU.
 ///
@@ -59,7 +60,8 @@ pub fn step_capturable<R: DeviceScalars>(
 ) -> Result<()> {
     let amp = amp_ptrs(grad_scale, found_inf)?;
     let stream = stream as usize as sys::CUstream;
-    // (kernel, device, members, step addresses) per (group, device, dtype), built first.
+    // (kernel, device, members, scalar state addresses: each tensor's `step` then the
+    // others) per (group, device, dtype), built first.
     type List = (Capturable, i32, Vec<(Vec<u64>, i64)>, Vec<u64>);
     let mut lists: Vec<List> = Vec::new();
     for (gi, g) in groups.iter().enumerate() {
@@ -79,7 +81,7 @@ pub fn step_capturable<R: DeviceScalars>(
             let mut ptrs = vec![pt.param.data_ptr() as u64, pt.grad.data_ptr() as u64];
             ptrs.extend(pt.state.iter().map(|t| t.data_ptr() as u64));
             let member = (ptrs, pt.param.numel() as i64);
-            let step = pt.scalar_state[0].data_ptr() as u64;
+            let scalar_ptrs = pt.scalar_state.iter().map(|t| t.data_ptr() as u64);
             let li = match lists[first..]
                 .iter()
                 .position(|l| l.1 == ordinal && l.0.layout.dtype == dtype)
@@ -91,10 +93,12 @@ pub fn step_capturable<R: DeviceScalars>(
                 }
             };
             lists[li].2.push(member);
-            lists[li].3.push(step);
+            lists[li].3.extend(scalar_ptrs);
         }
     }
-    for (k, ordinal, members, steps) in &lists {
+    for (k, ordinal, members, scalars) in &lists {
+        let n_scalar = scalars.len() / members.len().max(1);
+        let max_t = scalar_max_t(n_scalar);
         let (_, arch) = enter(*ordinal)?;
         let get = |name: &str| function(&k.source, name, *ordinal, &arch, nvrtc_dirs);
         let (f_scalars, f_step) = (get(SCALARS_KERNEL)?, get(STEP_KERNEL)?);
@@ -112,10 +116,11 @@ pub fn step_capturable<R: DeviceScalars>(
         let mut consts: Vec<u64> = k.constants.iter().map(|c| c.to_bits()).collect();
         consts.push(0);
         let mut found_inf_ptr = amp.1;
-        for start in (0..members.len()).step_by(SCALAR_MAX_T) {
-            let count = SCALAR_MAX_T.min(members.len() - start);
-            let mut step_ptrs = vec![0u64; SCALAR_MAX_T];
-            step_ptrs[..count].copy_from_slice(&steps[start..start + count]);
+        for start in (0..members.len()).step_by(max_t) {
+            let count = max_t.min(members.len() - start);
+            let mut step_ptrs = vec![0u64; max_t * n_scalar];
+            step_ptrs[..count * n_scalar]
+                .copy_from_slice(&scalars[start * n_scalar..(start + count) * n_scalar]);
             let to_i32 = |v: usize| {
                 i32::try_from(v).map_err(|_| Error::Cuda(format!("{v} tensors exceed an int")))
             };
@@ -130,8 +135,10 @@ pub fn step_capturable<R: DeviceScalars>(
                 &mut found_inf_ptr as *mut u64 as *mut c_void,
             ];
             // SAFETY: `fo_scalars(FoStepArgs, FoSlots, FoConsts, T*, int, int, const float*)`:
-            // `step_ptrs` is FoStepArgs (FO_SMAX addresses; the first `count` are the float32
-            // one-element `step` tensors on this device, checked above), `slots` FoSlots,
+            // `step_ptrs` is FoStepArgs (FO_SMAX * FO_NSCALAR addresses, FO_SMAX = `max_t`,
+            // FO_NSCALAR = `n_scalar`, the rule's scalar state count; the first
+            // `count * n_scalar` are the float32 one-element scalar state tensors on this
+            // device, checked above, tensor by tensor), `slots` FoSlots,
             // `consts` at least FO_NCONST doubles; thread `i < count` writes row `start + i`
             // of `tslots` (`members.len()` rows of FO_SLOTS); `found_inf` is null or a
             // float32 CUDA element.

@@ -19,7 +19,8 @@
 //! Two kinds of slots are computed on the device instead, into a per-tensor row of slots that
 //! the update kernel reads: LAMB's and LARS's norm-dependent ones ([`norms`]: a reduction pass
 //! that sums as the CPU driver does, then the trust ratios), and, for capturable steps, the
-//! step-dependent ones ([`scalars`]: Adam/AdamW, `step` a device tensor). Their C++ is written
+//! step-dependent ones ([`scalars`]: Adam/AdamW, Adamax, NAdam, Adadelta, RMSprop, Rprop;
+//! `step` a device tensor). Their C++ is written
 //! per rule beside the Rust rule and checked against it bit for bit on the CPU
 //! (`tests_norms.rs`, `tests_scalars.rs`; `tests_pipeline.rs` runs a whole LAMB/LARS step of
 //! the generated code on the host against the CPU driver).
@@ -34,9 +35,12 @@ mod launch_capturable;
 mod launch_norms;
 pub mod norms;
 pub mod scalars;
+mod scalars_rules;
 pub mod sym;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_host;
 #[cfg(test)]
 mod tests_norms;
 #[cfg(test)]

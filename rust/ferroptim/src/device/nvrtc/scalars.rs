@@ -5,15 +5,22 @@
 //! Per launch list, before the update: `fo_scalars`, one thread per tensor, reads the tensor's
 //! float32 `step` (a device tensor), adds 1 (rounded to float32, as [`ScalarState::increment`]
 //! for a float32 tensor; not when `found_inf` is nonzero, as torch's fused kernels undo the
-//! increment), and writes the tensor's slot row: the traced slots that do not depend on the
-//! step, and those that do computed in `double` by [`DeviceScalars::STEP_SOURCE`]; the update
-//! kernel then reads its row (`kernel::step_body_with`, as for LAMB's trust ratio).
+//! increment), advances the rule's other scalar states (NAdam's `mu_product`, also float32
+//! device tensors; kept when `found_inf` is nonzero), and writes the tensor's slot row: the
+//! traced slots that do not depend on the step, and those that do computed in `double` by
+//! [`DeviceScalars::STEP_SOURCE`]; the update kernel then reads its row
+//! (`kernel::step_body_with`, as for LAMB's trust ratio).
 //!
 //! The per-rule C++ of [`DeviceScalars::STEP_SOURCE`] is written beside the Rust rule's
 //! [`Rule::scalars`] and checked against it bit for bit on the CPU (`tests_scalars.rs`: host
 //! C++ over many steps and hyperparameters). On the device, `pow` is CUDA's (within 2 ulp in
 //! `double`, not always glibc's correctly rounded-looking result): a slot rounded to float32
-//! can then differ from the host's in rare cases (about 2⁻²⁸ per value). Covered: Adam/AdamW.
+//! can then differ from the host's in rare cases (about 2⁻²⁸ per value). Covered: Adam/AdamW
+//! (here), Adamax, NAdam, Adadelta, RMSprop and Rprop (`scalars_rules.rs`); the last three
+//! have no step-dependent scalar (only the increment). Not covered: the rules whose update
+//! graph itself changes with the step or a scalar state (RAdam's ρ_t > 5 branch, ASGD's
+//! `mu == 1` copy, ADOPT's and SGD's first step), which would need the graph chosen on the
+//! device.
 
 use super::emit::Dtype;
 use super::kernel::Layout;
@@ -26,18 +33,23 @@ use std::fmt::Write;
 pub const SCALARS_KERNEL: &str = "fo_scalars";
 /// Threads per block of [`SCALARS_KERNEL`].
 pub const SCALAR_THREADS: usize = 128;
-/// Tensors per [`SCALARS_KERNEL`] launch (its argument struct holds one pointer per tensor).
+/// Pointers in a [`SCALARS_KERNEL`] argument struct (one per tensor and scalar state).
 pub const SCALAR_MAX_T: usize = 256;
 
-/// A rule whose step-dependent scalars have a device implementation (one scalar state,
-/// `step`).
+/// A rule whose step-dependent scalars have a device implementation: its scalar state is
+/// `step`, then [`DeviceScalars::extra_initial`]`.len()` more float32 values (NAdam's
+/// `mu_product`), all on the device.
 pub trait DeviceScalars: Rule {
-    /// C++ of `FO_DEV void fo_step_slots(const double* c, double step, double* out)` (in
-    /// `double`, with `prelude.h`'s explicitly rounded operations and `fo_pow`): the values of
-    /// the step-dependent scalar slots, in increasing slot order, for the incremented `step`,
-    /// exactly as [`Rule::scalars`] and the update's `from_f64` calls compute them.
+    /// C++ of `FO_DEV void fo_step_slots(const double* c, const double step, float* st,
+    /// double* out)` (in `double`, with `prelude.h`'s explicitly rounded operations and
+    /// `fo_pow`): the values of the step-dependent scalar slots, in increasing slot order, for
+    /// the incremented `step`, exactly as [`Rule::scalars`] and the update's `from_f64` calls
+    /// compute them; `st` holds the other scalar states (after `step`), which it advances in
+    /// place as [`Rule::scalars`] does (rounded to float32, as
+    /// [`ScalarState`] of a float32 tensor).
     const STEP_SOURCE: &'static str;
-    /// How many values [`DeviceScalars::STEP_SOURCE`] writes.
+    /// How many values [`DeviceScalars::STEP_SOURCE`] writes (0: the scalars do not depend
+    /// on the step; the device only increments it).
     const STEP_SLOTS: usize;
     /// The constants `c` of [`DeviceScalars::STEP_SOURCE`].
     fn step_constants(&self) -> Vec<f64>;
@@ -45,13 +57,22 @@ pub trait DeviceScalars: Rule {
     /// change with the step (e.g. β₁ ≠ 0): where they are, found by tracing it at several
     /// steps (with β₁ = 0 a slot of the rule itself is constant, but still written).
     fn step_probe(&self) -> Self;
+    /// The initial values of the scalar states after `step` (as torch creates them), used
+    /// to trace the rule. Default: none.
+    fn extra_initial(&self) -> Vec<f64> {
+        Vec::new()
+    }
 }
+
+/// No step-dependent slot: the device only increments `step`.
+pub(crate) const NO_STEP_SLOTS: &str =
+    "\nFO_DEV void fo_step_slots(const double*, const double, float*, double*) {}\n";
 
 impl DeviceScalars for Adam {
     // bias_correction1 = 1 − β₁ᵗ, bias_correction2 = 1 − β₂ᵗ;
     // slots: √bias_correction2 (as powf(0.5)), then −lr/bias_correction1.
     const STEP_SOURCE: &'static str = r#"
-FO_DEV void fo_step_slots(const double* c, const double step, double* out) {
+FO_DEV void fo_step_slots(const double* c, const double step, float*, double* out) {
   const double bias_correction1 = fo_sub(1.0, fo_pow(c[1], step));
   const double bias_correction2 = fo_sub(1.0, fo_pow(c[2], step));
   out[0] = fo_pow(bias_correction2, 0.5);
@@ -72,9 +93,13 @@ FO_DEV void fo_step_slots(const double* c, const double step, double* out) {
     }
 }
 
-/// The scalars of `rule` after the step count went from `before` to `before + 1` (float32).
-fn scalars_at<R: Rule>(rule: &R, before: f64) -> R::Scalars {
-    let mut ss = [ScalarState::new(before, tch::Kind::Float)];
+/// The scalars of `rule` after the step count went from `before` to `before + 1`, with the
+/// other scalar states at `extra` before the step (all float32).
+pub(crate) fn scalars_at<R: DeviceScalars>(rule: &R, before: f64, extra: &[f64]) -> R::Scalars {
+    let mut ss: Vec<ScalarState> = std::iter::once(before)
+        .chain(extra.iter().copied())
+        .map(|v| ScalarState::new(v, tch::Kind::Float))
+        .collect();
     rule.scalars(&mut ss, false)
 }
 
@@ -83,7 +108,8 @@ fn scalars_at<R: Rule>(rule: &R, before: f64) -> R::Scalars {
 /// [`DeviceScalars::step_probe`] that differ between steps 1, 2, 3 and 1000, grouped by their
 /// values (a `from_f64` call on several paths of the graph is one slot per path, all with the
 /// same value), the groups in the order of their first slot. The graph must be the same at
-/// every step and for the probe, and the rule must keep exactly one scalar state (`step`).
+/// every step and for the probe, and the rule's scalar state must be `step` followed by
+/// [`DeviceScalars::extra_initial`]'s.
 ///
 /// # Errors
 /// When a trace fails, the graph depends on the step, the rule keeps other scalar state, or
@@ -93,10 +119,25 @@ pub fn step_slots<R: DeviceScalars>(
     n_state: usize,
     dtype: Dtype,
 ) -> Result<(Trace, Vec<(usize, usize)>), String> {
-    if rule.scalar_state_names() != ["step"] {
-        return Err("capturable steps need a rule whose only scalar state is `step`".into());
+    step_slots_checked(rule, n_state, dtype, R::STEP_SLOTS)
+}
+
+/// [`step_slots`], expecting `n_slots` step-dependent values.
+pub(crate) fn step_slots_checked<R: DeviceScalars>(
+    rule: &R,
+    n_state: usize,
+    dtype: Dtype,
+    n_slots: usize,
+) -> Result<(Trace, Vec<(usize, usize)>), String> {
+    let extra = rule.extra_initial();
+    let names = rule.scalar_state_names();
+    if names.first() != Some(&"step") || names.len() != 1 + extra.len() {
+        return Err(format!(
+            "capturable steps need a rule whose scalar state is `step` and {} more (got {names:?})",
+            extra.len()
+        ));
     }
-    let base = super::trace_update::<R>(&scalars_at(rule, 0.0), n_state, dtype)?;
+    let base = super::trace_update::<R>(&scalars_at(rule, 0.0, &extra), n_state, dtype)?;
     let probe = rule.step_probe();
     let mut probed: Vec<Trace> = Vec::new();
     for (r, before) in [
@@ -106,7 +147,7 @@ pub fn step_slots<R: DeviceScalars>(
         (&probe, 2.0),
         (&probe, 999.0),
     ] {
-        let t = super::trace_update::<R>(&scalars_at(r, before), n_state, dtype)?;
+        let t = super::trace_update::<R>(&scalars_at(r, before, &extra), n_state, dtype)?;
         if t.nodes != base.nodes || t.tree != base.tree || t.slots.len() != base.slots.len() {
             return Err("the update's graph depends on the step".into());
         }
@@ -132,22 +173,28 @@ pub fn step_slots<R: DeviceScalars>(
         };
         dep.push((k, out));
     }
-    if groups.len() != R::STEP_SLOTS {
+    if groups.len() != n_slots {
         return Err(format!(
-            "{} step-dependent values found (slots {dep:?}), the device code writes {}",
+            "{} step-dependent values found (slots {dep:?}), the device code writes {n_slots}",
             groups.len(),
-            R::STEP_SLOTS
         ));
     }
     Ok((base, dep))
 }
 
+/// Tensors per [`SCALARS_KERNEL`] launch for a rule with `n_scalar` scalar states (its
+/// argument struct holds one pointer per scalar state and tensor).
+pub fn scalar_max_t(n_scalar: usize) -> usize {
+    SCALAR_MAX_T / n_scalar.max(1)
+}
+
 /// The per-tensor scalar kernel's source (without the prelude): `fo_step_row` (shared with
-/// the host check) and, for NVRTC, the kernel [`SCALARS_KERNEL`].
+/// the host check) and, for NVRTC, the kernel [`SCALARS_KERNEL`]; `n_extra` scalar states
+/// after `step`.
 pub fn scalars_body(
     dep: &[(usize, usize)],
     step_source: &str,
-    n_consts: usize,
+    (n_consts, n_extra): (usize, usize),
     layout: &Layout,
 ) -> String {
     let mut s = format!("typedef {} T;\n", layout.dtype.compute());
@@ -157,7 +204,10 @@ pub fn scalars_body(
         ("FO_NDEP", dep.len().max(1)),
         ("FO_NOUT", n_out),
         ("FO_NCONST", n_consts.max(1)),
-        ("FO_SMAX", SCALAR_MAX_T),
+        ("FO_NEXTRA", n_extra.max(1)),
+        ("fo_nextra", n_extra),
+        ("FO_NSCALAR", 1 + n_extra),
+        ("FO_SMAX", scalar_max_t(1 + n_extra)),
     ];
     for (k, v) in consts {
         let _ = writeln!(s, "constexpr int {k} = {v};");
@@ -184,19 +234,25 @@ pub fn scalars_body(
 }
 
 const SCALARS_SRC: &str = r#"
-// The step count after this step (float32, as the CPU's ScalarState::increment) and the row.
+// The step count after this step (float32, as the CPU's ScalarState::increment), the other
+// scalar states advanced in place (kept when `skip`), and the row.
 FO_DEV float fo_step_row(const T* base, const double* c, const float before, const bool skip,
-                         T* row) {
+                         float* extra, T* row) {
   const float step = skip ? before : fo_add(before, 1.0f);
+  float st[FO_NEXTRA];
+  for (int k = 0; k < FO_NEXTRA; ++k) st[k] = k < fo_nextra ? extra[k] : 0.0f;
   double out[FO_NOUT] = {};
-  fo_step_slots(c, (double)step, out);
+  fo_step_slots(c, (double)step, st, out);
+  if (!skip)
+    for (int k = 0; k < fo_nextra; ++k) extra[k] = st[k];
   for (int k = 0; k < FO_SLOTS; ++k) row[k] = base[k];
   for (int j = 0; j < fo_ndep; ++j) row[fo_dep[j]] = (T)out[fo_out[j]];
   return step;
 }
 
 #ifdef __CUDACC_RTC__
-struct FoStepArgs { float* step[FO_SMAX]; };
+// Tensor i's scalar states: s[i * FO_NSCALAR] is its `step`, then the others.
+struct FoStepArgs { float* s[FO_SMAX * FO_NSCALAR]; };
 struct FoSlots { T v[FO_SLOTS]; };
 struct FoConsts { double v[FO_NCONST]; };
 
@@ -206,8 +262,12 @@ extern "C" __global__ void fo_scalars(const FoStepArgs a, const FoSlots sl, cons
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
-  *a.step[i] = fo_step_row(sl.v, cs.v, *a.step[i], skip,
-                           tslots + (long long)(tensor_base + i) * FO_SLOTS);
+  float* const* s = a.s + (long long)i * FO_NSCALAR;
+  float extra[FO_NEXTRA] = {};
+  for (int k = 0; k < fo_nextra; ++k) extra[k] = *s[1 + k];
+  *s[0] = fo_step_row(sl.v, cs.v, *s[0], skip, extra,
+                      tslots + (long long)(tensor_base + i) * FO_SLOTS);
+  for (int k = 0; k < fo_nextra; ++k) *s[1 + k] = extra[k];
 }
 #endif
 "#;
@@ -218,7 +278,7 @@ pub fn capturable_module(
     update: &Trace,
     dep: &[(usize, usize)],
     step_source: &str,
-    n_consts: usize,
+    counts: (usize, usize),
     layout: &Layout,
 ) -> String {
     let mut s = String::from("// generated by ferroptim::device::nvrtc from the Rust rule\n");
@@ -231,7 +291,7 @@ pub fn capturable_module(
         true,
     ));
     s.push_str("}\nnamespace fo_s {\n");
-    s.push_str(&scalars_body(dep, step_source, n_consts, layout));
+    s.push_str(&scalars_body(dep, step_source, counts, layout));
     s.push_str("}\n");
     s
 }

@@ -5,36 +5,13 @@
 //!   message, only where libnvrtc is absent).
 
 use super::cases::{cases, Case};
-use super::emit::{element_function, Dtype, PRELUDE};
+use super::emit::{element_function, Dtype};
 use super::kernel::{types, APPLY, STEP_KERNEL};
-use std::io::Write;
+use super::tests_host::{namespaced_cases, run_host_program};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
-/// The host C++ compiler, if any.
-pub(super) fn cxx() -> Option<String> {
-    let candidates = [
-        std::env::var("CXX").ok(),
-        Some("c++".into()),
-        Some("g++".into()),
-    ];
-    candidates.into_iter().flatten().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
+use std::process::Command;
 
 const HARNESS: &str = r#"
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-static void rd(void* p, size_t n) {
-  if (n && std::fread(p, 1, n, stdin) != n) { std::fprintf(stderr, "short read\n"); std::exit(2); }
-}
-static void wr(const void* p, size_t n) { if (n) std::fwrite(p, 1, n, stdout); }
 template <typename TT, typename SS, int NS, typename F>
 static void run(F apply) {
   unsigned long long n, ns;
@@ -74,12 +51,8 @@ fn elements(bytes: &[u8], size: usize) -> impl Iterator<Item = u64> + '_ {
 
 #[test]
 fn generated_element_functions_equal_the_rust_rules_bit_for_bit() {
-    let Some(cxx) = cxx() else {
-        panic!("no C++ compiler (CXX, c++ or g++) to build the host check with");
-    };
     let all: Vec<Case> = cases();
-    let mut src = String::from(PRELUDE);
-    src.push_str(HARNESS);
+    let mut src = String::from(HARNESS);
     for (i, c) in all.iter().enumerate() {
         src.push_str(&format!("namespace c{i} {{\n"));
         src.push_str(&types(c.dtype, c.n_state));
@@ -94,53 +67,16 @@ fn generated_element_functions_equal_the_rust_rules_bit_for_bit() {
         ));
     }
     src.push_str("      default: return 3;\n    }\n  }\n  std::fflush(stdout);\n  return 0;\n}\n");
-    let dir = std::env::temp_dir().join(format!("ferroptim-nvrtc-host-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cpp = dir.join("check.cpp");
-    let exe = dir.join("check");
-    std::fs::write(&cpp, &src).unwrap();
-    let out = Command::new(&cxx)
-        .args([
-            "-std=c++17",
-            "-O1",
-            "-ffp-contract=off",
-            "-fno-math-errno",
-            "-fno-fast-math",
-        ])
-        .arg("-o")
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "host compile failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let mut input = Vec::new();
     for (i, c) in all.iter().enumerate() {
         input.extend_from_slice(&(i as i32).to_le_bytes());
         input.extend_from_slice(&c.input);
     }
-    let mut child = Command::new(&exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "host check exited with {}",
-        out.status
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = run_host_program("elements", &src, input);
     let mut at = 0;
     let mut compared = 0usize;
     for c in &all {
-        let got = &out.stdout[at..at + c.expected.len()];
+        let got = &stdout[at..at + c.expected.len()];
         at += c.expected.len();
         let size = c.dtype.size();
         for (j, (a, b)) in elements(got, size)
@@ -158,7 +94,7 @@ fn generated_element_functions_equal_the_rust_rules_bit_for_bit() {
             compared += 1;
         }
     }
-    assert_eq!(at, out.stdout.len());
+    assert_eq!(at, stdout.len());
     // Every rule, in each dtype, with several configurations.
     assert!(all.len() >= 17 * 4 * 2, "{} cases", all.len());
     eprintln!("{} cases, {compared} values equal bit for bit", all.len());
@@ -166,47 +102,24 @@ fn generated_element_functions_equal_the_rust_rules_bit_for_bit() {
 
 #[test]
 fn traced_norm_terms_equal_the_rust_rules_bit_for_bit() {
-    let Some(cxx) = cxx() else {
-        panic!("no C++ compiler (CXX, c++ or g++) to build the host check with");
-    };
     let all = super::cases::norm_cases();
-    let mut src = String::from(PRELUDE);
-    src.push_str("#include <cstdio>\n");
-    for (i, c) in all.iter().enumerate() {
-        src.push_str(&format!("namespace c{i} {{\n"));
-        src.push_str(&types(Dtype::F32, c.n_state));
-        src.push_str(&element_function(&c.trace, c.n_state + 2));
-        src.push_str(&format!(
-            "static void run() {{\n  float sc[{}];\n  std::fread(sc, 4, {}, stdin);\n  \
-             for (int i = 0; i < {}; ++i) {{\n    float pg[2];\n    float st[FO_NSTATE + 2];\n    \
-             std::fread(pg, 4, 2, stdin);\n    std::fread(st, 4, FO_NSTATE, stdin);\n    \
-             (void)fo_update(sc, pg[0], pg[1], st);\n    std::fwrite(st + FO_NSTATE, 4, 2, stdout);\n  }}\n}}\n}}\n",
-            c.slots.len() + 1,
-            c.slots.len(),
-            c.inputs.len()
-        ));
-    }
-    src.push_str("int main() {\n");
-    for i in 0..all.len() {
-        src.push_str(&format!("  c{i}::run();\n"));
-    }
-    src.push_str("  return 0;\n}\n");
-    let dir = std::env::temp_dir().join(format!("ferroptim-nvrtc-norms-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cpp, exe) = (dir.join("norms.cpp"), dir.join("norms"));
-    std::fs::write(&cpp, &src).unwrap();
-    let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-math-errno"])
-        .arg("-o")
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bodies: Vec<String> = all
+        .iter()
+        .map(|c| {
+            format!(
+                "{}{}static void run() {{\n  float sc[{}];\n  rd(sc, 4 * {});\n  \
+                 for (int i = 0; i < {}; ++i) {{\n    float pg[2];\n    float st[FO_NSTATE + 2];\n    \
+                 rd(pg, 4 * 2);\n    rd(st, 4 * FO_NSTATE);\n    \
+                 (void)fo_update(sc, pg[0], pg[1], st);\n    wr(st + FO_NSTATE, 4 * 2);\n  }}\n}}\n",
+                types(Dtype::F32, c.n_state),
+                element_function(&c.trace, c.n_state + 2),
+                c.slots.len() + 1,
+                c.slots.len(),
+                c.inputs.len()
+            )
+        })
+        .collect();
+    let src = namespaced_cases(bodies.iter().map(String::as_str));
     let mut input = Vec::new();
     for c in &all {
         for v in &c.slots {
@@ -218,18 +131,8 @@ fn traced_norm_terms_equal_the_rust_rules_bit_for_bit() {
             }
         }
     }
-    let mut child = Command::new(&exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let got: Vec<u32> = out
-        .stdout
+    let stdout = run_host_program("norm_terms", &src, input);
+    let got: Vec<u32> = stdout
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();

@@ -5,13 +5,12 @@
 //! trace of the Rust update (the slot values its `from_f64` calls produce), over random and
 //! special sums, for f32/bf16/f64 compute.
 
-use super::emit::{Dtype, PRELUDE};
+use super::emit::Dtype;
 use super::kernel::Layout;
 use super::norms::{dependent_slots, trust_body, DeviceNorms, PARTIALS_PER_CHUNK};
+use super::tests_host::{namespaced_cases, run_host_program};
 use crate::rule::ScalarState;
 use crate::rules::{Lamb, Lars};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use tch::Kind;
 
 struct TrustCase {
@@ -167,66 +166,31 @@ fn all_cases() -> Vec<TrustCase> {
 
 #[test]
 fn trust_ratio_rows_equal_the_rust_rules_bit_for_bit() {
-    let cxx = super::tests::cxx().expect("no C++ compiler (CXX, c++ or g++) for the host check");
     let all = all_cases();
-    let mut src = String::from(PRELUDE);
-    src.push_str(
-        "#include <cstdio>\n#include <cstdlib>\n#include <vector>\n\
-         static void rd(void* p, size_t n) { if (n && std::fread(p, 1, n, stdin) != n) std::exit(2); }\n",
-    );
-    for (i, c) in all.iter().enumerate() {
-        src.push_str(&format!("namespace c{i} {{\n{}", c.body));
-        src.push_str(
-            "static void run() {\n  T base[FO_SLOTS];\n  double c[FO_NCONST];\n  unsigned int rows;\n  \
-             rd(base, sizeof base); rd(c, sizeof c); rd(&rows, 4);\n  \
-             for (unsigned int r = 0; r < rows; ++r) {\n    unsigned int nch; rd(&nch, 4);\n    \
-             std::vector<double> part(nch * FO_PER_CHUNK); rd(part.data(), 8 * part.size());\n    \
-             T row[FO_SLOTS];\n    fo_trust_row(base, c, part.data(), (int)nch, row);\n    \
-             std::fwrite(row, sizeof row, 1, stdout);\n  }\n}\n}\n",
-        );
-    }
-    src.push_str("int main() {\n");
-    for i in 0..all.len() {
-        src.push_str(&format!("  c{i}::run();\n"));
-    }
-    src.push_str("  std::fflush(stdout);\n  return 0;\n}\n");
-    let dir = std::env::temp_dir().join(format!("ferroptim-nvrtc-trust-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cpp, exe) = (dir.join("trust.cpp"), dir.join("trust"));
-    std::fs::write(&cpp, &src).unwrap();
-    let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-math-errno"])
-        .args(["-Wall", "-Wextra", "-Werror", "-Wno-unused-function"])
-        .arg("-o")
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "host compile failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bodies: Vec<String> = all
+        .iter()
+        .map(|c| {
+            format!(
+                "{}static void run() {{\n  T base[FO_SLOTS];\n  double c[FO_NCONST];\n  \
+                 unsigned int rows;\n  rd(base, sizeof base); rd(c, sizeof c); rd(&rows, 4);\n  \
+                 for (unsigned int r = 0; r < rows; ++r) {{\n    unsigned int nch; rd(&nch, 4);\n    \
+                 std::vector<double> part(nch * FO_PER_CHUNK); rd(part.data(), 8 * part.size());\n    \
+                 T row[FO_SLOTS];\n    fo_trust_row(base, c, part.data(), (int)nch, row);\n    \
+                 wr(row, sizeof row);\n  }}\n}}\n",
+                c.body
+            )
+        })
+        .collect();
     let input: Vec<u8> = all.iter().flat_map(|c| c.input.iter().copied()).collect();
-    let mut child = Command::new(&exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "host check exited with {}",
-        out.status
+    let stdout = run_host_program(
+        "trust",
+        &namespaced_cases(bodies.iter().map(String::as_str)),
+        input,
     );
     let mut at = 0;
     let mut rows = 0;
     for c in &all {
-        let got = &out.stdout[at..at + c.expected.len()];
+        let got = &stdout[at..at + c.expected.len()];
         at += c.expected.len();
         for (r, (a, b)) in got
             .chunks(c.row_bytes)
@@ -239,7 +203,7 @@ fn trust_ratio_rows_equal_the_rust_rules_bit_for_bit() {
             rows += 1;
         }
     }
-    assert_eq!(at, out.stdout.len());
+    assert_eq!(at, stdout.len());
     assert_eq!(all.len(), 24);
     eprintln!(
         "{} trust-ratio cases, {rows} slot rows equal bit for bit",

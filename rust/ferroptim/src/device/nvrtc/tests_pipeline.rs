@@ -8,11 +8,10 @@
 
 use super::emit::Dtype;
 use super::norms::DeviceNorms;
+use super::tests_host::{namespaced_cases, run_host_program};
 use crate::rule::ScalarState;
 use crate::rules::{Lamb, Lars};
 use crate::{Group, ParamTensors};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use tch::{Device, Kind, Tensor};
 
 struct PipeCase {
@@ -197,7 +196,6 @@ static void run() {
 
 #[test]
 fn norm_rule_pipeline_equals_the_cpu_driver_bit_for_bit() {
-    let cxx = super::tests::cxx().expect("no C++ compiler (CXX, c++ or g++) for the host check");
     tch::set_num_threads(2);
     let lamb_l2 = Lamb {
         lr: 0.02,
@@ -219,55 +217,16 @@ fn norm_rule_pipeline_equals_the_cpu_driver_bit_for_bit() {
         all.push(pipe_case("lars", &Lars::default(), kind, None, seed + 3));
         all.push(pipe_case("lars_wd", &lars_wd, kind, Some(4096.0), seed + 4));
     }
-    let mut src = String::from(super::emit::PRELUDE);
-    src.push_str(
-        "#include <cstdio>\n#include <cstdlib>\n#include <vector>\n\
-         static void rd(void* p, size_t n) { if (n && std::fread(p, 1, n, stdin) != n) std::exit(2); }\n\
-         static void wr(const void* p, size_t n) { if (n) std::fwrite(p, 1, n, stdout); }\n",
-    );
-    for (i, c) in all.iter().enumerate() {
-        src.push_str(&format!("namespace c{i} {{\n{}{HARNESS}}}\n", c.body));
-    }
-    src.push_str("int main() {\n");
-    for i in 0..all.len() {
-        src.push_str(&format!("  c{i}::run();\n"));
-    }
-    src.push_str("  std::fflush(stdout);\n  return 0;\n}\n");
-    let dir = std::env::temp_dir().join(format!("ferroptim-nvrtc-pipe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cpp, exe) = (dir.join("pipe.cpp"), dir.join("pipe"));
-    std::fs::write(&cpp, &src).unwrap();
-    let out = Command::new(&cxx)
-        .args(["-std=c++17", "-O1", "-ffp-contract=off", "-fno-math-errno"])
-        .arg("-o")
-        .arg(&exe)
-        .arg(&cpp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "host compile failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bodies: Vec<String> = all.iter().map(|c| format!("{}{HARNESS}", c.body)).collect();
     let input: Vec<u8> = all.iter().flat_map(|c| c.input.iter().copied()).collect();
-    let mut child = Command::new(&exe)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "host check exited with {}",
-        out.status
+    let stdout = run_host_program(
+        "pipeline",
+        &namespaced_cases(bodies.iter().map(String::as_str)),
+        input,
     );
     let mut at = 0;
     for c in &all {
-        let got = &out.stdout[at..at + c.expected.len()];
+        let got = &stdout[at..at + c.expected.len()];
         at += c.expected.len();
         let diff = got.iter().zip(&c.expected).filter(|(a, b)| a != b).count();
         assert!(
@@ -277,7 +236,7 @@ fn norm_rule_pipeline_equals_the_cpu_driver_bit_for_bit() {
             got.len()
         );
     }
-    assert_eq!(at, out.stdout.len());
+    assert_eq!(at, stdout.len());
     eprintln!(
         "{} LAMB/LARS steps ({} tensors each) equal the CPU driver bit for bit",
         all.len(),
