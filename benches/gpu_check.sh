@@ -32,8 +32,11 @@ if [ "$part" = nvrtc ] || [ "$part" = all ]; then
   # NVRTC kernels: bit-identity with the CPU rule (every elementwise class, and Lamb/LARS with
   # their reduction and trust-ratio kernels), capturable steps of Adam, AdamW, Adamax, NAdam,
   # Adadelta, RMSprop and Rprop (against the CPU step, torch.cuda.graph capture + replay
-  # against eager, found_inf keeping every tensor), torch trajectories, GradScaler, hand-over.
+  # against eager, found_inf keeping every tensor), torch trajectories, GradScaler, hand-over;
+  # a CUDA tensor lr of Adam/AdamW read by the capturable kernels (test_nvrtc_lr.py: equal to
+  # the float lr bit for bit, a captured graph replayed after lr.fill_(new) equal to eager).
   timeout 250 python -m pytest -q -p no:cacheprovider -rs tests/python/device/test_nvrtc.py \
+    tests/python/device/test_nvrtc_lr.py \
     > "$OUT/pytest_nvrtc.txt" 2>&1 || status=1
   tail -n 25 "$OUT/pytest_nvrtc.txt"
   timeout 150 python benches/bench_cuda.py --only nvrtc --quick --out "$OUT/bench_nvrtc.json" \

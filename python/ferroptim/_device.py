@@ -49,6 +49,10 @@ _NVRTC_RULES = frozenset(
 # advanced and read by the kernels). The classes torch.optim gives ``capturable`` to, except
 # RAdam and ASGD (their update changes form with the step: chosen on the host so far).
 _NVRTC_CAPTURABLE = frozenset({"adam", "adamax", "nadam", "adadelta", "rmsprop", "rprop"})
+# Rules whose capturable NVRTC kernels read a tensor ``lr`` on the device (one element,
+# float32 or float64, on the parameters' CUDA device) at every step: a captured CUDA graph
+# replays with the value it holds then (``lr.fill_``, as LR schedulers do with a tensor lr).
+_NVRTC_TENSOR_LR = frozenset({"adam"})
 _cuda_kernels: list[bool] = [os.environ.get("FERROPTIM_CUDA_KERNELS", "") == "1"]
 
 
@@ -72,8 +76,12 @@ def use_cuda_kernels(enabled: bool = True) -> None:
     scalar state (``step``, NAdam's ``mu_product``) on the parameter's device (float32, as
     torch) instead; the kernels advance it and compute the step-dependent scalars (bias
     corrections, …) on the device, so the step reads nothing from the host and can be
-    captured in a CUDA graph after a warm-up step (a learning rate that is a CUDA tensor
-    keeps the ATen path). RAdam and ASGD with ``capturable=True`` keep the ATen path.
+    captured in a CUDA graph after a warm-up step. For Adam and AdamW, a learning rate that
+    is a one-element float32 or float64 tensor on the parameters' CUDA device is read by the
+    kernels at every step (so ``lr.fill_(new)`` between replays of a captured graph takes
+    effect, and the step equals the one with ``lr=lr.item()`` bit for bit); for the other
+    classes, or another dtype or device, a CUDA tensor learning rate keeps the ATen path.
+    RAdam and ASGD with ``capturable=True`` keep the ATen path.
     Parameters that are not contiguous, or that
     span several CUDA devices in one optimizer, keep the ATen path.
 
@@ -108,11 +116,28 @@ def _nvrtc_for(opt: Any, params: list[torch.Tensor], mode: _Mode | None) -> bool
 
 def _nvrtc_capturable(opt: Any, group: dict[str, Any]) -> bool:
     """Whether a ``capturable=True`` group of ``opt`` can take the NVRTC kernels: its rule
-    computes its per-step scalars on the device, and its learning rate is not a CUDA tensor
-    (read on the host by ``_hyper``)."""
+    computes its per-step scalars on the device, and its learning rate is a number, a CPU
+    tensor (read on the host by ``_hyper``) or, for the rules of ``_NVRTC_TENSOR_LR``, a
+    one-element float32/float64 tensor on the parameters' device (read by the kernels)."""
+    if opt._aten_rule not in _NVRTC_CAPTURABLE:
+        return False
+    return _device_lr(opt, group) is not None or not _lr_off_cpu(group)
+
+
+def _lr_off_cpu(group: dict[str, Any]) -> bool:
     lr = group["lr"]
-    on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
-    return opt._aten_rule in _NVRTC_CAPTURABLE and not on_device
+    return isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
+
+
+def _device_lr(opt: Any, group: dict[str, Any]) -> torch.Tensor | None:
+    """The group's tensor ``lr`` when the capturable NVRTC kernels read it on the device."""
+    lr = group["lr"]
+    if not (_lr_off_cpu(group) and opt._aten_rule in _NVRTC_TENSOR_LR):
+        return None
+    devices = {p.device for p in group["params"]}
+    if lr.dtype not in (torch.float32, torch.float64) or lr.numel() != 1 or devices != {lr.device}:
+        return None
+    return lr
 
 
 @contextlib.contextmanager
@@ -309,7 +334,12 @@ def device_step(opt: Any, groups: list[dict[str, Any]], mode: _Mode | None) -> N
             )
             if nvrtc:
                 device = dev["params"][0].device
-                calls = opt._native_calls(group, dev, opt._hyper(group))
+                lr = _device_lr(opt, group) if capturable else None
+                if lr is None:
+                    hyper = opt._hyper(group)
+                else:  # read by the kernels, not here (no host sync)
+                    hyper = {**opt._hyper({**group, "lr": 0.0}), "lr_tensor": lr}
+                calls = opt._native_calls(group, dev, hyper)
                 (nvrtc_capturable_calls if capturable else nvrtc_calls).extend(calls)
             else:
                 dev_calls.extend(opt._native_calls(group, dev, _device_hyper(opt, group)))

@@ -7,6 +7,7 @@ use crate::plan::FromGroup;
 use crate::tensor::PyTensor;
 use ferroptim::device::aten::{self, AtenOptions, AtenRule, DeviceGroup};
 use ferroptim::device::nvrtc::launch as nvrtc;
+use ferroptim::device::nvrtc::scalars::DeviceScalars;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -88,7 +89,9 @@ fn run<R: FromGroup + AtenRule>(
 /// `libnvrtc.so.13`. Extracts with the GIL held, then releases it.
 /// With `capturable` (Adam/AdamW, Adamax, NAdam, Adadelta, RMSprop, Rprop), the scalar state
 /// (`step`, NAdam's `mu_product`) is float32 tensors on the parameter's device, advanced and
-/// read by the kernels (torch's `capturable=True`): nothing is read on the host.
+/// read by the kernels (torch's `capturable=True`): nothing is read on the host. A group's
+/// `lr_tensor` (a one-element float32/float64 tensor on the parameters' CUDA device; Adam and
+/// AdamW only) is then read by the kernels at every step, its `lr` unused.
 #[pyfunction]
 #[pyo3(signature = (rule, groups, stream, nvrtc_dirs, grad_scale = None, found_inf = None, capturable = false))]
 #[allow(clippy::too_many_arguments)]
@@ -107,12 +110,12 @@ pub fn nvrtc_step(
     let call = NvrtcCall { stream, dirs, amp };
     if capturable {
         return match rule {
-            "adam" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adam>),
-            "adamax" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adamax>),
-            "nadam" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::NAdam>),
-            "adadelta" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Adadelta>),
-            "rmsprop" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::RMSprop>),
-            "rprop" => call.call(py, groups, nvrtc::step_capturable::<ferroptim::Rprop>),
+            "adam" => call.capturable::<ferroptim::Adam>(py, groups),
+            "adamax" => call.capturable::<ferroptim::Adamax>(py, groups),
+            "nadam" => call.capturable::<ferroptim::NAdam>(py, groups),
+            "adadelta" => call.capturable::<ferroptim::Adadelta>(py, groups),
+            "rmsprop" => call.capturable::<ferroptim::RMSprop>(py, groups),
+            "rprop" => call.capturable::<ferroptim::Rprop>(py, groups),
             other => Err(PyValueError::new_err(format!(
                 "no capturable NVRTC kernel for rule '{other}' (Adam/AdamW, Adamax, NAdam, \
                  Adadelta, RMSprop, Rprop only)"
@@ -172,6 +175,38 @@ impl NvrtcCall {
         groups: Vec<Bound<'_, PyDict>>,
     ) -> PyResult<()> {
         self.call(py, groups, nvrtc::step_with_norms::<R>)
+    }
+
+    /// A capturable step: each group's `lr_tensor` (a CUDA tensor, or None) is read on the
+    /// device (Adam/AdamW only; an error for the other rules).
+    fn capturable<R: FromGroup + DeviceScalars + Send>(
+        self,
+        py: Python<'_>,
+        groups: Vec<Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let mut core = Vec::with_capacity(groups.len());
+        let mut lrs = Vec::with_capacity(groups.len());
+        for d in &groups {
+            let rule = R::from_group(d)?;
+            lrs.push(match d.get_item("lr_tensor")? {
+                Some(v) if !v.is_none() => Some(v.extract::<PyTensor>()?.0),
+                _ => None,
+            });
+            let group = d
+                .extract::<TensorArgs>()?
+                .into_group(rule)
+                .map_err(PyErr::from)?;
+            core.push(nvrtc::NvrtcGroup {
+                rule: group.rule,
+                params: group.params,
+            });
+        }
+        let NvrtcCall { stream, dirs, amp } = self;
+        py.detach(move || {
+            let (gs, fi) = (amp.0.as_ref(), amp.1.as_ref());
+            nvrtc::step_capturable_with_lr(&core, &lrs, stream, gs, fi, &dirs)
+        })
+        .map_err(|e| PyErr::from(CoreError::from(e)))
     }
 
     fn call<R: FromGroup + ferroptim::Rule + Send>(

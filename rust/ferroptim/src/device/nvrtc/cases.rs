@@ -561,7 +561,7 @@ fn capturable_of<R: super::scalars::DeviceScalars>(
             step_slots(rule, n_state, dtype).unwrap_or_else(|e| panic!("{name}: {e}"));
         let layout = super::kernel::Layout::new(n_state, trace.slots.len(), dtype);
         let counts = (rule.step_constants().len(), rule.extra_initial().len());
-        let src = capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout);
+        let src = capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout, None);
         out.push((format!("{name}_capturable"), dtype, src));
     }
 }

@@ -14,7 +14,7 @@
 use super::compile;
 use super::emit::Dtype;
 use super::kernel::{Layout, CHUNK, MAX_BLOCKS, STEP_KERNEL};
-pub use super::launch_capturable::step_capturable;
+pub use super::launch_capturable::{step_capturable, step_capturable_with_lr};
 use super::norms::DeviceNorms;
 use super::StepKernel;
 use crate::error::{Error, Result};

@@ -8,7 +8,8 @@ use super::launch::{
     amp_ptrs, check, cuda_err, dtype_of, enter, function, launch_all, slot_words, NvrtcGroup,
 };
 use super::scalars::{
-    capturable_module, scalar_max_t, step_slots, DeviceScalars, SCALARS_KERNEL, SCALAR_THREADS,
+    capturable_module, lr_step_slots, scalar_max_t, step_slots, DeviceScalars, LrKind, LrRead,
+    SCALARS_KERNEL, SCALAR_THREADS,
 };
 use crate::error::{Error, Result};
 use cudarc::driver::{result as cu, sys};
@@ -24,9 +25,13 @@ struct Capturable {
     constants: Vec<f64>,
 }
 
-fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype) -> Result<Capturable> {
+fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype, lr: Option<&LrRead>) -> Result<Capturable> {
     let n_state = rule.state_names().len();
-    let (trace, dep) = step_slots(rule, n_state, dtype).map_err(|e| Error::InvalidArgument {
+    let found = match lr {
+        None => step_slots(rule, n_state, dtype),
+        Some(_) => lr_step_slots(rule, n_state, dtype),
+    };
+    let (trace, dep) = found.map_err(|e| Error::InvalidArgument {
         name: "capturable",
         value: e,
     })?;
@@ -34,7 +39,7 @@ fn kernel<R: DeviceScalars>(rule: &R, dtype: Dtype) -> Result<Capturable> {
     let constants = rule.step_constants();
     let counts = (constants.len(), rule.extra_initial().len());
     Ok(Capturable {
-        source: capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout),
+        source: capturable_module(&trace, &dep, R::STEP_SOURCE, counts, &layout, lr),
         layout,
         slots: trace.slots,
         constants,
@@ -58,13 +63,69 @@ pub fn step_capturable<R: DeviceScalars>(
     found_inf: Option<&Tensor>,
     nvrtc_dirs: &[PathBuf],
 ) -> Result<()> {
+    let lrs: Vec<Option<Tensor>> = groups.iter().map(|_| None).collect();
+    step_capturable_with_lr(groups, &lrs, stream, grad_scale, found_inf, nvrtc_dirs)
+}
+
+/// How the scalar kernel reads `lr` (a one-element float32 or float64 tensor on CUDA device
+/// `ordinal`), for rule `R`.
+fn lr_read<R: DeviceScalars>(lr: &Tensor, ordinal: i32, who: &str) -> Result<LrRead> {
+    let bad = |why: String| Error::InvalidArgument {
+        name: "lr",
+        value: format!("{who}: {why}"),
+    };
+    let kind = match lr.kind() {
+        Kind::Float => LrKind::F32,
+        Kind::Double => LrKind::F64,
+        k => return Err(bad(format!("a {k:?} tensor (float32 or float64 only)"))),
+    };
+    if lr.numel() != 1 {
+        return Err(bad(format!(
+            "Tensor lr must be 1-element (got {})",
+            lr.numel()
+        )));
+    }
+    if lr.device() != Device::Cuda(ordinal as usize) {
+        return Err(bad(format!(
+            "a tensor on {:?}, not on the parameters' device cuda:{ordinal}",
+            lr.device()
+        )));
+    }
+    LrRead::of::<R>(kind).ok_or_else(|| bad("this rule reads no tensor lr on the device".into()))
+}
+
+/// [`step_capturable`] with each group's learning rate `lrs[g]` (one per group): None, the
+/// rule's `lr`; or a one-element float32 or float64 tensor on the parameters' CUDA device,
+/// read by the scalar kernel at every step (the rule's `lr` is then not used), so that
+/// changing it in place (`lr.fill_(…)`, as LR schedulers do with a tensor `lr`) takes effect
+/// in a captured CUDA graph's replay. Rules with [`DeviceScalars::LR_CONST`] only (Adam,
+/// AdamW). Untested on a GPU.
+///
+/// # Errors
+/// As [`step_capturable`]; [`Error::InvalidArgument`] for an `lr` of another dtype, size or
+/// device, or a rule that reads no tensor `lr`; all before anything is modified.
+pub fn step_capturable_with_lr<R: DeviceScalars>(
+    groups: &[NvrtcGroup<R>],
+    lrs: &[Option<Tensor>],
+    stream: u64,
+    grad_scale: Option<&Tensor>,
+    found_inf: Option<&Tensor>,
+    nvrtc_dirs: &[PathBuf],
+) -> Result<()> {
+    if lrs.len() != groups.len() {
+        return Err(Error::InvalidArgument {
+            name: "lrs",
+            value: format!("{} learning rates for {} groups", lrs.len(), groups.len()),
+        });
+    }
     let amp = amp_ptrs(grad_scale, found_inf)?;
     let stream = stream as usize as sys::CUstream;
     // (kernel, device, members, scalar state addresses: each tensor's `step` then the
     // others) per (group, device, dtype), built first.
-    type List = (Capturable, i32, Vec<(Vec<u64>, i64)>, Vec<u64>);
+    // The address of the group's `lr` tensor (0: none) last.
+    type List = (Capturable, i32, Vec<(Vec<u64>, i64)>, Vec<u64>, u64);
     let mut lists: Vec<List> = Vec::new();
-    for (gi, g) in groups.iter().enumerate() {
+    for (gi, (g, lr)) in groups.iter().zip(lrs).enumerate() {
         let n_state = g.rule.state_names().len();
         let n_scalar = g.rule.scalar_state_names().len();
         let first = lists.len();
@@ -88,7 +149,13 @@ pub fn step_capturable<R: DeviceScalars>(
             {
                 Some(li) => first + li,
                 None => {
-                    lists.push((kernel(&g.rule, dtype)?, ordinal, Vec::new(), Vec::new()));
+                    let read = match lr {
+                        Some(t) => Some(lr_read::<R>(t, ordinal, &format!("group {gi}"))?),
+                        None => None,
+                    };
+                    let lr_ptr = lr.as_ref().map_or(0, |t| t.data_ptr() as u64);
+                    let k = kernel(&g.rule, dtype, read.as_ref())?;
+                    lists.push((k, ordinal, Vec::new(), Vec::new(), lr_ptr));
                     lists.len() - 1
                 }
             };
@@ -96,7 +163,8 @@ pub fn step_capturable<R: DeviceScalars>(
             lists[li].3.extend(scalar_ptrs);
         }
     }
-    for (k, ordinal, members, scalars) in &lists {
+    for (k, ordinal, members, scalars, lr_ptr) in &lists {
+        let mut lr_ptr = *lr_ptr;
         let n_scalar = scalars.len() / members.len().max(1);
         let max_t = scalar_max_t(n_scalar);
         let (_, arch) = enter(*ordinal)?;
@@ -125,7 +193,7 @@ pub fn step_capturable<R: DeviceScalars>(
                 i32::try_from(v).map_err(|_| Error::Cuda(format!("{v} tensors exceed an int")))
             };
             let (mut base, mut n) = (to_i32(start)?, to_i32(count)?);
-            let mut params: [*mut c_void; 7] = [
+            let mut params: [*mut c_void; 8] = [
                 step_ptrs.as_mut_ptr() as *mut c_void,
                 slots.as_mut_ptr() as *mut c_void,
                 consts.as_mut_ptr() as *mut c_void,
@@ -133,15 +201,19 @@ pub fn step_capturable<R: DeviceScalars>(
                 &mut base as *mut i32 as *mut c_void,
                 &mut n as *mut i32 as *mut c_void,
                 &mut found_inf_ptr as *mut u64 as *mut c_void,
+                &mut lr_ptr as *mut u64 as *mut c_void,
             ];
-            // SAFETY: `fo_scalars(FoStepArgs, FoSlots, FoConsts, T*, int, int, const float*)`:
+            // SAFETY: `fo_scalars(FoStepArgs, FoSlots, FoConsts, T*, int, int, const float*,
+            // const void*)`:
             // `step_ptrs` is FoStepArgs (FO_SMAX * FO_NSCALAR addresses, FO_SMAX = `max_t`,
             // FO_NSCALAR = `n_scalar`, the rule's scalar state count; the first
             // `count * n_scalar` are the float32 one-element scalar state tensors on this
             // device, checked above, tensor by tensor), `slots` FoSlots,
             // `consts` at least FO_NCONST doubles; thread `i < count` writes row `start + i`
             // of `tslots` (`members.len()` rows of FO_SLOTS); `found_inf` is null or a
-            // float32 CUDA element.
+            // float32 CUDA element; `lr` is null (module built without a tensor lr, not
+            // read) or the group's one-element lr tensor of the module's LrKind on this
+            // device (checked by `lr_read`).
             unsafe {
                 cu::launch_kernel(
                     f_scalars,

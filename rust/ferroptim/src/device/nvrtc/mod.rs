@@ -47,6 +47,8 @@ mod tests_norms;
 mod tests_pipeline;
 #[cfg(test)]
 mod tests_scalars;
+#[cfg(test)]
+mod tests_scalars_lr;
 
 use crate::rule::{Rule, MAX_NORMS};
 pub use emit::Dtype;

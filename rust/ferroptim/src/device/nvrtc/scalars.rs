@@ -21,6 +21,14 @@
 //! graph itself changes with the step or a scalar state (RAdam's ρ_t > 5 branch, ASGD's
 //! `mu == 1` copy, ADOPT's and SGD's first step), which would need the graph chosen on the
 //! device.
+//!
+//! A learning rate given as a one-element float32/float64 device tensor (Adam/AdamW:
+//! [`DeviceScalars::LR_CONST`]) is read by `fo_scalars` at every step (`fo_consts`), and
+//! every slot that depends on it is computed from it there: the step-dependent ones by
+//! [`DeviceScalars::STEP_SOURCE`], the others (AdamW's 1 − lr·wd) by
+//! [`DeviceScalars::LR_SOURCE`] ([`lr_step_slots`]); so changing the tensor in place takes
+//! effect in a captured graph's replay. Checked against the rule on the CPU
+//! (`tests_scalars_lr.rs`).
 
 use super::emit::Dtype;
 use super::kernel::Layout;
@@ -62,6 +70,72 @@ pub trait DeviceScalars: Rule {
     fn extra_initial(&self) -> Vec<f64> {
         Vec::new()
     }
+    /// Where the learning rate is in [`DeviceScalars::step_constants`], for a learning rate
+    /// given as a device tensor (read by the scalar kernel at every step); None: not
+    /// supported. Default: None.
+    const LR_CONST: Option<usize> = None;
+    /// C++ of `FO_DEV void fo_lr_slots(const double* c, double* out)`: the values of the
+    /// slots that depend on the learning rate but not on the step (AdamW's 1 − lr·wd), in
+    /// increasing slot order, as [`Rule::scalars`] computes them; its first
+    /// [`DeviceScalars::lr_slots`] values are used. Default: none.
+    const LR_SOURCE: &'static str = NO_LR_SLOTS;
+    /// How many values [`DeviceScalars::LR_SOURCE`] writes.
+    const LR_OUT: usize = 0;
+    /// How many slots of this rule depend on the learning rate and not on the step.
+    fn lr_slots(&self) -> usize {
+        0
+    }
+    /// The rule with learning rate `lr` (to find the slots that depend on it); None when
+    /// [`DeviceScalars::LR_CONST`] is None.
+    fn with_lr(&self, _lr: f64) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+/// No learning-rate-only slot.
+pub(crate) const NO_LR_SLOTS: &str = "\nFO_DEV void fo_lr_slots(const double*, double*) {}\n";
+
+/// How the scalar kernel reads a learning rate given as a one-element device tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrKind {
+    /// A float32 tensor (its value widened to `double`, as `tensor.item()` gives).
+    F32,
+    /// A float64 tensor.
+    F64,
+}
+
+/// The learning rate read on the device: its kind, and the rule's
+/// [`DeviceScalars::LR_CONST`], [`DeviceScalars::LR_SOURCE`], [`DeviceScalars::STEP_SLOTS`]
+/// and [`DeviceScalars::LR_OUT`].
+#[derive(Debug, Clone, Copy)]
+pub struct LrRead {
+    /// The tensor's dtype.
+    pub kind: LrKind,
+    /// Index of the learning rate among the constants.
+    pub index: usize,
+    /// C++ of `fo_lr_slots`.
+    pub source: &'static str,
+    /// Where `fo_lr_slots` writes in the output array (after the step-dependent values).
+    pub out_at: usize,
+    /// How many values `fo_lr_slots` writes.
+    pub n_out: usize,
+}
+
+impl LrRead {
+    /// The learning rate of rule `R` read from a tensor of `kind`; None when `R` has no
+    /// [`DeviceScalars::LR_CONST`].
+    pub fn of<R: DeviceScalars>(kind: LrKind) -> Option<LrRead> {
+        Some(LrRead {
+            kind,
+            index: R::LR_CONST?,
+            source: R::LR_SOURCE,
+            out_at: R::STEP_SLOTS,
+            n_out: R::LR_OUT,
+        })
+    }
 }
 
 /// No step-dependent slot: the device only increments `step`.
@@ -81,7 +155,21 @@ FO_DEV void fo_step_slots(const double* c, const double step, float*, double* ou
 "#;
     const STEP_SLOTS: usize = 2;
     fn step_constants(&self) -> Vec<f64> {
-        vec![self.lr, self.beta1, self.beta2]
+        vec![self.lr, self.beta1, self.beta2, self.weight_decay]
+    }
+    const LR_CONST: Option<usize> = Some(0);
+    // AdamW's decay factor 1 − lr·wd (`AdamMoments::new`).
+    const LR_SOURCE: &'static str = r#"
+FO_DEV void fo_lr_slots(const double* c, double* out) {
+  out[0] = fo_sub(1.0, fo_mul(c[0], c[3]));
+}
+"#;
+    const LR_OUT: usize = 1;
+    fn lr_slots(&self) -> usize {
+        usize::from(self.decoupled_weight_decay && self.weight_decay != 0.0)
+    }
+    fn with_lr(&self, lr: f64) -> Option<Self> {
+        Some(Adam { lr, ..*self })
     }
     fn step_probe(&self) -> Self {
         Adam {
@@ -182,6 +270,78 @@ pub(crate) fn step_slots_checked<R: DeviceScalars>(
     Ok((base, dep))
 }
 
+/// Learning rates of the probes that find the slots depending on it.
+const LR_PROBES: [f64; 4] = [1e-3, 0.37, 2.5, 0.0];
+
+/// [`step_slots`] for a learning rate read on the device (a tensor): also the slots that
+/// depend on the learning rate but not on the step (those of the rule's
+/// [`DeviceScalars::step_probe`] that differ between the learning rates of `LR_PROBES`, at
+/// step 1), grouped by their values as in [`step_slots`], paired with the outputs
+/// [`DeviceScalars::STEP_SLOTS`]`..` (written by [`DeviceScalars::LR_SOURCE`]); sorted by slot.
+///
+/// # Errors
+/// As [`step_slots`]; also when the rule reads no learning rate on the device, its graph
+/// depends on the learning rate, or the groups found are not [`DeviceScalars::lr_slots`].
+pub fn lr_step_slots<R: DeviceScalars>(
+    rule: &R,
+    n_state: usize,
+    dtype: Dtype,
+) -> Result<(Trace, Vec<(usize, usize)>), String> {
+    lr_step_slots_checked(rule, n_state, dtype, rule.lr_slots())
+}
+
+/// [`lr_step_slots`], expecting `n_lr` learning-rate-only values.
+pub(crate) fn lr_step_slots_checked<R: DeviceScalars>(
+    rule: &R,
+    n_state: usize,
+    dtype: Dtype,
+    n_lr: usize,
+) -> Result<(Trace, Vec<(usize, usize)>), String> {
+    if R::LR_CONST.is_none() || n_lr > R::LR_OUT {
+        return Err("this rule does not read its learning rate on the device".into());
+    }
+    let (base, mut dep) = step_slots(rule, n_state, dtype)?;
+    let extra = rule.extra_initial();
+    let probe = rule.step_probe();
+    let mut probed: Vec<Trace> = Vec::new();
+    for lr in LR_PROBES {
+        for r in [rule.with_lr(lr), probe.with_lr(lr)] {
+            let r = r.ok_or("this rule does not read its learning rate on the device")?;
+            let t = super::trace_update::<R>(&scalars_at(&r, 0.0, &extra), n_state, dtype)?;
+            if t.nodes != base.nodes || t.tree != base.tree || t.slots.len() != base.slots.len() {
+                return Err("the update's graph depends on the learning rate".into());
+            }
+            probed.push(t);
+        }
+    }
+    probed = probed.into_iter().skip(1).step_by(2).collect();
+    let mut groups: Vec<Vec<u64>> = Vec::new();
+    let mut found = Vec::new();
+    for k in 0..base.slots.len() {
+        let v: Vec<u64> = probed.iter().map(|t| t.slots[k].to_bits()).collect();
+        if dep.iter().any(|d| d.0 == k) || v.iter().all(|&x| x == v[0]) {
+            continue;
+        }
+        let out = match groups.iter().position(|g| *g == v) {
+            Some(o) => o,
+            None => {
+                groups.push(v);
+                groups.len() - 1
+            }
+        };
+        found.push((k, R::STEP_SLOTS + out));
+    }
+    if groups.len() != n_lr {
+        return Err(format!(
+            "{} learning-rate-only values found (slots {found:?}), expected {n_lr}",
+            groups.len(),
+        ));
+    }
+    dep.extend(found);
+    dep.sort_unstable();
+    Ok((base, dep))
+}
+
 /// Tensors per [`SCALARS_KERNEL`] launch for a rule with `n_scalar` scalar states (its
 /// argument struct holds one pointer per scalar state and tensor).
 pub fn scalar_max_t(n_scalar: usize) -> usize {
@@ -196,9 +356,16 @@ pub fn scalars_body(
     step_source: &str,
     (n_consts, n_extra): (usize, usize),
     layout: &Layout,
+    lr: Option<&LrRead>,
 ) -> String {
     let mut s = format!("typedef {} T;\n", layout.dtype.compute());
-    let n_out = dep.iter().map(|d| d.1 + 1).max().unwrap_or(1);
+    let n_out = dep
+        .iter()
+        .map(|d| d.1 + 1)
+        .chain(lr.map(|l| l.out_at + l.n_out))
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let consts = [
         ("FO_SLOTS", layout.slots),
         ("FO_NDEP", dep.len().max(1)),
@@ -229,8 +396,36 @@ pub fn scalars_body(
         list(|d| d.1)
     );
     s.push_str(step_source);
+    s.push_str(&lr_source(lr));
     s.push_str(SCALARS_SRC);
     s
+}
+
+/// `fo_consts` (the constants, with the learning rate read from its tensor when `lr` is
+/// given) and `fo_lr_slots_at` (the learning-rate-only values, or nothing).
+fn lr_source(lr: Option<&LrRead>) -> String {
+    let copy = "  for (int k = 0; k < FO_NCONST; ++k) cc[k] = c[k];\n";
+    match lr {
+        None => format!(
+            "\n// The constants (the learning rate is one of them).\n\
+             FO_DEV void fo_consts(const double* c, const void*, double* cc) {{\n{copy}}}\n\
+             FO_DEV void fo_lr_slots_at(const double*, double*) {{}}\n"
+        ),
+        Some(l) => {
+            let read = match l.kind {
+                LrKind::F32 => "(double)*static_cast<const float*>(lr)",
+                LrKind::F64 => "*static_cast<const double*>(lr)",
+            };
+            format!(
+                "{}\n// The constants, the learning rate read from its one-element tensor `lr`.\n\
+                 FO_DEV void fo_consts(const double* c, const void* lr, double* cc) {{\n{copy}\
+                 \x20 cc[{}] = {read};\n}}\n\
+                 FO_DEV void fo_lr_slots_at(const double* c, double* out) {{\n\
+                 \x20 fo_lr_slots(c, out + {});\n}}\n",
+                l.source, l.index, l.out_at
+            )
+        }
+    }
 }
 
 const SCALARS_SRC: &str = r#"
@@ -243,6 +438,7 @@ FO_DEV float fo_step_row(const T* base, const double* c, const float before, con
   for (int k = 0; k < FO_NEXTRA; ++k) st[k] = k < fo_nextra ? extra[k] : 0.0f;
   double out[FO_NOUT] = {};
   fo_step_slots(c, (double)step, st, out);
+  fo_lr_slots_at(c, out);
   if (!skip)
     for (int k = 0; k < fo_nextra; ++k) extra[k] = st[k];
   for (int k = 0; k < FO_SLOTS; ++k) row[k] = base[k];
@@ -258,14 +454,17 @@ struct FoConsts { double v[FO_NCONST]; };
 
 extern "C" __global__ void fo_scalars(const FoStepArgs a, const FoSlots sl, const FoConsts cs,
                                       T* __restrict__ tslots, const int tensor_base,
-                                      const int count, const float* __restrict__ found_inf) {
+                                      const int count, const float* __restrict__ found_inf,
+                                      const void* __restrict__ lr) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= count) return;
+  double c[FO_NCONST];
+  fo_consts(cs.v, lr, c);
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   float* const* s = a.s + (long long)i * FO_NSCALAR;
   float extra[FO_NEXTRA] = {};
   for (int k = 0; k < fo_nextra; ++k) extra[k] = *s[1 + k];
-  *s[0] = fo_step_row(sl.v, cs.v, *s[0], skip, extra,
+  *s[0] = fo_step_row(sl.v, c, *s[0], skip, extra,
                       tslots + (long long)(tensor_base + i) * FO_SLOTS);
   for (int k = 0; k < fo_nextra; ++k) *s[1 + k] = extra[k];
 }
@@ -280,6 +479,7 @@ pub fn capturable_module(
     step_source: &str,
     counts: (usize, usize),
     layout: &Layout,
+    lr: Option<&LrRead>,
 ) -> String {
     let mut s = String::from("// generated by ferroptim::device::nvrtc from the Rust rule\n");
     s.push_str(super::emit::PRELUDE);
@@ -291,7 +491,7 @@ pub fn capturable_module(
         true,
     ));
     s.push_str("}\nnamespace fo_s {\n");
-    s.push_str(&scalars_body(dep, step_source, counts, layout));
+    s.push_str(&scalars_body(dep, step_source, counts, layout, lr));
     s.push_str("}\n");
     s
 }

@@ -201,7 +201,8 @@ fn nvrtc_compiles_every_kernel_for_sm80_and_sm90_without_warnings() {
                 .into_iter()
                 .map(|(name, dtype, k)| (format!("{name}_norms"), dtype, k.source)),
         )
-        .chain(super::cases::capturable_sources());
+        .chain(super::cases::capturable_sources())
+        .chain(super::tests_scalars_lr::tensor_lr_sources());
     for (name, dtype, src) in sources {
         if seen.contains(&src) {
             continue;

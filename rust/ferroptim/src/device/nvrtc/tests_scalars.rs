@@ -59,7 +59,8 @@ fn scalar_case<R: DeviceScalars>(name: &str, rule: &R, dtype: Dtype) -> ScalarCa
     let layout = Layout::new(n_state, base.slots.len(), dtype);
     let consts = rule.step_constants();
     let mut extra = rule.extra_initial();
-    let body = scalars_body(&dep, R::STEP_SOURCE, (consts.len(), extra.len()), &layout);
+    let counts = (consts.len(), extra.len());
+    let body = scalars_body(&dep, R::STEP_SOURCE, counts, &layout, None);
     let mut input = Vec::new();
     for k in 0..layout.slots {
         push(&mut input, base.slots.get(k).copied().unwrap_or(0.0), dtype);
