@@ -192,14 +192,7 @@ impl NvrtcCall {
                 Some(v) if !v.is_none() => Some(v.extract::<PyTensor>()?.0),
                 _ => None,
             });
-            let group = d
-                .extract::<TensorArgs>()?
-                .into_group(rule)
-                .map_err(PyErr::from)?;
-            core.push(nvrtc::NvrtcGroup {
-                rule: group.rule,
-                params: group.params,
-            });
+            core.push(nvrtc_group(d, rule)?);
         }
         let NvrtcCall { stream, dirs, amp } = self;
         py.detach(move || {
@@ -218,14 +211,7 @@ impl NvrtcCall {
         let mut core = Vec::with_capacity(groups.len());
         for d in &groups {
             let rule = R::from_group(d)?;
-            let group = d
-                .extract::<TensorArgs>()?
-                .into_group(rule)
-                .map_err(PyErr::from)?;
-            core.push(nvrtc::NvrtcGroup {
-                rule: group.rule,
-                params: group.params,
-            });
+            core.push(nvrtc_group(d, rule)?);
         }
         let NvrtcCall { stream, dirs, amp } = self;
         py.detach(move || step(&core, stream, amp.0.as_ref(), amp.1.as_ref(), &dirs))
@@ -237,4 +223,19 @@ impl NvrtcCall {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(aten_step, m)?)?;
     m.add_function(wrap_pyfunction!(nvrtc_step, m)?)
+}
+
+/// One group dict's tensors as the core's NVRTC group with `rule`.
+fn nvrtc_group<R: ferroptim::Rule>(
+    d: &Bound<'_, PyDict>,
+    rule: R,
+) -> PyResult<nvrtc::NvrtcGroup<R>> {
+    let group = d
+        .extract::<TensorArgs>()?
+        .into_group(rule)
+        .map_err(PyErr::from)?;
+    Ok(nvrtc::NvrtcGroup {
+        rule: group.rule,
+        params: group.params,
+    })
 }
